@@ -1,0 +1,1 @@
+"""det-toolkit training: data readers, model builders, the training loop and COCO evaluation."""

@@ -1,0 +1,150 @@
+"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is a plain dict (only tensors, numbers, strings, lists and dicts, so the safe
+unpickler accepts it)::
+
+    format: "det-toolkit/checkpoint", format_version: 1
+    model: builder name            model_args: builder kwargs (without weights)
+    class_names: [str]             category_ids: [int] (dataset category id of each class)
+    imgsz: int                     train_args: dict (the TrainConfig)
+    epoch: int (last finished, 0-based)   metrics: dict   best_fitness: float
+    versions: {toolkit, torch, torchvision}
+    state_dict: model weights (no DDP ``module.`` prefix)
+    optimizer / scheduler / scaler / rng: resume state (absent in stripped exports)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from runtime import __version__
+from train.models import build_model
+from train.models.common import Detector
+
+FORMAT = "det-toolkit/checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable det-toolkit checkpoint."""
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in every checkpoint."""
+    return {"toolkit": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states in a ``weights_only``-safe form."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy(), int(n[2]), int(n[3]), float(n[4])))
+    torch.set_rng_state(state["torch"])
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place.
+
+    A crash mid-write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(weights_only=True)`` on CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unreadable, or not a det-toolkit checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a det-toolkit checkpoint (no format '{FORMAT}')")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> Detector:
+    """Rebuild the model of a checkpoint (no pretrained download) and load its weights, eval mode."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    model = build_model(ckpt["model"], len(ckpt["class_names"]), weights=None,
+                        **ckpt.get("model_args", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def make_checkpoint(
+    model: Detector,
+    class_names: list[str],
+    imgsz: int,
+    *,
+    category_ids: list[int] | None = None,
+    epoch: int = -1,
+    metrics: dict[str, Any] | None = None,
+    train_args: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    best_fitness: float = 0.0,
+    resume_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict (see module docstring) for ``model``.
+
+    ``model`` may be DDP-wrapped; the ``module.`` prefix is removed. ``resume_state`` holds
+    ``optimizer``, ``scheduler``, ``scaler`` and ``rng`` entries for ``--resume``.
+    """
+    core = getattr(model, "module", model)
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": 1,
+        "model": core.name,
+        "model_args": dict(core.build_args),
+        "class_names": list(class_names),
+        "category_ids": list(category_ids) if category_ids else list(range(1, len(class_names) + 1)),
+        "imgsz": int(imgsz),
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        "best_fitness": float(best_fitness),
+        "train_args": dict(train_args or {}),
+        "data": dict(data or {}),
+        "versions": versions(),
+        "state_dict": {k: v.detach().cpu() for k, v in core.state_dict().items()},
+    }
+    if resume_state:
+        ckpt.update(resume_state)
+    return ckpt

