@@ -38,8 +38,9 @@ class CheckpointError(ValueError):
 
 def versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
-    return {"toolkit": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+    # str(): TorchVersion objects are rejected by torch.load(weights_only=True)
+    return {"toolkit": __version__, "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__)}
 
 
 def rng_state() -> dict[str, Any]:
@@ -74,6 +75,7 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -148,3 +150,23 @@ def make_checkpoint(
     if resume_state:
         ckpt.update(resume_state)
     return ckpt
+
+
+def meta_from_checkpoint(ckpt: dict[str, Any], source: str = "") -> "ModelMeta":
+    """The :class:`runtime.meta.ModelMeta` an artifact exported from ``ckpt`` carries.
+
+    ``score_thresh`` and ``max_det`` are read from the rebuilt model's RoI heads when present.
+    """
+    from runtime.meta import ModelMeta
+
+    args = ckpt.get("model_args", {})
+    return ModelMeta(
+        model=ckpt["model"],
+        class_names=list(ckpt["class_names"]),
+        imgsz=(int(ckpt["imgsz"]), int(ckpt["imgsz"])),
+        score_thresh=float(args.get("box_score_thresh", 0.05)),
+        max_det=int(args.get("box_detections_per_img", 100)),
+        extra={"checkpoint": source, "epoch": ckpt.get("epoch"),
+               "metrics": ckpt.get("metrics", {}), "category_ids": ckpt.get("category_ids"),
+               "versions": ckpt.get("versions", {})},
+    )

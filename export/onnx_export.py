@@ -1,0 +1,189 @@
+"""Checkpoint -> self-describing ONNX detector graph (the contract in :mod:`runtime.meta`)."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxslim
+import torch
+from torch import Tensor, nn
+
+from export.parity import ParityError, ParityReport, check_parity, default_parity_images
+from runtime.preprocess import letterbox, to_input
+from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+
+
+class SingleImageDetector(nn.Module):
+    """Graph wrapper: ``images`` float32 ``[1, 3, H, W]`` RGB 0-1 -> detections of image 0.
+
+    Returns ``boxes`` float32 ``[K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[K]``,
+    ``labels`` int64 ``[K]`` (0-based).
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.detector(images)[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+@lru_cache(maxsize=1)
+def ort_max_ir_version() -> int:
+    """Highest ONNX IR version the installed onnxruntime loads (probed with a one-node model)."""
+    vi = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                   [vi("x", onnx.TensorProto.FLOAT, [1])],
+                                   [vi("y", onnx.TensorProto.FLOAT, [1])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    for ir in range(onnx.IR_VERSION, 7, -1):
+        model.ir_version = ir
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # noqa: BLE001 - any load failure means "too new"
+            continue
+    return 7
+
+
+def finalize(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
+    """Set ``metadata_props``, lower the IR version to what onnxruntime loads, run the ONNX checker.
+
+    Raises:
+        onnx.checker.ValidationError: the graph is invalid.
+    """
+    onnx.helper.set_model_props(model, props)
+    model.ir_version = min(model.ir_version, ort_max_ir_version())
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_onnx_atomic(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` to a temporary file beside ``path``, then ``os.replace`` it into place.
+
+    A crash mid-write leaves any previous file intact; the file gets the usual umask permissions.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def trace_to_onnx(module: nn.Module, example: Tensor, opset: int, input_name: str,
+                  output_names: list[str], dynamic_axes: dict[str, dict[int, str]]) -> onnx.ModelProto:
+    """TorchScript-trace ``module`` on ``example`` and return the ONNX model (in memory).
+
+    Uses the legacy exporter (``dynamo=False``): the dynamo exporter fails in torchvision's
+    ``batched_nms``. Tracing torchvision detectors emits known-harmless tracer warnings; they are
+    silenced here, and parity checks are what vouch for the graph.
+    """
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (example,), buf, dynamo=False, opset_version=opset,
+                          input_names=[input_name], output_names=output_names,
+                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_onnx(
+    ckpt_path: str | Path,
+    out_path: str | Path | None = None,
+    opset: int = 17,
+    simplify: bool = True,
+    imgsz: int | None = None,
+    *,
+    parity_images: list[np.ndarray] | None = None,
+    iou_thr: float = 0.9,
+    score_tol: float = 0.01,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Export a checkpoint's detector to ONNX, verify it against PyTorch, write it atomically.
+
+    Graph (see :mod:`runtime.meta`): input ``images`` float32 ``[1, 3, height, width]`` RGB in
+    ``[0, 1]`` (letterboxed, dynamic height/width); outputs ``boxes`` float32 ``[K, 4]`` ``xyxy``
+    absolute input pixels, ``scores`` float32 ``[K]``, ``labels`` int64 ``[K]`` 0-based. The
+    :class:`runtime.meta.ModelMeta` (class names, imgsz, opset, torch version, ...) is stored in
+    ``metadata_props``. With ``simplify`` the onnxslim graph is kept only if it passes parity;
+    the parity table is always echoed.
+
+    Args:
+        ckpt_path: det-toolkit checkpoint (``.pt``).
+        out_path: output file; default: the checkpoint's path with suffix ``.onnx``.
+        opset: ONNX opset.
+        simplify: try onnxslim.
+        imgsz: square input size in pixels to trace at and record; default: the checkpoint's.
+        parity_images: BGR ``uint8`` frames for the parity check; default: up to 8 val images of
+            the checkpoint's dataset, else synthetic noise (with a warning).
+        iou_thr: parity IoU threshold for a matched box.
+        score_tol: parity score tolerance for a matched box.
+        echo: where progress and the parity table are written.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileNotFoundError, train.checkpoint.CheckpointError: unreadable checkpoint.
+        ValueError: ``parity_images`` is empty.
+        ParityError: the graph does not reproduce PyTorch's detections (nothing is written).
+    """
+    ckpt_path = Path(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    out = Path(out_path) if out_path is not None else ckpt_path.with_suffix(".onnx")
+    model = model_from_checkpoint(ckpt)
+    meta = meta_from_checkpoint(ckpt, source=str(ckpt_path))
+    if imgsz is not None:
+        meta.imgsz = (int(imgsz), int(imgsz))
+    meta.extra.update(opset=opset, torch=str(torch.__version__), onnx=onnx.__version__)
+    images = parity_images if parity_images is not None else default_parity_images(ckpt, echo=echo)
+    if not images:
+        raise ValueError("no parity images given")
+
+    rgb, _ = letterbox(cv2.cvtColor(images[0], cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)
+    echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
+    graph = trace_to_onnx(
+        SingleImageDetector(model), torch.from_numpy(to_input(rgb)), opset, meta.input_name,
+        list(meta.output_names),
+        {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}},
+    )
+
+    def verified(candidate: onnx.ModelProto, simplified: bool) -> tuple[onnx.ModelProto, ParityReport]:
+        meta.extra["simplified"] = simplified
+        candidate = finalize(candidate, meta.onnx_props())
+        return candidate, check_parity(model, candidate, images, iou_thr=iou_thr, score_tol=score_tol)
+
+    chosen: tuple[onnx.ModelProto, ParityReport] | None = None
+    if simplify:
+        slim_input = onnx.ModelProto()
+        slim_input.CopyFrom(graph)  # onnxslim modifies its input; the traced graph stays the fallback
+        try:
+            chosen = verified(onnxslim.slim(slim_input), simplified=True)
+        except Exception as e:  # noqa: BLE001 - simplification is optional; the raw graph remains
+            echo(f"onnxslim failed ({type(e).__name__}: {e}); keeping the unsimplified graph")
+        if chosen is not None and not chosen[1].passed:
+            echo(f"onnxslim graph rejected ({chosen[1].summary()}); keeping the unsimplified graph")
+            chosen = None
+    final, report = chosen if chosen is not None else verified(graph, simplified=False)
+    echo(report.table())
+    if not report.passed:
+        raise ParityError(f"{report.summary()}; {out} was not written")
+    return save_onnx_atomic(final, out)
+

@@ -1,0 +1,261 @@
+"""Parity between a PyTorch detector and its ONNX export, on real (or, failing that, synthetic) images.
+
+Both sides see exactly the runtime's pre-processing (BGR -> RGB, :func:`runtime.preprocess.letterbox`
+to the artifact's ``imgsz``, :func:`runtime.preprocess.to_input`); boxes are compared in letterboxed
+input pixels, greedily per class by IoU.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from runtime.backends.onnx_backend import session_metadata
+from runtime.meta import META_KEY, ModelMeta
+from runtime.preprocess import letterbox, to_input
+from train.checkpoint import model_from_checkpoint
+from train.config import ConfigError, DataConfig, from_dict
+from train.data.formats import IMAGE_EXTS, DatasetError, list_split_images, read_split
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch model's detections."""
+
+
+@dataclass
+class ParityReport:
+    """Result of :func:`check_parity`.
+
+    Box counts exclude unmatched boxes within ``score_tol`` of the score cut-off (the graph's
+    ``score_thresh``, or the lowest kept score when an image hit ``max_det``): there a float
+    rounding legitimately moves a box across the cut.
+
+    Attributes:
+        n_images: images compared.
+        n_ref_boxes: PyTorch (reference) boxes counted.
+        n_onnx_boxes: ONNX boxes counted.
+        n_matched: reference boxes matched by an ONNX box (same label, IoU >= ``iou_thr``,
+            ``|score diff| <= score_tol``).
+        match_rate: ``n_matched / max(n_ref_boxes, n_onnx_boxes)`` (1.0 when both are 0), so missing
+            and extra boxes both lower it.
+        mean_iou: mean IoU of the matched pairs (0.0 when none).
+        max_score_diff: largest ``|score diff|`` of the matched pairs.
+        passed: ``match_rate >= min_match``.
+        iou_thr, score_tol, min_match: the criteria used.
+    """
+
+    n_images: int
+    n_ref_boxes: int
+    n_onnx_boxes: int
+    n_matched: int
+    match_rate: float
+    mean_iou: float
+    max_score_diff: float
+    passed: bool
+    iou_thr: float
+    score_tol: float
+    min_match: float
+
+    def summary(self) -> str:
+        """One line: counts, rates and the verdict."""
+        verdict = "PASS" if self.passed else "FAIL"
+        note = " (no boxes to compare: parity not meaningful)" if self.n_ref_boxes == 0 else ""
+        return (f"parity {verdict}: {self.n_matched}/{self.n_ref_boxes} torch boxes matched "
+                f"({self.match_rate:.2%}, need {self.min_match:.0%}) on {self.n_images} images, "
+                f"mean IoU {self.mean_iou:.4f}, max |score diff| {self.max_score_diff:.5f}{note}")
+
+    def table(self) -> str:
+        """Multi-line table of every figure, for the CLI."""
+        rows = [
+            ("images", f"{self.n_images}"),
+            ("torch boxes", f"{self.n_ref_boxes}"),
+            ("onnx boxes", f"{self.n_onnx_boxes}"),
+            ("matched", f"{self.n_matched} ({self.match_rate:.2%}, need >= {self.min_match:.0%})"),
+            ("mean IoU", f"{self.mean_iou:.4f} (match needs >= {self.iou_thr})"),
+            ("max |score diff|", f"{self.max_score_diff:.5f} (match needs <= {self.score_tol})"),
+            ("result", "PASS" if self.passed else "FAIL"),
+        ]
+        return "parity, PyTorch vs onnxruntime CPU:\n" + "\n".join(f"  {k:<17}{v}" for k, v in rows)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``float32 [len(a), len(b)]`` of two ``xyxy`` box arrays ``[*, 4]``."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K,4] xyxy, scores [K], labels [K]
+
+
+def match_detections(ref: Detections, test: Detections, iou_thr: float, score_tol: float,
+                     cutoff: float) -> tuple[int, int, list[float], list[float]]:
+    """Greedily match one image's reference detections to test detections, per class.
+
+    Reference boxes are visited by descending score; each takes the unmatched test box of its label
+    with the highest IoU, and counts as matched if IoU >= ``iou_thr`` and ``|score diff| <=
+    score_tol``. Unmatched boxes of either side scoring below ``cutoff + score_tol`` are not counted.
+
+    Returns:
+        ``(n_ref_counted, n_test_counted, matched_ious, matched_score_diffs)``.
+    """
+    (rb, rs, rl), (tb, ts, tl) = ref, test
+    iou = box_iou(rb, tb) if len(rb) and len(tb) else np.zeros((len(rb), len(tb)), np.float32)
+    ref_hit, test_hit = np.zeros(len(rb), bool), np.zeros(len(tb), bool)
+    ious: list[float] = []
+    diffs: list[float] = []
+    for i in np.argsort(-rs, kind="stable"):
+        cand = np.flatnonzero((tl == rl[i]) & ~test_hit)
+        if not len(cand):
+            continue
+        j = cand[np.argmax(iou[i, cand])]
+        diff = abs(float(rs[i]) - float(ts[j]))
+        if iou[i, j] >= iou_thr and diff <= score_tol:
+            ref_hit[i] = test_hit[j] = True
+            ious.append(float(iou[i, j]))
+            diffs.append(diff)
+    edge = cutoff + score_tol
+    n_ref = int(ref_hit.sum() + (~ref_hit & (rs >= edge)).sum())
+    n_test = int(test_hit.sum() + (~test_hit & (ts >= edge)).sum())
+    return n_ref, n_test, ious, diffs
+
+
+def _onnx_session(onnx_model: str | Path | onnx.ModelProto) -> tuple[ort.InferenceSession, ModelMeta]:
+    """CPU session and the :class:`ModelMeta` stored in the model's ``metadata_props``."""
+    if isinstance(onnx_model, onnx.ModelProto):
+        source, data = "<in-memory model>", onnx_model.SerializeToString()
+    else:
+        source = data = str(onnx_model)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return sess, ModelMeta.from_json(session_metadata(sess, META_KEY, source), source)
+
+
+@torch.no_grad()
+def check_parity(
+    ckpt_or_model: dict[str, Any] | str | Path | nn.Module,
+    onnx_path: str | Path | onnx.ModelProto,
+    images: list[np.ndarray],
+    iou_thr: float = 0.9,
+    score_tol: float = 0.01,
+    min_match: float = 0.99,
+) -> ParityReport:
+    """Compare PyTorch and onnxruntime (CPU) detections on ``images``.
+
+    Only boxes with score >= the graph's ``score_thresh`` are produced by either side; boxes near
+    the cut-off are handled as described in :class:`ParityReport`.
+
+    Args:
+        ckpt_or_model: checkpoint dict or path, or a :class:`train.models.common.Detector`.
+        onnx_path: the exported ``.onnx`` file (or an in-memory ``onnx.ModelProto``) carrying
+            :class:`runtime.meta.ModelMeta` metadata; its ``imgsz`` and ``pad_value`` drive the
+            letterbox.
+        images: BGR ``uint8 [H, W, 3]`` frames of any size.
+        iou_thr: minimum IoU of a matched pair.
+        score_tol: maximum absolute score difference of a matched pair.
+        min_match: minimum ``match_rate`` to pass.
+
+    Raises:
+        FileNotFoundError, train.checkpoint.CheckpointError: bad checkpoint path.
+        runtime.meta.MetadataError: the ONNX model has no det-toolkit metadata.
+        ValueError: ``images`` is empty or holds a non-3-channel image.
+    """
+    if not images:
+        raise ValueError("check_parity needs at least one image")
+    model = ckpt_or_model if isinstance(ckpt_or_model, nn.Module) else model_from_checkpoint(ckpt_or_model)
+    model.eval()
+    sess, meta = _onnx_session(onnx_path)
+    n_ref = n_test = 0
+    ious: list[float] = []
+    diffs: list[float] = []
+    for img in images:
+        padded, _ = letterbox(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)
+        x = to_input(padded)
+        out = model(torch.from_numpy(x))[0]
+        ref = tuple(out[k].numpy() for k in ("boxes", "scores", "labels"))
+        test = tuple(sess.run(list(meta.output_names), {meta.input_name: x}))
+        cutoff = meta.score_thresh
+        for _, scores, _ in (ref, test):
+            if len(scores) >= meta.max_det:
+                cutoff = max(cutoff, float(scores.min()))
+        r, t, i, d = match_detections(ref, test, iou_thr, score_tol, cutoff)
+        n_ref, n_test = n_ref + r, n_test + t
+        ious += i
+        diffs += d
+    denom = max(n_ref, n_test)
+    rate = len(ious) / denom if denom else 1.0
+    return ParityReport(
+        n_images=len(images), n_ref_boxes=n_ref, n_onnx_boxes=n_test, n_matched=len(ious),
+        match_rate=rate, mean_iou=float(np.mean(ious)) if ious else 0.0,
+        max_score_diff=max(diffs, default=0.0), passed=rate >= min_match,
+        iou_thr=iou_thr, score_tol=score_tol, min_match=min_match,
+    )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as BGR ``uint8 [H, W, 3]`` (grayscale is expanded). Raises ``ValueError``."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read image {path}")
+    return img
+
+
+def load_images(spec: str | Path) -> list[np.ndarray]:
+    """All images of a folder, or of a glob pattern (sorted by path), as BGR ``uint8`` arrays.
+
+    Raises:
+        FileNotFoundError: nothing matches ``spec``.
+        ValueError: a matched file is not a readable image.
+    """
+    p = Path(spec)
+    paths = sorted(p.iterdir()) if p.is_dir() else sorted(Path(s) for s in glob.glob(str(spec)))
+    paths = [q for q in paths if q.suffix.lower() in IMAGE_EXTS]
+    if not paths:
+        raise FileNotFoundError(f"no images at {spec}")
+    return [read_image(q) for q in paths]
+
+
+def val_image_paths(data: dict[str, Any]) -> list[Path]:
+    """Existing validation image files of a checkpoint's data config (``ckpt["data"]``).
+
+    ``data`` is a :class:`train.config.DataConfig` as a dict; the split is resolved exactly as
+    training resolves it (list file, folder or COCO JSON). Returns ``[]`` when it cannot be.
+    """
+    try:
+        cfg = from_dict(DataConfig, data, "checkpoint data config")
+        if cfg.split("val").endswith(".json"):
+            return [s.image for s in read_split(cfg, "val")[0]]
+        return [p for p in list_split_images(cfg, cfg.val) if p.is_file()]
+    except (ConfigError, DatasetError):
+        return []
+
+
+def synthetic_images(n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """``n`` reproducible random-noise BGR ``uint8`` frames of mixed sizes (last-resort parity input)."""
+    rng = np.random.default_rng(seed)
+    sizes = [(480, 640), (640, 480), (360, 360), (300, 500)]
+    return [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n)]
+
+
+def default_parity_images(ckpt: dict[str, Any], n: int = 8,
+                          echo: Callable[[str], None] = print) -> list[np.ndarray]:
+    """Up to ``n`` validation images of the checkpoint's dataset, else synthetic noise (with a warning)."""
+    paths = val_image_paths(ckpt.get("data") or {})[:n]
+    if paths:
+        echo(f"parity images: {len(paths)} val images from {paths[0].parent}")
+        return [read_image(p) for p in paths]
+    echo("WARNING: the checkpoint's dataset (ckpt['data'] 'path'/'val') could not be resolved; "
+         f"parity runs on {n} SYNTHETIC noise images, which exercise the graph but say little "
+         "about real detections. Pass --parity-images DIR|GLOB for a meaningful check.")
+    return synthetic_images(n)

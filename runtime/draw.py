@@ -1,0 +1,58 @@
+"""Annotating frames in place: boxes, class names, scores, track ids and an FPS overlay."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from runtime.predictor import Detections
+
+#: 20 well-separated colours (BGR); a track id or class id always maps to the same one.
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    (int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)) for h in (
+        "FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86", "1A9334",
+        "00D4BB", "2C99A8", "00C2FF", "344593", "6473FF", "0018EC", "8438FF", "520085", "CB38FF",
+        "FF95C8", "FF37C7"))
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def colour(key: int) -> tuple[int, int, int]:
+    """Stable BGR colour for a track id or class id."""
+    return PALETTE[key % len(PALETTE)]
+
+
+def draw_detections(frame: np.ndarray, dets: Detections, class_names: Sequence[str],
+                    track_ids: Sequence[int | None] | None = None) -> None:
+    """Draw boxes and ``[#id ]name score`` labels on ``frame`` (uint8 ``[H, W, 3]`` BGR, in place).
+
+    Args:
+        frame: the frame the detections' ``xyxy`` pixel boxes refer to.
+        dets: detections to draw.
+        class_names: names indexed by ``dets.labels``.
+        track_ids: per detection, its track id or ``None``; tracked boxes are coloured by id,
+            the others by class.
+    """
+    lw = max(1, round((frame.shape[0] + frame.shape[1]) * 0.0015))
+    scale = lw / 3
+    for i, (box, score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(),
+                                                dets.labels.tolist())):
+        tid = track_ids[i] if track_ids is not None else None
+        c = colour(label if tid is None else tid)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        cv2.rectangle(frame, (x1, y1), (x2, y2), c, lw, cv2.LINE_AA)
+        text = f"{'' if tid is None else f'#{tid} '}{class_names[label]} {score:.2f}"
+        (tw, th), _ = cv2.getTextSize(text, FONT, scale, max(1, lw - 1))
+        ty = y1 - 2 if y1 - th - 4 >= 0 else y1 + th + 2  # above the box, or inside at the top
+        cv2.rectangle(frame, (x1, ty - th - 2), (x1 + tw, ty + 2), c, -1)
+        cv2.putText(frame, text, (x1, ty), FONT, scale, (255, 255, 255), max(1, lw - 1), cv2.LINE_AA)
+
+
+def draw_fps(frame: np.ndarray, fps: float) -> None:
+    """Write ``"<fps> FPS"`` (frames/s) in the top-left corner of ``frame`` (in place)."""
+    lw = max(1, round((frame.shape[0] + frame.shape[1]) * 0.0015))
+    org = (8, 8 + 12 * lw)
+    text = f"{fps:.1f} FPS"
+    cv2.putText(frame, text, org, FONT, lw / 2, (0, 0, 0), lw + 2, cv2.LINE_AA)
+    cv2.putText(frame, text, org, FONT, lw / 2, (255, 255, 255), lw, cv2.LINE_AA)

@@ -1,0 +1,143 @@
+"""Deep SORT appearance embedder run by ONNX Runtime, with deep-sort-realtime's exact crops.
+
+The embedder ONNX (written by ``det-export`` as ``deepsort_embedder.onnx`` beside the detector)
+takes ``crops`` float32 ``[N, 3, S, S]`` RGB in ``[0, 1]`` (ImageNet normalisation is inside the
+graph) and returns ``embeddings`` float32 ``[N, D]`` (``D = 1280`` for MobileNetV2). Its
+``metadata_props`` key :data:`EMBEDDER_META_KEY` holds JSON with ``input_size``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from runtime.backends.base import BackendError
+from runtime.backends.onnx_backend import create_session, session_metadata
+from runtime.meta import MetadataError
+
+EMBEDDER_META_KEY = "det_toolkit_embedder"
+EMBEDDER_FILENAME = "deepsort_embedder.onnx"
+EMBEDDER_INPUT, EMBEDDER_OUTPUT = "crops", "embeddings"
+
+
+class Embedder(Protocol):
+    """Maps detection boxes of a frame to appearance vectors.
+
+    Attributes:
+        input_size: side in pixels of the square crops fed to the network.
+        name: engine and device, for logs.
+    """
+
+    input_size: int
+    name: str
+
+    def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """``uint8 [H, W, 3]`` BGR frame + float32 ``[K, 4]`` ``xyxy`` frame px -> float32 ``[K, D]``."""
+        ...
+
+
+def crop_bounds(boxes_xyxy: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """Integer crop windows exactly as deep-sort-realtime's ``DeepSort.crop_bb`` cuts them.
+
+    ``l, t, w, h`` of the ``ltwh`` box are truncated with ``int()``, ``r = l + w``, ``b = t + h``,
+    then clipped to the frame.
+
+    Args:
+        boxes_xyxy: float32 ``[K, 4]`` ``xyxy`` in frame pixels.
+        frame_hw: ``(H, W)`` of the frame.
+
+    Returns:
+        int64 ``[K, 4]`` ``(l, t, r, b)``; a crop is empty where ``r <= l`` or ``b <= t``.
+    """
+    ltwh = boxes_xyxy.astype(np.float32, copy=True)
+    ltwh[:, 2:] -= ltwh[:, :2]
+    ltwh = ltwh.astype(np.int64)  # truncation toward zero, like int()
+    ltwh[:, 2:] += ltwh[:, :2]
+    h, w = frame_hw
+    np.clip(ltwh[:, 0::2], 0, w, out=ltwh[:, 0::2])
+    np.clip(ltwh[:, 1::2], 0, h, out=ltwh[:, 1::2])
+    return ltwh
+
+
+def croppable(boxes_xyxy: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """bool ``[K]``: the box's :func:`crop_bounds` window is non-empty (filter before embedding)."""
+    b = crop_bounds(boxes_xyxy, frame_hw)
+    return (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+
+
+class CropBatcher:
+    """Cuts, resizes and stacks crops into one reused float32 batch buffer.
+
+    Each crop is ``frame[t:b, l:r]`` (:func:`crop_bounds`), BGR -> RGB, ``cv2.resize`` to
+    ``size x size`` (``INTER_LINEAR``), divided by 255: deep-sort-realtime's
+    ``MobileNetv2_Embedder.preprocess`` before its normalisation.
+
+    Args:
+        size: crop side in pixels.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._resized = np.empty((size, size, 3), np.uint8)
+        self._batch = np.empty((0, 3, size, size), np.float32)
+
+    def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Return float32 ``[K, 3, size, size]`` RGB in ``[0, 1]`` (a view of the reused buffer).
+
+        Raises:
+            ValueError: a box's crop is empty (filter with :func:`croppable` first).
+        """
+        bounds = crop_bounds(boxes_xyxy, frame_bgr.shape[:2])
+        if ((bounds[:, 2] <= bounds[:, 0]) | (bounds[:, 3] <= bounds[:, 1])).any():
+            raise ValueError("empty crop: drop boxes that fail runtime.embedder.croppable() first")
+        k = len(bounds)
+        if k > len(self._batch):
+            self._batch = np.empty((k, 3, self.size, self.size), np.float32)
+        batch = self._batch[:k]
+        for i, (l, t, r, b) in enumerate(bounds.tolist()):
+            cv2.resize(frame_bgr[t:b, l:r], (self.size, self.size), dst=self._resized)
+            np.divide(self._resized[:, :, ::-1].transpose(2, 0, 1), np.float32(255), out=batch[i])
+        return batch
+
+
+class OnnxEmbedder:
+    """The ``deepsort_embedder.onnx`` appearance network, all crops of a frame in one run.
+
+    Args:
+        path: embedder ``.onnx`` written by ``det-export``.
+        providers: ONNX Runtime execution providers (default: CUDA if available, else CPU).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BackendError: not a valid ONNX model, or not the ``crops -> embeddings`` graph.
+        MetadataError: the :data:`EMBEDDER_META_KEY` metadata is missing or corrupt.
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        self.path = Path(path)
+        self._sess = create_session(self.path, providers)
+        raw = session_metadata(self._sess, EMBEDDER_META_KEY, self.path)
+        try:
+            size = json.loads(raw)["input_size"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise MetadataError(f"{self.path}: corrupt '{EMBEDDER_META_KEY}' metadata ({e})") from e
+        self.input_size = int(size if isinstance(size, int) else size[0])
+        inputs = [i.name for i in self._sess.get_inputs()]
+        outputs = self._sess.get_outputs()
+        if inputs != [EMBEDDER_INPUT] or [o.name for o in outputs] != [EMBEDDER_OUTPUT]:
+            raise BackendError(f"{self.path}: expected graph {EMBEDDER_INPUT} -> {EMBEDDER_OUTPUT}, "
+                               f"got {inputs} -> {[o.name for o in outputs]}")
+        self.dim = int(outputs[0].shape[-1])
+        self._crops = CropBatcher(self.input_size)
+        self.name = f"onnxruntime[{self._sess.get_providers()[0]}]"
+
+    def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Embed the crops of ``boxes_xyxy`` (float32 ``[K, 4]`` ``xyxy`` frame px, all
+        :func:`croppable`) in ``frame_bgr`` (uint8 ``[H, W, 3]``) -> float32 ``[K, dim]``."""
+        if not len(boxes_xyxy):
+            return np.empty((0, self.dim), np.float32)
+        return self._sess.run([EMBEDDER_OUTPUT], {EMBEDDER_INPUT: self._crops(frame_bgr, boxes_xyxy)})[0]

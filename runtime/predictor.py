@@ -1,0 +1,95 @@
+"""Frame-in, detections-out: letterbox, backend inference, filtering and mapping back to the frame."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.preprocess import letterbox, to_input, unletterbox_boxes
+
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+@dataclass
+class Detections:
+    """Detections of one frame.
+
+    Attributes:
+        boxes: float32 ``[K, 4]`` ``xyxy`` in original-frame pixels, clipped to the frame.
+        scores: float32 ``[K]`` confidences in ``[0, 1]``.
+        labels: int64 ``[K]`` 0-based class indices into ``ModelMeta.class_names``.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Predictor:
+    """Runs a :class:`Backend` on BGR frames.
+
+    Args:
+        backend: a loaded detector.
+        conf: minimum score kept, in ``[0, 1]`` (values below ``meta.score_thresh`` change nothing:
+            the graph already dropped those).
+        classes: 0-based class ids to keep; ``None`` keeps all.
+        imgsz: letterbox size override, ``N`` or ``(H, W)`` pixels; only for graphs with
+            ``meta.dynamic_hw``. Default ``meta.imgsz``.
+
+    Attributes:
+        imgsz: ``(H, W)`` letterbox size in pixels.
+        times_ms: wall time in ms of the last call's stages, keys :data:`STAGES`.
+
+    Raises:
+        ValueError: ``imgsz`` differs from a fixed-size graph's, or ``classes`` holds an unknown id.
+    """
+
+    def __init__(self, backend: Backend, conf: float = 0.25, classes: Sequence[int] | None = None,
+                 imgsz: int | tuple[int, int] | None = None) -> None:
+        meta = backend.meta
+        size = meta.imgsz if imgsz is None else (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+        if tuple(size) != tuple(meta.imgsz) and not meta.dynamic_hw:
+            raise ValueError(f"imgsz {size} requested but the model's graph is fixed at {meta.imgsz}; "
+                             "re-export with dynamic H/W or drop --imgsz")
+        bad = [c for c in classes or () if not 0 <= c < len(meta.class_names)]
+        if bad:
+            raise ValueError(f"class ids {bad} out of range for {len(meta.class_names)} classes")
+        self.backend = backend
+        self.conf = conf
+        self.classes = None if classes is None else np.asarray(classes, dtype=np.int64)
+        self.imgsz: tuple[int, int] = (int(size[0]), int(size[1]))
+        self._pad_bgr = tuple(meta.pad_value[::-1])
+        self._buf = np.empty((*self.imgsz, 3), np.uint8)
+        self.times_ms = dict.fromkeys(STAGES, 0.0)
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        """Detect objects in ``frame_bgr`` (uint8 ``[H, W, 3]`` BGR); see :class:`Detections`.
+
+        Raises:
+            ValueError: ``frame_bgr`` is not a non-empty 3-channel image.
+        """
+        t0 = time.perf_counter()
+        # letterbox in BGR (pad colour reversed), then flip to RGB inside to_input's single copy
+        padded, info = letterbox(frame_bgr, self.imgsz, self._pad_bgr, out=self._buf)
+        x = to_input(padded[:, :, ::-1])
+        t1 = time.perf_counter()
+        boxes, scores, labels = self.backend.infer(x)[0]
+        t2 = time.perf_counter()
+        keep = scores >= self.conf
+        if self.classes is not None:
+            keep &= np.isin(labels, self.classes)
+        dets = Detections(unletterbox_boxes(boxes[keep], info),
+                          scores[keep].astype(np.float32, copy=False),
+                          labels[keep].astype(np.int64, copy=False))
+        t3 = time.perf_counter()
+        self.times_ms["preprocess"] = (t1 - t0) * 1e3
+        self.times_ms["inference"] = (t2 - t1) * 1e3
+        self.times_ms["postprocess"] = (t3 - t2) * 1e3
+        return dets

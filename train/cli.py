@@ -1,0 +1,183 @@
+"""Command-line interfaces ``det-train`` and ``det-eval`` (click).
+
+``det-train`` options are generated from :class:`train.config.TrainConfig`, so a flag, a YAML key
+(``--cfg``) and a checkpoint's ``train_args`` always agree; an unknown YAML key is an error that
+suggests the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from train.config import ConfigError, TrainConfig, from_dict, increment_path
+
+HELP: dict[str, str] = {
+    "data": "data config YAML (dataset root, splits, names, format)",
+    "model": "model builder name (see --list-models)",
+    "weights_init": "initial weights: auto (offline defaults), none, or a local .pth path",
+    "imgsz": "longest image side in pixels (multiple of 32)",
+    "epochs": "number of epochs",
+    "batch": "images per SGD step",
+    "workers": "DataLoader worker processes",
+    "optimizer": "sgd or adamw",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay (L2)",
+    "warmup_epochs": "linear warm-up length in epochs (fractions allowed)",
+    "warmup_factor": "LR multiplier at the start of warm-up",
+    "lrf": "final LR as a fraction of --lr (cosine decay)",
+    "clip_grad": "max gradient L2 norm (0 = off)",
+    "aug": "augmentation preset: none, light, default",
+    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "amp_dtype": "AMP dtype on CUDA: fp16 (with GradScaler) or bf16",
+    "trainable_layers": "backbone stages left trainable when pretrained",
+    "device": "auto, cpu, cuda or cuda:N",
+    "seed": "random seed",
+    "cache": "decode and resize all images into RAM once",
+    "project": "parent folder of the run folder",
+    "name": "run folder name (incremented: exp, exp2, ...)",
+    "exist_ok": "reuse an existing run folder instead of incrementing",
+    "resume": "continue a run from its weights/last.pt",
+}
+
+
+def _options_from(cls: type) -> Callable[[Callable], Callable]:
+    """click options for every field of dataclass ``cls`` (default ``None`` = not given)."""
+
+    def deco(f: Callable) -> Callable:
+        for fld in reversed(dataclasses.fields(cls)):
+            default = fld.default if fld.default is not dataclasses.MISSING else None
+            flag = "--" + fld.name.replace("_", "-")
+            help_ = HELP.get(fld.name, "")
+            if fld.type in ("bool", bool):
+                f = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=help_,
+                                 show_default=str(default))(f)
+            else:
+                typ = {"int": int, "float": float}.get(str(fld.type), str)
+                f = click.option(flag, fld.name, type=typ, default=None, help=help_,
+                                 show_default=str(default) if default != "" else False)(f)
+        return f
+
+    return deco
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(str(e)) from e
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--cfg", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML file of training options (flags override it)")
+@click.option("--list-models", is_flag=True, help="print the model builders and exit")
+@_options_from(TrainConfig)
+def train_cli(cfg: str | None, list_models: bool, **flags: Any) -> None:
+    """Train a detector on a dataset described by --data; writes runs/train/<name>."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from train.models import MODELS
+
+    if list_models:
+        for name in MODELS:
+            click.echo(name)
+        return
+    try:
+        values: dict[str, Any] = {}
+        if cfg:
+            loaded = yaml.safe_load(Path(cfg).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{cfg}: expected a mapping")
+            values.update(loaded)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        tc = from_dict(TrainConfig, values, cfg or "command line")
+        if not tc.data and not tc.resume:
+            raise ConfigError("--data is required (a data config YAML such as configs/raccoon.yaml)")
+        from train.trainer import fit
+
+        fit(tc, show=sys.stderr.isatty() or True)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        _fail(e)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="checkpoint (.pt) or exported model (.onnx)")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="data config YAML")
+@click.option("--split", default="val", show_default=True, help="split to evaluate: train, val, test")
+@click.option("--conf", default=0.001, show_default=True, type=float,
+              help="score threshold (keep it low for mAP)")
+@click.option("--imgsz", default=None, type=int, help="input size override (dynamic graphs only)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
+@click.option("--project", default="runs/eval", show_default=True, help="parent of the run folder")
+@click.option("--name", default="exp", show_default=True, help="run folder name (incremented)")
+def eval_cli(weights: str, data: str, split: str, conf: float, imgsz: int | None, device: str,
+             project: str, name: str) -> None:
+    """COCO mAP@[.5:.95], AP50 and per-class AP of a .pt or .onnx model on a dataset split.
+
+    Both formats run through the runtime's backends (letterbox pre-processing, same as det-run),
+    so their numbers compare directly. Writes metrics.json to the run folder.
+    """
+    try:
+        result, info = evaluate_weights(weights, data, split, conf, imgsz, device)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        _fail(e)
+    click.echo(result.table())
+    click.echo(f"{info['n_images']} images, {info['ms_per_image']:.1f} ms/image "
+               f"({info['backend']})")
+    out = increment_path(Path(project) / name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
+    click.echo(f"wrote {out / 'metrics.json'}")
+
+
+def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 0.001,
+                     imgsz: int | None = None, device: str = "auto"):
+    """Evaluate an artifact on a split through :mod:`runtime` backends.
+
+    Returns ``(CocoResult, info)`` with ``info`` = weights, backend, split, n_images,
+    ms_per_image (pre-process + inference + post-process, after one warm-up image).
+
+    Raises:
+        ValueError: the artifact's class names differ from the data config's.
+    """
+    import cv2
+
+    from runtime.backends import load_backend
+    from runtime.predictor import Predictor
+    from train.coco_eval import evaluate_coco
+    from train.config import load_data_config
+    from train.data.dataset import load_rgb
+    from train.data.formats import read_split
+
+    dcfg = load_data_config(data)
+    samples, names, cat_ids, report = read_split(dcfg, split)
+    backend = load_backend(weights, device=device)
+    if list(backend.meta.class_names) != list(names):
+        raise ValueError(f"{weights}: model classes {backend.meta.class_names} differ from "
+                         f"{data} names {names}")
+    pred = Predictor(backend, conf=conf, imgsz=imgsz)
+    preds, elapsed, n_timed = {}, 0.0, 0
+    for i, s in enumerate(samples):
+        try:
+            bgr = cv2.cvtColor(load_rgb(str(s.image)), cv2.COLOR_RGB2BGR)
+        except (OSError, ValueError) as e:
+            click.echo(f"warning: {s.image}: unreadable ({e}), skipped", err=True)
+            continue
+        t0 = time.perf_counter()
+        d = pred(bgr)
+        if i > 0:
+            elapsed += time.perf_counter() - t0
+            n_timed += 1
+        preds[i] = (d.boxes, d.scores, d.labels)
+    result = evaluate_coco(samples, preds, names, cat_ids)
+    info = {"weights": str(weights), "backend": backend.name, "split": split,
+            "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed)}
+    return result, info

@@ -1,0 +1,110 @@
+"""COCO box mAP with faster-coco-eval (a C++ reimplementation of pycocotools' COCOeval).
+
+Ground truth comes from :class:`train.data.formats.Sample` objects; crowd regions and VOC
+``difficult`` boxes are passed as ``iscrowd=1`` so detections on them count neither as true nor as
+false positives. Label ``i`` is reported under the dataset's category id ``category_ids[i]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from faster_coco_eval import COCO, COCOeval_faster
+
+from train.data.formats import Sample
+
+STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@dataclass
+class CocoResult:
+    """COCO metrics in ``[0, 1]``: ``stats`` keyed by :data:`STAT_NAMES` (``mAP`` is
+    mAP@[.5:.95]), ``per_class`` maps class name -> ``{"AP": mAP@[.5:.95], "AP50": ...}``
+    (``-1`` when the class has no ground truth), ``precision`` is COCOeval's
+    ``[T=10, R=101, K, A=4, M=3]`` array (for PR curves)."""
+
+    stats: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    n_images: int
+    n_detections: int
+    precision: np.ndarray | None = field(default=None, repr=False)
+
+    def table(self) -> str:
+        """The standard COCO summary plus a per-class AP table, as text."""
+        s = self.stats
+        lines = [f"mAP@[.5:.95] {s['mAP']:.4f}   AP50 {s['AP50']:.4f}   AP75 {s['AP75']:.4f}   "
+                 f"APs {s['APs']:.4f}  APm {s['APm']:.4f}  APl {s['APl']:.4f}   AR100 {s['AR100']:.4f}",
+                 f"{'class':<24}{'AP50':>8}{'mAP':>8}"]
+        for name, v in self.per_class.items():
+            lines.append(f"{name:<24}{v['AP50']:>8.4f}{v['AP']:>8.4f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"stats": self.stats, "per_class": self.per_class, "n_images": self.n_images,
+                "n_detections": self.n_detections}
+
+
+def coco_gt(samples: list[Sample], class_names: list[str], category_ids: list[int]) -> dict:
+    """A COCO ground-truth dict (``xywh`` boxes) for ``samples``; image ids are sample indices."""
+    images, anns = [], []
+    for i, s in enumerate(samples):
+        images.append({"id": i, "width": s.width, "height": s.height, "file_name": s.image.name})
+        for b, lab, crowd in zip(s.boxes, s.labels, s.iscrowd):
+            w, h = float(b[2] - b[0]), float(b[3] - b[1])
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": category_ids[int(lab)],
+                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h,
+                         "iscrowd": int(crowd)})
+    cats = [{"id": c, "name": n} for c, n in zip(category_ids, class_names)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def evaluate_coco(
+    samples: list[Sample],
+    predictions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    class_names: list[str],
+    category_ids: list[int],
+) -> CocoResult:
+    """COCO bbox evaluation.
+
+    Args:
+        samples: ground truth.
+        predictions: sample index -> ``(boxes float32 [K, 4] xyxy original-image pixels,
+            scores float32 [K], labels int64 [K] 0-based)``. Missing indices count as no detections.
+        class_names / category_ids: as returned by :func:`train.data.formats.read_split`.
+    """
+    gt = COCO()
+    gt.dataset = coco_gt(samples, class_names, category_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    dets = []
+    for i, (boxes, scores, labels) in predictions.items():
+        for b, sc, lab in zip(boxes, scores, labels):
+            dets.append({"image_id": int(i), "category_id": category_ids[int(lab)],
+                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                         "score": float(sc)})
+    zero = {k: 0.0 for k in STAT_NAMES}
+    if not dets:
+        per = {n: {"AP": 0.0, "AP50": 0.0} for n in class_names}
+        return CocoResult(zero, per, len(samples), 0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(dets)
+        ev = COCOeval_faster(gt, dt, iouType="bbox", print_function=lambda *a, **k: None)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: float(max(v, 0.0)) for k, v in zip(STAT_NAMES, ev.stats[:12])}
+    prec = np.asarray(ev.eval["precision"])  # [T, R, K, A, M]
+    cat_order = list(ev.params.catIds)
+    per = {}
+    for name, cid in zip(class_names, category_ids):
+        p = prec[:, :, cat_order.index(cid), 0, -1]
+        valid = p[p > -1]
+        p50 = p[0][p[0] > -1]
+        per[name] = {"AP": float(valid.mean()) if valid.size else -1.0,
+                     "AP50": float(p50.mean()) if p50.size else -1.0}
+    return CocoResult(stats, per, len(samples), len(dets), precision=prec)

@@ -1,0 +1,1 @@
+"""Dataset readers (COCO JSON, Pascal VOC XML, YOLO txt), validation and the training dataset."""

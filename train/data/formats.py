@@ -1,0 +1,365 @@
+"""Readers for COCO JSON, Pascal VOC XML (labelImg) and YOLO txt, with validation.
+
+Every reader returns :class:`Sample` objects in one convention: boxes ``float32 [M, 4]`` ``xyxy`` in
+absolute, continuous pixel coordinates of the image *as displayed* (EXIF orientation applied), labels
+``int64 [M]`` 0-based indices into the class names.
+
+Conversions: COCO ``[x, y, w, h]`` -> ``[x, y, x + w, y + h]``; VOC 1-based inclusive pixel indices
+-> ``[xmin - 1, ymin - 1, xmax, ymax]`` (Detectron2's convention); YOLO normalised ``cx cy w h`` ->
+absolute ``xyxy``.
+
+Every problem is recorded in a :class:`DataReport` with its file and what was done (box clipped,
+box skipped, image skipped, image kept as background); one bad box never drops its image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from train.config import ConfigError, DataConfig
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used (e.g. no valid labels at all); the message says why and where."""
+
+
+@dataclass
+class Sample:
+    """One annotated image.
+
+    Attributes:
+        image: path of the image file.
+        width / height: size in pixels after EXIF orientation.
+        boxes: ``float32 [M, 4]`` ``xyxy`` absolute pixels.
+        labels: ``int64 [M]`` 0-based class indices.
+        iscrowd: ``bool [M]``: COCO crowd regions and VOC ``difficult`` boxes (ignored by COCO mAP).
+        image_id: integer id (COCO's id, else the sample's index).
+    """
+
+    image: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    iscrowd: np.ndarray
+    image_id: int = 0
+
+
+@dataclass
+class DataReport:
+    """Problems found while reading a split: ``(file, problem, action)`` rows and counts."""
+
+    split: str
+    issues: list[tuple[str, str, str]] = field(default_factory=list)
+    n_images: int = 0
+    n_boxes: int = 0
+
+    def add(self, file: Path | str, problem: str, action: str) -> None:
+        """Record one problem with the file it came from and what was done."""
+        self.issues.append((str(file), problem, action))
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """How often each ``(problem, action)`` occurred."""
+        return Counter((p, a) for _, p, a in self.issues)
+
+    def table(self, max_files: int = 3) -> str:
+        """A human-readable summary table (with a few example files per problem)."""
+        lines = [f"[{self.split}] {self.n_images} images, {self.n_boxes} boxes"]
+        if not self.issues:
+            return lines[0] + ", no problems found"
+        lines.append(f"  {'count':>6}  {'problem':<44} action / example files")
+        for (prob, act), n in self.counts().most_common():
+            ex = [f for f, p, a in self.issues if (p, a) == (prob, act)][:max_files]
+            lines.append(f"  {n:>6}  {prob:<44} {act}: {', '.join(Path(e).name for e in ex)}")
+        return "\n".join(lines)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image after EXIF orientation, reading only the header.
+
+    Raises:
+        OSError / PIL.UnidentifiedImageError: unreadable image.
+    """
+    with Image.open(path) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _fix_boxes(boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray, w: int, h: int,
+               file: Path, report: DataReport) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skip non-finite, degenerate and fully-outside boxes; clip partly-outside ones."""
+    keep = np.ones(len(boxes), dtype=bool)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            report.add(file, "non-finite box coordinate", "box skipped")
+            keep[i] = False
+        elif x2 <= x1 or y2 <= y1:
+            report.add(file, "degenerate box (x2<=x1 or y2<=y1)", "box skipped")
+            keep[i] = False
+        elif x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+            report.add(file, "box entirely outside the image", "box skipped")
+            keep[i] = False
+        elif x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+            cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+            if cx2 - cx1 < 1 or cy2 - cy1 < 1:
+                report.add(file, "box under 1 px after clipping", "box skipped")
+                keep[i] = False
+            else:
+                report.add(file, "box outside the image", "box clipped")
+                boxes[i] = (cx1, cy1, cx2, cy2)
+    return boxes[keep], labels[keep], iscrowd[keep]
+
+
+def _sample(image: Path, w: int, h: int, boxes: list[list[float]], labels: list[int],
+            crowd: list[bool], report: DataReport, label_file: Path, image_id: int) -> Sample:
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    lab = np.asarray(labels, dtype=np.int64)
+    cr = np.asarray(crowd, dtype=bool)
+    b, lab, cr = _fix_boxes(b, lab, cr, w, h, label_file, report)
+    return Sample(image=image, width=w, height=h, boxes=b, labels=lab, iscrowd=cr, image_id=image_id)
+
+
+def _read_image_size(image: Path, report: DataReport) -> tuple[int, int] | None:
+    if not image.is_file():
+        report.add(image, "missing image", "image skipped")
+        return None
+    try:
+        return image_size(image)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        report.add(image, f"unreadable image ({type(e).__name__})", "image skipped")
+        return None
+
+
+def parse_voc(xml_file: Path, names: list[str], w: int, h: int, image: Path, report: DataReport,
+              image_id: int) -> Sample | None:
+    """Read one labelImg/Pascal VOC XML file into a :class:`Sample` (``None`` if unreadable)."""
+    try:
+        root = ET.parse(xml_file).getroot()
+    except (ET.ParseError, OSError) as e:
+        report.add(xml_file, f"unreadable label file ({e.__class__.__name__})", "image skipped")
+        return None
+    boxes, labels, crowd = [], [], []
+    objects = root.findall("object")
+    if not objects:
+        report.add(xml_file, "label file has no objects", "image kept as background")
+    for obj in objects:
+        name = (obj.findtext("name") or "").strip()
+        if name not in names:
+            report.add(xml_file, f"unknown class name '{name}'", "box skipped")
+            continue
+        bb = obj.find("bndbox")
+        try:
+            xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError, AttributeError):
+            report.add(xml_file, "malformed <bndbox>", "box skipped")
+            continue
+        boxes.append([xmin - 1, ymin - 1, xmax, ymax])
+        labels.append(names.index(name))
+        crowd.append((obj.findtext("difficult") or "0").strip() == "1")
+    return _sample(image, w, h, boxes, labels, crowd, report, xml_file, image_id)
+
+
+def parse_yolo(txt_file: Path, n_classes: int, w: int, h: int, image: Path, report: DataReport,
+               image_id: int) -> Sample:
+    """Read one YOLO txt file (``class cx cy w h`` normalised, one box per line)."""
+    boxes, labels = [], []
+    lines = [ln for ln in txt_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        report.add(txt_file, "empty label file", "image kept as background")
+    for ln in lines:
+        parts = ln.split()
+        try:
+            cls = int(float(parts[0]))
+            cx, cy, bw, bh = (float(v) for v in parts[1:5])
+            if len(parts) != 5:
+                raise ValueError
+        except (ValueError, IndexError):
+            report.add(txt_file, "malformed line (need: class cx cy w h)", "box skipped")
+            continue
+        if not 0 <= cls < n_classes:
+            report.add(txt_file, f"class id {cls} out of range 0..{n_classes - 1}", "box skipped")
+            continue
+        boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+        labels.append(cls)
+    return _sample(image, w, h, boxes, labels, [False] * len(labels), report, txt_file, image_id)
+
+
+def read_coco(json_file: Path, cfg: DataConfig, report: DataReport
+              ) -> tuple[list[Sample], list[str], list[int]]:
+    """Read a COCO detection JSON: returns samples, class names and their category ids.
+
+    Category ids need not start at 0 or be contiguous: label ``i`` is category ``category_ids[i]``.
+    With ``cfg.names`` set, categories are matched by name in that order.
+
+    Raises:
+        DatasetError: unreadable JSON or missing ``images``/``annotations``/``categories``.
+    """
+    try:
+        d = json.loads(json_file.read_text(encoding="utf-8"))
+        cats = sorted(d["categories"], key=lambda c: c["id"])
+        images, anns = d["images"], d.get("annotations", [])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DatasetError(f"{json_file}: not a COCO detection file ({type(e).__name__}: {e})") from e
+    by_name = {c["name"]: c["id"] for c in cats}
+    if cfg.names:
+        missing = [n for n in cfg.names if n not in by_name]
+        if missing:
+            raise DatasetError(f"{json_file}: names {missing} have no category (have {list(by_name)})")
+        names = list(cfg.names)
+    else:
+        names = [c["name"] for c in cats]
+    cat_ids = [by_name[n] for n in names]
+    label_of = {cid: i for i, cid in enumerate(cat_ids)}
+    per_image: dict[int, list[dict]] = {}
+    for a in anns:
+        per_image.setdefault(a.get("image_id"), []).append(a)
+    samples = []
+    for im in images:
+        fn = Path(im["file_name"])
+        cands = [cfg.root / cfg.images / fn, cfg.root / fn, json_file.parent / fn]
+        path = next((c for c in cands if c.is_file()), cands[0])
+        size = _read_image_size(path, report)
+        if size is None:
+            continue
+        w, h = size
+        boxes, labels, crowd = [], [], []
+        for a in per_image.get(im["id"], []):
+            cid = a.get("category_id")
+            if cid not in label_of:
+                report.add(json_file, f"unknown category id {cid} (image {fn})", "box skipped")
+                continue
+            try:
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                report.add(json_file, f"malformed bbox (image {fn})", "box skipped")
+                continue
+            boxes.append([x, y, x + bw, y + bh])
+            labels.append(label_of[cid])
+            crowd.append(bool(a.get("iscrowd", 0)))
+        if not boxes:
+            report.add(path, "no annotations", "image kept as background")
+        samples.append(_sample(path, w, h, boxes, labels, crowd, report, json_file, int(im["id"])))
+    return samples, names, cat_ids
+
+
+def list_split_images(cfg: DataConfig, spec: str) -> list[Path]:
+    """Image paths of a list-file or directory split (see :class:`DataConfig`)."""
+    p = cfg.root / spec
+    if p.is_dir():
+        return sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+    if not p.is_file():
+        raise ConfigError(f"{cfg.source}: split '{spec}' not found at {p}")
+    out = []
+    for ln in p.read_text(encoding="utf-8").splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith("#"):
+            continue
+        q = Path(ln)
+        if q.suffix.lower() in IMAGE_EXTS:
+            out.append(q if q.is_absolute() else (cfg.root / q if (cfg.root / q).exists()
+                                                 else cfg.root / cfg.images / q))
+            continue
+        found = [cfg.root / cfg.images / f"{ln}{e}" for e in IMAGE_EXTS
+                 if (cfg.root / cfg.images / f"{ln}{e}").is_file()]
+        out.append(found[0] if found else cfg.root / cfg.images / f"{ln}.jpg")
+    return out
+
+
+def label_path(cfg: DataConfig, image: Path, fmt: str) -> Path:
+    """Label file of ``image``: ``<root>/<labels>/<path relative to images>.(xml|txt)``.
+
+    Falls back to replacing the last ``images`` folder in the path by the label folder
+    (Ultralytics' ``images/`` -> ``labels/`` layout).
+    """
+    labels_dir = cfg.labels or ("annotations" if fmt == "voc" else "labels")
+    suffix = ".xml" if fmt == "voc" else ".txt"
+    try:
+        rel = image.relative_to(cfg.root / cfg.images)
+        cand = cfg.root / labels_dir / rel.with_suffix(suffix)
+        if cand.exists():
+            return cand
+    except ValueError:
+        cand = None
+    parts = list(image.parts)
+    if "images" in parts:
+        i = len(parts) - 1 - parts[::-1].index("images")
+        parts[i] = labels_dir
+        alt = Path(*parts).with_suffix(suffix)
+        if alt.exists() or cand is None:
+            return alt
+    return cand if cand is not None else image.with_suffix(suffix)
+
+
+def detect_format(cfg: DataConfig) -> str:
+    """Resolve ``cfg.format == "auto"`` from the train split and label files."""
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.train.endswith(".json"):
+        return "coco"
+    for fmt, sub, ext in (("voc", cfg.labels or "annotations", ".xml"),
+                          ("yolo", cfg.labels or "labels", ".txt")):
+        d = cfg.root / sub
+        if d.is_dir() and next(d.rglob(f"*{ext}"), None) is not None:
+            return fmt
+    raise ConfigError(f"{cfg.source}: cannot detect the annotation format under {cfg.root}; "
+                      f"set 'format: coco|voc|yolo'")
+
+
+def read_split(cfg: DataConfig, split: str) -> tuple[list[Sample], list[str], list[int], DataReport]:
+    """Read and validate one split.
+
+    Returns:
+        ``(samples, class_names, category_ids, report)``; ``category_ids[i]`` is the id COCO
+        evaluation uses for label ``i`` (COCO: the file's ids; VOC: ``1..C``; YOLO: ``0..C-1``).
+
+    Raises:
+        ConfigError: bad split spec or missing ``names`` for VOC/YOLO.
+        DatasetError: unreadable COCO file.
+    """
+    fmt = detect_format(cfg)
+    spec = cfg.split(split)
+    report = DataReport(split=split)
+    if fmt == "coco":
+        samples, names, cat_ids = read_coco(cfg.root / spec, cfg, report)
+    else:
+        if not cfg.names:
+            raise ConfigError(f"{cfg.source}: list the class names under 'names:' ({fmt} format)")
+        names = list(cfg.names)
+        cat_ids = list(range(1, len(names) + 1)) if fmt == "voc" else list(range(len(names)))
+        samples = []
+        for idx, image in enumerate(list_split_images(cfg, spec)):
+            size = _read_image_size(image, report)
+            if size is None:
+                continue
+            lf = label_path(cfg, image, fmt)
+            if not lf.is_file():
+                report.add(lf, "missing label file", "image kept as background")
+                s = _sample(image, *size, [], [], [], report, lf, idx)
+            elif fmt == "voc":
+                s = parse_voc(lf, names, *size, image, report, idx)
+            else:
+                s = parse_yolo(lf, len(names), *size, image, report, idx)
+            if s is not None:
+                samples.append(s)
+    report.n_images = len(samples)
+    report.n_boxes = int(sum(len(s.boxes) for s in samples))
+    return samples, names, cat_ids, report
+
+
+def require_labels(samples: list[Sample], report: DataReport, cfg: DataConfig) -> None:
+    """Raise :class:`DatasetError` when a split has no valid box at all."""
+    if not any(len(s.boxes) for s in samples):
+        raise DatasetError(
+            f"{cfg.source}: split '{report.split}' has no valid boxes "
+            f"({report.n_images} usable images).\n{report.table()}")

@@ -1,0 +1,143 @@
+"""One training epoch and one evaluation pass, in the style of torchvision's detection references."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from train.coco_eval import CocoResult, evaluate_coco
+from train.data.formats import Sample
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf: the learning rate is probably too high."""
+
+
+def warmup_cosine(total_iters: int, warmup_iters: int, warmup_factor: float, lrf: float):
+    """LR multiplier ``f(it)``: linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``,
+    then cosine from 1 to ``lrf`` at ``total_iters`` (for ``torch.optim.lr_scheduler.LambdaLR``)."""
+
+    def f(it: int) -> float:
+        if it < warmup_iters:
+            a = it / max(1, warmup_iters)
+            return warmup_factor * (1 - a) + a
+        t = (it - warmup_iters) / max(1, total_iters - warmup_iters)
+        return lrf + (1 - lrf) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: DataLoader,
+    device: torch.device,
+    epoch: int,
+    epochs: int,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    clip_grad: float = 0.0,
+    show: bool = True,
+) -> dict[str, float]:
+    """Train for one epoch; the scheduler steps every iteration.
+
+    Args:
+        amp_dtype: ``torch.float16``/``torch.bfloat16`` to run the forward pass under
+            ``torch.autocast`` (CUDA), ``None`` for fp32. ``scaler`` is required with fp16.
+        clip_grad: max global L2 norm of the gradients (0 disables).
+
+    Returns:
+        Mean of each loss over the epoch, ``loss`` (their sum), ``lr`` (last), ``img_s``
+        (training throughput, images per second) and ``n_images``.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN or infinite.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    n_img, n_it = 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, dynamic_ncols=True,
+               leave=True)
+    for images, targets in bar:
+        if not images:
+            continue
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+        with ctx:
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {epoch + 1} ({ {k: v.item() for k, v in losses.items()} }); "
+                "lower --lr or check the labels")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        scheduler.step()
+        n_it += 1
+        n_img += len(images)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        if show:
+            bar.set_postfix(loss=f"{sums['loss'] / n_it:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
+    out = {k: v / max(1, n_it) for k, v in sums.items()}
+    out["lr"] = optimizer.param_groups[0]["lr"]
+    out["img_s"] = n_img / max(1e-9, time.perf_counter() - t0)
+    out["n_images"] = n_img
+    return out
+
+
+@torch.inference_mode()
+def predict_dataset(model: nn.Module, loader: DataLoader, device: torch.device, show: bool = False
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Run ``model`` over ``loader`` (a :class:`train.data.dataset.DetectionDataset` without
+    augmentation) and return sample index -> ``(boxes float32 [K, 4] xyxy original-image pixels,
+    scores float32 [K], labels int64 [K] 0-based)``."""
+    model.eval()
+    preds = {}
+    for images, targets in tqdm(loader, desc="val", disable=not show, leave=False):
+        if not images:
+            continue
+        out = model([im.to(device) for im in images])
+        for o, t in zip(out, targets):
+            boxes = o["boxes"].float().cpu().numpy() / t["scale"]
+            preds[t["index"]] = (boxes, o["scores"].float().cpu().numpy(),
+                                 o["labels"].cpu().numpy())
+    return preds
+
+
+def evaluate(model: nn.Module, loader: DataLoader, samples: list[Sample], class_names: list[str],
+             category_ids: list[int], device: torch.device) -> tuple[CocoResult, float]:
+    """COCO-evaluate ``model`` on a validation loader; returns ``(result, ms per image)``."""
+    t0 = time.perf_counter()
+    preds = predict_dataset(model, loader, device)
+    ms = (time.perf_counter() - t0) * 1000 / max(1, len(preds))
+    return evaluate_coco(samples, preds, class_names, category_ids), ms
+
+
+def describe(stats: dict[str, Any]) -> str:
+    """A compact one-line rendering of a metrics dict."""
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
