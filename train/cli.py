@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +50,11 @@ HELP: dict[str, str] = {
 
 
 def _options_from(cls: type) -> Callable[[Callable], Callable]:
-    """click options for every field of dataclass ``cls`` (default ``None`` = not given)."""
+    """click options for every field of dataclass ``cls``, defaults shown in ``--help``.
+
+    Which flags were really typed is read back with :func:`_given` (so ``--cfg`` values are only
+    overridden by explicit flags).
+    """
 
     def deco(f: Callable) -> Callable:
         for fld in reversed(dataclasses.fields(cls)):
@@ -59,15 +62,21 @@ def _options_from(cls: type) -> Callable[[Callable], Callable]:
             flag = "--" + fld.name.replace("_", "-")
             help_ = HELP.get(fld.name, "")
             if fld.type in ("bool", bool):
-                f = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=help_,
-                                 show_default=str(default))(f)
+                f = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=default, help=help_,
+                                 show_default=True)(f)
             else:
                 typ = {"int": int, "float": float}.get(str(fld.type), str)
-                f = click.option(flag, fld.name, type=typ, default=None, help=help_,
-                                 show_default=str(default) if default != "" else False)(f)
+                f = click.option(flag, fld.name, type=typ, default=default, help=help_,
+                                 show_default=default not in ("", None))(f)
         return f
 
     return deco
+
+
+def _given(ctx: click.Context, flags: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``flags`` typed on the command line (not defaults)."""
+    return {k: v for k, v in flags.items()
+            if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
 
 
 def _fail(e: Exception) -> None:
@@ -79,7 +88,8 @@ def _fail(e: Exception) -> None:
               help="YAML file of training options (flags override it)")
 @click.option("--list-models", is_flag=True, help="print the model builders and exit")
 @_options_from(TrainConfig)
-def train_cli(cfg: str | None, list_models: bool, **flags: Any) -> None:
+@click.pass_context
+def train_cli(ctx: click.Context, cfg: str | None, list_models: bool, **flags: Any) -> None:
     """Train a detector on a dataset described by --data; writes runs/train/<name>."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from train.models import MODELS
@@ -95,13 +105,13 @@ def train_cli(cfg: str | None, list_models: bool, **flags: Any) -> None:
             if not isinstance(loaded, dict):
                 raise ConfigError(f"{cfg}: expected a mapping")
             values.update(loaded)
-        values.update({k: v for k, v in flags.items() if v is not None})
+        values.update(_given(ctx, flags))
         tc = from_dict(TrainConfig, values, cfg or "command line")
         if not tc.data and not tc.resume:
             raise ConfigError("--data is required (a data config YAML such as configs/raccoon.yaml)")
         from train.trainer import fit
 
-        fit(tc, show=sys.stderr.isatty() or True)
+        fit(tc)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(e)
 

@@ -6,7 +6,6 @@ import csv
 import logging
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -40,7 +40,7 @@ def load_rgb(path: str) -> np.ndarray:
     """
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def build_transforms(aug: str, imgsz: int) -> v2.Compose | None:

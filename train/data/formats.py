@@ -26,6 +26,9 @@ from PIL import Image, UnidentifiedImageError
 
 from train.config import ConfigError, DataConfig
 
+#: boxes at most this many pixels past the border are clipped without a report (float rounding of
+#: normalised YOLO coordinates, labelImg's off-by-one at the right/bottom edge)
+EDGE_TOL = 1.0
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -112,12 +115,14 @@ def _fix_boxes(boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray, w: in
             keep[i] = False
         elif x1 < 0 or y1 < 0 or x2 > w or y2 > h:
             cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
+            boxes[i] = (cx1, cy1, cx2, cy2)
+            if max(-x1, -y1, x2 - w, y2 - h) <= EDGE_TOL:
+                continue  # rounding / off-by-one at the border: clip silently
             if cx2 - cx1 < 1 or cy2 - cy1 < 1:
                 report.add(file, "box under 1 px after clipping", "box skipped")
                 keep[i] = False
             else:
                 report.add(file, "box outside the image", "box clipped")
-                boxes[i] = (cx1, cy1, cx2, cy2)
     return boxes[keep], labels[keep], iscrowd[keep]
 
 
