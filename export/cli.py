@@ -24,7 +24,7 @@ def _mib(path: Path) -> str:
 @click.option("--simplify/--no-simplify", default=True, show_default=True,
               help="Simplify with onnxslim (kept only if it passes parity).")
 @click.option("--parity-images", type=str, metavar="DIR|GLOB",
-              show_default="up to 8 val images of the checkpoint's dataset",
+              show_default="up to 50 val images of the checkpoint's dataset",
               help="Images for the PyTorch-vs-ONNX parity check.")
 @click.option("--iou-thr", type=click.FloatRange(0.0, 1.0), default=0.9, show_default=True,
               help="Parity: minimum IoU of a matched box.")

@@ -248,7 +248,7 @@ def synthetic_images(n: int = 8, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n)]
 
 
-def default_parity_images(ckpt: dict[str, Any], n: int = 8,
+def default_parity_images(ckpt: dict[str, Any], n: int = 50,
                           echo: Callable[[str], None] = print) -> list[np.ndarray]:
     """Up to ``n`` validation images of the checkpoint's dataset, else synthetic noise (with a warning)."""
     paths = val_image_paths(ckpt.get("data") or {})[:n]
@@ -256,6 +256,6 @@ def default_parity_images(ckpt: dict[str, Any], n: int = 8,
         echo(f"parity images: {len(paths)} val images from {paths[0].parent}")
         return [read_image(p) for p in paths]
     echo("WARNING: the checkpoint's dataset (ckpt['data'] 'path'/'val') could not be resolved; "
-         f"parity runs on {n} SYNTHETIC noise images, which exercise the graph but say little "
+         f"parity runs on {min(n, 8)} SYNTHETIC noise images, which exercise the graph but say little "
          "about real detections. Pass --parity-images DIR|GLOB for a meaningful check.")
-    return synthetic_images(n)
+    return synthetic_images(min(n, 8))

@@ -1,4 +1,4 @@
-"""Frame sources: an image, a folder of images, a glob pattern, or a video file."""
+"""Frame sources: an image, a folder of images, a glob pattern, a list file, or a video file."""
 
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ class VideoSource(Source):
 
 
 def open_source(spec: str | Path) -> Source:
-    """Open ``spec``: an image file, a folder of images, a glob pattern, or a video file.
+    """Open ``spec``: an image file, a folder of images, a glob pattern, a ``.txt`` list of image
+    paths, or a video file.
 
     Folder and glob images are sorted by path; non-image files in a folder are ignored.
 
@@ -143,6 +144,13 @@ def open_source(spec: str | Path) -> Source:
         raise FileNotFoundError(f"source not found: {p}")
     if p.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource(SourceInfo(stem=p.stem, is_video=False, frames=1), [p])
+    if p.suffix.lower() == ".txt":  # a list of image paths, one per line (relative to the list)
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        files = [q if q.is_absolute() else p.parent / q
+                 for q in (Path(ln) for ln in lines if ln and not ln.startswith("#"))]
+        if not files:
+            raise SourceError(f"image list {p} is empty")
+        return ImageSource(SourceInfo(stem=p.stem, is_video=False, frames=len(files)), files)
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
         raise SourceError(f"cannot open {p} as a video (unsupported or corrupt file)")

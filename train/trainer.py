@@ -146,6 +146,7 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
           f"device {device}, {len(train_ds)} train / {len(val_ds)} val images, {iters} it/epoch")
     for epoch in range(start_epoch, cfg.epochs):
         g.manual_seed(cfg.seed * 1000 + epoch)  # the shuffle order depends only on (seed, epoch)
+        model.set_epoch(epoch)
         t0 = time.perf_counter()
         tr = train_one_epoch(model, optimizer, sched, train_loader, device, epoch, cfg.epochs,
                              scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, show=show)

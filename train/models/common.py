@@ -65,6 +65,12 @@ class Detector(nn.Module):
         self.num_classes = num_classes
         self.build_args = dict(build_args)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the inner model the 0-based epoch (for epoch-dependent training, e.g. TOOD's switch
+        from ATSS to task-aligned assignment); a no-op for models that do not care."""
+        if hasattr(self.model, "set_epoch"):
+            self.model.set_epoch(epoch)
+
     def forward(self, images: list[Tensor] | Tensor,
                 targets: list[dict[str, Tensor]] | None = None) -> Any:
         if isinstance(images, Tensor):
