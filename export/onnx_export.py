@@ -18,8 +18,31 @@ import torch
 from torch import Tensor, nn
 
 from export.parity import ParityError, ParityReport, check_parity, default_parity_images
+from export.trt_check import DEFAULT_TRT_VERSION, check_trt_readiness
 from runtime.preprocess import letterbox, to_input
 from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+
+
+STATIC_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
+
+
+def static_module(model: nn.Module, batch: int, imgsz: tuple[int, int]) -> nn.Module:
+    """The fixed-size deployment module of a :class:`train.models.common.Detector`.
+
+    A model whose inner module has ``static_module(batch, imgsz)`` provides its own (same outputs
+    as :class:`export.static_graph.StaticFasterRCNN`); torchvision Faster R-CNNs get
+    :class:`~export.static_graph.StaticFasterRCNN`.
+
+    Raises:
+        TypeError: neither applies.
+        ValueError: the fixed sizes break a TensorRT limit.
+    """
+    from export.static_graph import StaticFasterRCNN
+
+    inner = getattr(model, "model", model)
+    if hasattr(inner, "static_module"):
+        return inner.static_module(batch, imgsz)
+    return StaticFasterRCNN(model, batch, imgsz)
 
 
 class SingleImageDetector(nn.Module):
@@ -109,8 +132,11 @@ def export_onnx(
     out_path: str | Path | None = None,
     opset: int = 17,
     simplify: bool = True,
-    imgsz: int | None = None,
+    imgsz: int | tuple[int, int] | None = None,
     *,
+    static: bool = False,
+    batch: int = 1,
+    trt_version: str = DEFAULT_TRT_VERSION,
     parity_images: list[np.ndarray] | None = None,
     iou_thr: float = 0.9,
     score_tol: float = 0.01,
@@ -130,7 +156,14 @@ def export_onnx(
         out_path: output file; default: the checkpoint's path with suffix ``.onnx``.
         opset: ONNX opset.
         simplify: try onnxslim.
-        imgsz: square input size in pixels to trace at and record; default: the checkpoint's.
+        imgsz: input size in pixels, ``N`` or ``(H, W)``, to trace at and record; default: the
+            checkpoint's.
+        static: write the static TensorRT-ready graph instead: input ``[batch, 3, H, W]``, padded
+            outputs ``boxes [batch, K, 4]``, ``scores [batch, K]``, ``labels [batch, K]``,
+            ``num_dets [batch]`` (``K = max_det``; :mod:`export.static_graph`), folded by onnxslim at
+            the fixed size; its TensorRT readiness (:mod:`export.trt_check`) must pass.
+        batch: batch size ``N`` of the static graph.
+        trt_version: supported-operator list the readiness check uses.
         parity_images: BGR ``uint8`` frames for the parity check; default: up to 8 val images of
             the checkpoint's dataset, else synthetic noise (with a warning).
         iou_thr: parity IoU threshold for a matched box.
@@ -144,6 +177,8 @@ def export_onnx(
         FileNotFoundError, train.checkpoint.CheckpointError: unreadable checkpoint.
         ValueError: ``parity_images`` is empty.
         ParityError: the graph does not reproduce PyTorch's detections (nothing is written).
+        TypeError: ``static`` for a model without a static graph.
+        ValueError: ``static`` graph not TensorRT-ready (nothing is written), or a bad ``batch``.
     """
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
@@ -151,19 +186,29 @@ def export_onnx(
     model = model_from_checkpoint(ckpt)
     meta = meta_from_checkpoint(ckpt, source=str(ckpt_path))
     if imgsz is not None:
-        meta.imgsz = (int(imgsz), int(imgsz))
+        meta.imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
     meta.extra.update(opset=opset, torch=str(torch.__version__), onnx=onnx.__version__)
     images = parity_images if parity_images is not None else default_parity_images(ckpt, echo=echo)
     if not images:
         raise ValueError("no parity images given")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
 
-    rgb, _ = letterbox(cv2.cvtColor(images[0], cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)
-    echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
-    graph = trace_to_onnx(
-        SingleImageDetector(model), torch.from_numpy(to_input(rgb)), opset, meta.input_name,
-        list(meta.output_names),
-        {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}},
-    )
+    xs = [to_input(letterbox(cv2.cvtColor(im, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)[0])
+          for im in images[:batch]]
+    if static:
+        module: nn.Module = static_module(model, batch, meta.imgsz)
+        meta.batch, meta.dynamic_hw, meta.output_names = batch, False, STATIC_OUTPUTS
+        meta.max_det = int(getattr(module, "max_det", meta.max_det))
+        example = torch.from_numpy(np.concatenate([xs[i % len(xs)] for i in range(batch)]))
+        axes: dict[str, dict[int, str]] = {}
+        echo(f"tracing the static graph of {meta.model}: input [{batch}, 3, {meta.imgsz[0]}, "
+             f"{meta.imgsz[1]}], outputs padded to max_det={meta.max_det}, opset {opset}")
+    else:
+        module, example = SingleImageDetector(model), torch.from_numpy(xs[0])
+        axes = {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}}
+        echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
+    graph = trace_to_onnx(module, example, opset, meta.input_name, list(meta.output_names), axes)
 
     def verified(candidate: onnx.ModelProto, simplified: bool) -> tuple[onnx.ModelProto, ParityReport]:
         meta.extra["simplified"] = simplified
@@ -185,5 +230,10 @@ def export_onnx(
     echo(report.table())
     if not report.passed:
         raise ParityError(f"{report.summary()}; {out} was not written")
+    if static:
+        ready = check_trt_readiness(final, trt_version)
+        echo(ready.summary())
+        if not ready.ready:
+            raise ValueError(f"the static graph is not TensorRT-ready; {out} was not written")
     return save_onnx_atomic(final, out)
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from runtime.backends.onnx_backend import session_metadata
+from runtime.backends.outputs import run_chunks
 from runtime.meta import META_KEY, ModelMeta
 from runtime.preprocess import letterbox, to_input
 from train.checkpoint import model_from_checkpoint
@@ -142,6 +143,59 @@ def _onnx_session(onnx_model: str | Path | onnx.ModelProto) -> tuple[ort.Inferen
     return sess, ModelMeta.from_json(session_metadata(sess, META_KEY, source), source)
 
 
+def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.ndarray]) -> list[Detections]:
+    """Run an ONNX detector (single-image dynamic or static batched graph) on inputs ``xs``.
+
+    Args:
+        sess: an open session of a det-toolkit graph.
+        meta: its :class:`ModelMeta` (``batch``, ``output_names``; ``num_dets`` marks the padded
+            batched outputs of :mod:`runtime.backends.outputs`).
+        xs: float32 ``[1, 3, H, W]`` inputs, one per image.
+
+    Returns:
+        Per-image ``(boxes float32 [K, 4] xyxy, scores float32 [K], labels int64 [K])``.
+    """
+    names = list(meta.output_names)
+    if "num_dets" not in names:
+        return [tuple(sess.run(names[:3], {meta.input_name: x})) for x in xs]  # type: ignore[misc]
+    return run_chunks(lambda b: sess.run(names, {meta.input_name: b}),
+                      np.concatenate(xs) if xs else np.zeros((0, 3, *meta.imgsz), np.float32),
+                      meta.batch)
+
+
+def _compare(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou_thr: float,
+             score_tol: float, min_match: float) -> ParityReport:
+    """Match ``test`` against ``ref`` image by image (see :class:`ParityReport`)."""
+    n_ref = n_test = 0
+    ious: list[float] = []
+    diffs: list[float] = []
+    for r_det, t_det in zip(ref, test):
+        cutoff = meta.score_thresh
+        for _, scores, _ in (r_det, t_det):
+            if len(scores) >= meta.max_det:
+                cutoff = max(cutoff, float(scores.min()))
+        r, t, i, d = match_detections(r_det, t_det, iou_thr, score_tol, cutoff)
+        n_ref, n_test = n_ref + r, n_test + t
+        ious += i
+        diffs += d
+    denom = max(n_ref, n_test)
+    rate = len(ious) / denom if denom else 1.0
+    return ParityReport(
+        n_images=len(ref), n_ref_boxes=n_ref, n_onnx_boxes=n_test, n_matched=len(ious),
+        match_rate=rate, mean_iou=float(np.mean(ious)) if ious else 0.0,
+        max_score_diff=max(diffs, default=0.0), passed=rate >= min_match,
+        iou_thr=iou_thr, score_tol=score_tol, min_match=min_match,
+    )
+
+
+def _inputs(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:
+    """Letterboxed float32 ``[1, 3, H, W]`` graph inputs of BGR frames (the runtime's pre-processing)."""
+    if not images:
+        raise ValueError("parity needs at least one image")
+    return [to_input(letterbox(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)[0])
+            for img in images]
+
+
 @torch.no_grad()
 def check_parity(
     ckpt_or_model: dict[str, Any] | str | Path | nn.Module,
@@ -154,7 +208,8 @@ def check_parity(
     """Compare PyTorch and onnxruntime (CPU) detections on ``images``.
 
     Only boxes with score >= the graph's ``score_thresh`` are produced by either side; boxes near
-    the cut-off are handled as described in :class:`ParityReport`.
+    the cut-off are handled as described in :class:`ParityReport`. Static batched graphs
+    (``num_dets`` output) are fed in chunks of ``meta.batch`` (the last one zero-padded).
 
     Args:
         ckpt_or_model: checkpoint dict or path, or a :class:`train.models.common.Detector`.
@@ -176,31 +231,31 @@ def check_parity(
     model = ckpt_or_model if isinstance(ckpt_or_model, nn.Module) else model_from_checkpoint(ckpt_or_model)
     model.eval()
     sess, meta = _onnx_session(onnx_path)
-    n_ref = n_test = 0
-    ious: list[float] = []
-    diffs: list[float] = []
-    for img in images:
-        padded, _ = letterbox(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)
-        x = to_input(padded)
+    xs = _inputs(images, meta)
+    ref = []
+    for x in xs:
         out = model(torch.from_numpy(x))[0]
-        ref = tuple(out[k].numpy() for k in ("boxes", "scores", "labels"))
-        test = tuple(sess.run(list(meta.output_names), {meta.input_name: x}))
-        cutoff = meta.score_thresh
-        for _, scores, _ in (ref, test):
-            if len(scores) >= meta.max_det:
-                cutoff = max(cutoff, float(scores.min()))
-        r, t, i, d = match_detections(ref, test, iou_thr, score_tol, cutoff)
-        n_ref, n_test = n_ref + r, n_test + t
-        ious += i
-        diffs += d
-    denom = max(n_ref, n_test)
-    rate = len(ious) / denom if denom else 1.0
-    return ParityReport(
-        n_images=len(images), n_ref_boxes=n_ref, n_onnx_boxes=n_test, n_matched=len(ious),
-        match_rate=rate, mean_iou=float(np.mean(ious)) if ious else 0.0,
-        max_score_diff=max(diffs, default=0.0), passed=rate >= min_match,
-        iou_thr=iou_thr, score_tol=score_tol, min_match=min_match,
-    )
+        ref.append(tuple(out[k].numpy() for k in ("boxes", "scores", "labels")))
+    return _compare(ref, onnx_detections(sess, meta, xs), meta, iou_thr, score_tol, min_match)
+
+
+def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | Path | onnx.ModelProto,
+                      images: list[np.ndarray], iou_thr: float = 0.9, score_tol: float = 0.01,
+                      min_match: float = 0.98) -> ParityReport:
+    """Compare two ONNX graphs of one model in onnxruntime CPU (e.g. FP16 against FP32).
+
+    Both are fed the letterbox of ``ref_onnx``'s metadata; criteria as :func:`check_parity`
+    (the report's "torch" side is ``ref_onnx``).
+
+    Raises:
+        runtime.meta.MetadataError: a graph has no det-toolkit metadata.
+        ValueError: ``images`` is empty.
+    """
+    ref_sess, meta = _onnx_session(ref_onnx)
+    test_sess, test_meta = _onnx_session(test_onnx)
+    xs = _inputs(images, meta)
+    return _compare(onnx_detections(ref_sess, meta, xs), onnx_detections(test_sess, test_meta, xs),
+                    meta, iou_thr, score_tol, min_match)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -190,9 +191,37 @@ def run_loop(source: Source, predictor: Predictor, tracker: Tracker | None, outp
 @click.option("--save/--no-save", default=True, help="Save the annotated video or images.")
 @click.option("--max-frames", default=None, type=click.IntRange(1), show_default="all",
               help="Stop after this many frames.")
+@click.option("--sahi", is_flag=True, default=False, show_default="off",
+              help="SAHI tiled inference: detect on overlapping tiles (all tiles of a frame in one "
+              "batched call) and merge with sahi; for small objects.")
+@click.option("--slice", "slice_size", default=None, type=click.IntRange(1), show_default="sahi's auto",
+              help="SAHI tile side in frame pixels (both axes).")
+@click.option("--slice-height", default=None, type=click.IntRange(1), show_default="--slice",
+              help="SAHI tile height in frame pixels.")
+@click.option("--slice-width", default=None, type=click.IntRange(1), show_default="--slice",
+              help="SAHI tile width in frame pixels.")
+@click.option("--overlap", default=0.2, type=click.FloatRange(0, 1, max_open=True),
+              help="SAHI tile overlap, fraction of the tile size (both axes).")
+@click.option("--overlap-height", default=None, type=click.FloatRange(0, 1, max_open=True),
+              show_default="--overlap", help="SAHI vertical tile overlap fraction.")
+@click.option("--overlap-width", default=None, type=click.FloatRange(0, 1, max_open=True),
+              show_default="--overlap", help="SAHI horizontal tile overlap fraction.")
+@click.option("--sahi-full-frame/--no-sahi-full-frame", default=True,
+              help="SAHI: also detect on the whole frame (for large objects).")
+@click.option("--sahi-merge", default="greedynmm", type=click.Choice(["greedynmm", "nmm", "nms"]),
+              help="SAHI: how overlapping tile detections are combined.")
+@click.option("--sahi-match", default="ios", type=click.Choice(["ios", "iou"]),
+              help="SAHI: overlap metric (intersection over smaller area, or over union).")
+@click.option("--sahi-match-thr", default=0.5, type=click.FloatRange(0, 1),
+              help="SAHI: overlap above which detections are merged/suppressed.")
+@click.option("--sahi-class-agnostic", is_flag=True, default=False, show_default="off",
+              help="SAHI: merge detections of different classes too.")
 def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, device: str,
          track: bool, tracker_cfg: Path, embedder: Path | None, project: Path, name: str, save: bool,
-         max_frames: int | None) -> None:
+         max_frames: int | None, sahi: bool, slice_size: int | None, slice_height: int | None,
+         slice_width: int | None, overlap: float, overlap_height: float | None,
+         overlap_width: float | None, sahi_full_frame: bool, sahi_merge: str, sahi_match: str,
+         sahi_match_thr: float, sahi_class_agnostic: bool) -> None:
     """Detect (and with --track, track) objects in SOURCE: an image, a folder of images, a glob
     pattern (quote it) or a video file.
 
@@ -205,6 +234,16 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         backend = load_backend(weights, device)
         names = backend.meta.class_names
         predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz)
+        if sahi:
+            from runtime.tiling import SliceConfig, TiledPredictor
+
+            sh, sw = slice_height or slice_size, slice_width or slice_size
+            if (sh is None) != (sw is None):  # one axis given: the other defaults to it
+                sh = sw = sh or sw
+            predictor = TiledPredictor(predictor, SliceConfig(
+                sh, sw, overlap if overlap_height is None else overlap_height,
+                overlap if overlap_width is None else overlap_width, sahi_full_frame, sahi_merge,
+                sahi_match, sahi_match_thr, sahi_class_agnostic))
         tracker = None
         if track:
             cfg = TrackerConfig.from_yaml(tracker_cfg)
@@ -222,6 +261,8 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         src.close()
     summary = {"source": str(source), "weights": str(weights), "backend": backend.name,
                "imgsz": list(predictor.imgsz), **summary}
+    if sahi:
+        summary["sahi"] = {**asdict(predictor.config), "tiles": predictor.tiles}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     ms = ", ".join(f"{k} {v:.1f}" for k, v in summary["mean_ms"].items())
     click.echo(f"{summary['frames']} frames processed ({summary['skipped']} skipped) with "

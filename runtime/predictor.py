@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.preprocess import letterbox, to_input, unletterbox_boxes
+from runtime.preprocess import LetterboxInfo, letterbox, to_input, unletterbox_boxes
 
 STAGES = ("preprocess", "inference", "postprocess")
 
@@ -67,6 +67,7 @@ class Predictor:
         self.imgsz: tuple[int, int] = (int(size[0]), int(size[1]))
         self._pad_bgr = tuple(meta.pad_value[::-1])
         self._buf = np.empty((*self.imgsz, 3), np.uint8)
+        self._batch = np.empty((0, 3, *self.imgsz), np.float32)
         self.times_ms = dict.fromkeys(STAGES, 0.0)
 
     def __call__(self, frame_bgr: np.ndarray) -> Detections:
@@ -80,16 +81,53 @@ class Predictor:
         padded, info = letterbox(frame_bgr, self.imgsz, self._pad_bgr, out=self._buf)
         x = to_input(padded[:, :, ::-1])
         t1 = time.perf_counter()
-        boxes, scores, labels = self.backend.infer(x)[0]
+        raw = self.backend.infer(x)[0]
         t2 = time.perf_counter()
-        keep = scores >= self.conf
-        if self.classes is not None:
-            keep &= np.isin(labels, self.classes)
-        dets = Detections(unletterbox_boxes(boxes[keep], info),
-                          scores[keep].astype(np.float32, copy=False),
-                          labels[keep].astype(np.int64, copy=False))
+        dets = self._keep(raw, info)
         t3 = time.perf_counter()
         self.times_ms["preprocess"] = (t1 - t0) * 1e3
         self.times_ms["inference"] = (t2 - t1) * 1e3
         self.times_ms["postprocess"] = (t3 - t2) * 1e3
         return dets
+
+    def predict_batch(self, images_bgr: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect objects in several images with one :meth:`Backend.infer` call.
+
+        The backend decides how many run per forward pass (all at once for batched graphs and
+        PyTorch, one by one for a batch-1 ONNX graph). Each image is letterboxed exactly as
+        :meth:`__call__` does (same input values), straight into one reused float32 batch buffer.
+
+        Args:
+            images_bgr: uint8 ``[H_i, W_i, 3]`` BGR images (sizes may differ; views are fine).
+
+        Returns:
+            One :class:`Detections` per image, boxes in that image's pixels. ``times_ms`` holds
+            the whole batch's stage times.
+        """
+        t0 = time.perf_counter()
+        n = len(images_bgr)
+        if n > len(self._batch):
+            self._batch = np.empty((n, 3, *self.imgsz), np.float32)
+        batch, infos, inv255 = self._batch[:n], [], np.float32(1.0 / 255.0)
+        for i, img in enumerate(images_bgr):
+            padded, info = letterbox(img, self.imgsz, self._pad_bgr, out=self._buf)
+            np.multiply(padded[:, :, ::-1].transpose(2, 0, 1), inv255, out=batch[i])  # == to_input
+            infos.append(info)
+        t1 = time.perf_counter()
+        raw = self.backend.infer(batch)
+        t2 = time.perf_counter()
+        out = [self._keep(r, info) for r, info in zip(raw, infos)]
+        t3 = time.perf_counter()
+        self.times_ms["preprocess"] = (t1 - t0) * 1e3
+        self.times_ms["inference"] = (t2 - t1) * 1e3
+        self.times_ms["postprocess"] = (t3 - t2) * 1e3
+        return out
+
+    def _keep(self, raw: tuple[np.ndarray, np.ndarray, np.ndarray], info: LetterboxInfo) -> Detections:
+        """Apply ``conf``/``classes`` to one image's raw backend output and map boxes to the image."""
+        boxes, scores, labels = raw
+        keep = scores >= self.conf
+        if self.classes is not None:
+            keep &= np.isin(labels, self.classes)
+        return Detections(unletterbox_boxes(boxes[keep], info), scores[keep].astype(np.float32, copy=False),
+                          labels[keep].astype(np.int64, copy=False))

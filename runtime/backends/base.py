@@ -23,10 +23,13 @@ class Backend(ABC):
     Attributes:
         meta: the artifact's :class:`ModelMeta` (class names, input size, graph names).
         name: human-readable engine and device, e.g. ``"onnxruntime[CPUExecutionProvider]"``.
+        max_batch: images one forward pass takes (``0``: any number, e.g. PyTorch); :meth:`infer`
+            accepts any ``N`` and splits it as needed.
     """
 
     meta: ModelMeta
     name: str
+    max_batch: int = 1
 
     @abstractmethod
     def infer(self, x: np.ndarray) -> list[RawDetections]:

@@ -98,14 +98,22 @@ def session_metadata(sess: ort.InferenceSession, key: str, path: str | Path) -> 
 class OnnxBackend(Backend):
     """A det-toolkit ONNX detector run by ONNX Runtime.
 
+    Two graph kinds (see :mod:`runtime.meta`): the batch-1 graph (``meta.batch == 1``; images run
+    one per forward pass) and a fixed-batch graph (``meta.batch == N > 1``, outputs padded to
+    ``max_det`` plus ``num_dets`` int64 ``[N]``; images run ``N`` per forward pass, a short last
+    chunk padded with blank images whose results are dropped).
+
     Args:
         path: ``.onnx`` file written by ``det-export`` (graph contract in :mod:`runtime.meta`).
         providers: execution providers in priority order; default :func:`providers_for` ``("auto")``.
 
+    Attributes:
+        max_batch: images per forward pass (``meta.batch``).
+
     Raises:
         FileNotFoundError: no such file.
         BackendError: not a valid ONNX model, graph names differ from the metadata, or a batched
-            graph (only batch-1 graphs are run here).
+            graph without a ``num_dets`` output.
         MetadataError: the :data:`runtime.meta.META_KEY` metadata is missing or corrupt.
     """
 
@@ -120,16 +128,28 @@ class OnnxBackend(Backend):
             raise BackendError(f"{self.path}: graph inputs {inputs} / outputs {outputs} do not "
                                f"match its metadata ({self.meta.input_name!r} -> "
                                f"{list(self.meta.output_names)})")
-        if self.meta.batch != 1:
-            raise BackendError(f"{self.path}: batched graph (batch={self.meta.batch}); the runtime runs "
-                               "batch-1 graphs: export with batch 1")
-        self._outputs = list(self.meta.output_names[:3])
+        self.max_batch = int(self.meta.batch)
+        if self.max_batch > 1 and "num_dets" not in outputs:
+            raise BackendError(f"{self.path}: batched graph (batch={self.max_batch}) without the "
+                               f"'num_dets' output (outputs: {outputs}); re-export it with det-export")
+        self._outputs = [*self.meta.output_names[:3], *(["num_dets"] if self.max_batch > 1 else [])]
+        self._pad = np.zeros((0, 3, *self.meta.imgsz), np.float32)
         self.name = f"onnxruntime[{self._sess.get_providers()[0]}]"
 
     def infer(self, x: np.ndarray) -> list[RawDetections]:
-        """See :meth:`Backend.infer`; images run one at a time through the batch-1 graph."""
-        out = []
-        for i in range(len(x)):
-            boxes, scores, labels = self._sess.run(self._outputs, {self.meta.input_name: x[i:i + 1]})
-            out.append((boxes, scores, labels))
+        """See :meth:`Backend.infer`; ``max_batch`` images per ONNX Runtime call."""
+        name, n = self.meta.input_name, self.max_batch
+        if n == 1:
+            return [tuple(self._sess.run(self._outputs, {name: x[i:i + 1]})) for i in range(len(x))]
+        out: list[RawDetections] = []
+        for s in range(0, len(x), n):
+            chunk = x[s:s + n]
+            k = len(chunk)
+            if k < n:  # fixed-batch graph: fill the missing slots with blank images
+                if self._pad.shape != (n, *x.shape[1:]):
+                    self._pad = np.zeros((n, *x.shape[1:]), np.float32)
+                self._pad[:k] = chunk
+                chunk = self._pad
+            boxes, scores, labels, num = self._sess.run(self._outputs, {name: chunk})
+            out.extend((boxes[i, :m], scores[i, :m], labels[i, :m]) for i, m in enumerate(num[:k].tolist()))
         return out

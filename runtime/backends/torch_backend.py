@@ -50,6 +50,7 @@ class TorchBackend(Backend):
         self.meta = meta_from_checkpoint(ckpt, str(self.path))
         self.model = model_from_checkpoint(ckpt).to(self.device)
         self.name = f"torch[{self.device}]"
+        self.max_batch = 0
 
     @torch.inference_mode()
     def infer(self, x: np.ndarray) -> list[RawDetections]:

@@ -19,6 +19,9 @@ from train.models import (
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn,
     fasterrcnn_resnet50_fpn_v2,
+    tood_mobilenet_v2,
+    tood_resnet50,
+    tood_resnet101_dcn,
 )
 from train.models.common import Detector
 
@@ -28,6 +31,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn.build,
     "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn.build,
     "fasterrcnn_resnet50_fpn_v2": fasterrcnn_resnet50_fpn_v2.build,
+    "tood_mobilenet_v2": tood_mobilenet_v2.build,
+    "tood_resnet50": tood_resnet50.build,
+    "tood_resnet101_dcn": tood_resnet101_dcn.build,
 }
 DEFAULT_MODEL = "fasterrcnn_mobilenet_v2_fpn"
 

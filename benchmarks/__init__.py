@@ -1,0 +1,1 @@
+"""Benchmarks of det-toolkit (run as scripts: ``python benchmarks/NAME.py --help``)."""

@@ -1,0 +1,86 @@
+"""Deterministic test/benchmark artifacts: a randomly initialised detector exported to ONNX.
+
+Needs torch (it builds and exports models); the runtime under test does not. The detector is a
+Faster R-CNN head on the ImageNet MobileNetV2 backbone with a random head (``torch.manual_seed``),
+so its boxes are arbitrary but reproducible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BATCH_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
+
+
+def make_detector(out: Path, imgsz: int = 256, max_det: int = 8, seed: int = 0,
+                  parity_image: np.ndarray | None = None) -> tuple[Path, Path]:
+    """Write ``out/det.pt`` and its batch-1 ONNX export ``out/det.onnx`` (dynamic H/W).
+
+    Args:
+        out: existing folder.
+        imgsz: square letterbox size in pixels recorded in the metadata.
+        max_det: detections per image the graph returns at most.
+        seed: torch seed of the random head.
+        parity_image: uint8 BGR image for the export's parity check (default: noise).
+
+    Returns:
+        ``(det.pt, det.onnx)`` paths.
+    """
+    import torch
+
+    from export.onnx_export import export_onnx
+    from train.checkpoint import make_checkpoint, save_atomic
+    from train.models import build_model
+
+    torch.manual_seed(seed)
+    det = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.0,
+                      box_detections_per_img=max_det)
+    save_atomic(make_checkpoint(det, ["person"], imgsz), out / "det.pt")
+    if parity_image is None:
+        parity_image = np.random.default_rng(seed).integers(0, 255, (imgsz, imgsz, 3), np.uint8)
+    export_onnx(out / "det.pt", out / "det.onnx", simplify=False, parity_images=[parity_image],
+                echo=lambda _: None)
+    return out / "det.pt", out / "det.onnx"
+
+
+def export_batched(ckpt: Path, batch: int, out: Path) -> Path:
+    """Export ``ckpt`` as a fixed-batch graph following :mod:`runtime.meta`'s batched contract.
+
+    Input ``images`` float32 ``[batch, 3, H, W]`` (``H, W`` = the checkpoint's imgsz, fixed);
+    outputs ``boxes`` float32 ``[batch, max_det, 4]``, ``scores`` float32 ``[batch, max_det]``,
+    ``labels`` int64 ``[batch, max_det]`` (zero-padded past ``num_dets``), ``num_dets`` int64
+    ``[batch]``. The metadata says ``batch``, ``dynamic_hw: false`` and the four output names.
+
+    Returns:
+        ``out``.
+    """
+    import torch
+    from torch import Tensor, nn
+
+    from export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
+    from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+
+    ck = load_checkpoint(ckpt)
+    model, meta = model_from_checkpoint(ck).eval(), meta_from_checkpoint(ck, str(ckpt))
+    max_det = int(model.model.roi_heads.detections_per_img)
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.detector = model
+
+        def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            outs = self.detector(images)
+            pad = [(torch.cat([o["boxes"], o["boxes"].new_zeros(max_det, 4)])[:max_det],
+                    torch.cat([o["scores"], o["scores"].new_zeros(max_det)])[:max_det],
+                    torch.cat([o["labels"], o["labels"].new_zeros(max_det)])[:max_det],
+                    torch.ones_like(o["scores"]).sum().to(torch.int64)) for o in outs]
+            return tuple(torch.stack(t) for t in zip(*pad))  # type: ignore[return-value]
+
+    example = torch.rand(batch, 3, *meta.imgsz)
+    graph = trace_to_onnx(Padded(), example, 17, meta.input_name, list(BATCH_OUTPUTS), {})
+    meta.batch, meta.dynamic_hw, meta.max_det = batch, False, max_det
+    meta.output_names = BATCH_OUTPUTS
+    return save_onnx_atomic(finalize(graph, meta.onnx_props()), out)

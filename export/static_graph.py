@@ -1,0 +1,226 @@
+"""Static-shape, branch-free Faster R-CNN graph for TensorRT (``det-export --imgsz H W --batch N``).
+
+torchvision's eval graph has data-dependent shapes (RPN top-n, per-image NMS inside ``If`` nodes,
+``NonZero``-based level routing in ``MultiScaleRoIAlign``). :class:`StaticFasterRCNN` re-implements
+the same inference with fixed sizes, reusing the trained sub-modules unchanged:
+
+1. normalise (ImageNet mean/std), zero-pad to a multiple of 32 (as ``GeneralizedRCNNTransform``);
+2. backbone + FPN, RPN head; anchors are constants of the fixed input size;
+3. RPN: per-level top-``pre_nms_top_n`` (``TopK`` with constant K), sigmoid, clip, small boxes
+   masked (score -1), one ``NonMaxSuppression`` over ``[N, P, 4]`` with per-level coordinate
+   offsets (``P = sum_l min(pre_nms_top_n, anchors_l) <= 5000``), selected indices scattered into a
+   keep mask, ``TopK(post_nms_top_n)`` -> fixed ``[N, R, 4]`` proposals plus a validity mask;
+4. RoIAlign at every FPN level, the FPN level of each RoI (Lin et al. 2017, eq. 1, as torchvision's
+   ``LevelMapper``) chosen with ``Where``; box head and predictor;
+5. softmax, per-class box decoding, clip, low-score/small/padded candidates masked, one
+   ``NonMaxSuppression`` with per-class offsets, ``TopK(max_det)`` -> padded outputs.
+
+Outputs: ``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[N, K]``,
+``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64 ``[N]``; rows ``>= num_dets`` are zero.
+``K = max_det``. Masking with a negative score instead of removing rows keeps every shape static;
+the masked rows can never be selected, so results equal torchvision's up to float rounding (the
+only deviation: with more than 3840 class candidates per image, see :data:`MAX_CANDIDATES`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import nms, roi_align
+from torchvision.ops.poolers import _setup_scales
+
+#: TensorRT's TopK needs ``K < 3840`` (onnx-tensorrt docs/operators.md, TensorRT 10.15).
+TOPK_LIMIT = 3840
+#: TensorRT's NMS layer considers at most 5000 boxes per image and class.
+NMS_LIMIT = 5000
+#: Cap on the per-image class candidates ``R * num_classes`` entering the final NMS.
+MAX_CANDIDATES = 3000
+
+
+class BatchedNMS(torch.autograd.Function):
+    """Per-image NMS of ``boxes`` float32 ``[N, P, 4]`` (``xyxy``) by ``scores`` float32 ``[N, P]``.
+
+    Boxes with score ``<= 0`` are ignored (callers mask with -1). Returns ``selected`` int64
+    ``[M, 3]`` rows ``(image, 0, box index)``, at most ``max_out`` per image, best first (the ONNX
+    ``NonMaxSuppression`` output). Exported as one ``NonMaxSuppression`` node with constant
+    ``max_output_boxes_per_class``, ``iou_threshold`` and ``score_threshold = 0`` inputs (TensorRT
+    needs them to be initializers) and no ``If`` around it.
+    """
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thr: float, max_out: int) -> Tensor:  # noqa: ARG004
+        rows = []
+        for b in range(boxes.shape[0]):
+            idx = torch.nonzero(scores[b] > 0).flatten()
+            keep = idx[nms(boxes[b, idx], scores[b, idx], iou_thr)[:max_out]]
+            rows.append(torch.stack([torch.full_like(keep, b), torch.zeros_like(keep), keep], 1))
+        return torch.cat(rows, 0)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_thr: float, max_out: int):  # type: ignore[no-untyped-def]
+        scores = g.op("Unsqueeze", scores, g.op("Constant", value_t=torch.tensor([1])))
+        return g.op("NonMaxSuppression", boxes, scores,
+                    g.op("Constant", value_t=torch.tensor([max_out], dtype=torch.int64)),
+                    g.op("Constant", value_t=torch.tensor([iou_thr], dtype=torch.float32)),
+                    g.op("Constant", value_t=torch.tensor([0.0], dtype=torch.float32)),
+                    center_point_box_i=0)
+
+
+def nms_topk(boxes: Tensor, scores: Tensor, offsets: Tensor, iou_thr: float, k: int
+             ) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched NMS then the ``k`` best survivors per image, all shapes fixed.
+
+    Args:
+        boxes: float32 ``[N, P, 4]`` ``xyxy``.
+        scores: float32 ``[N, P]``; ``<= 0`` means "not a candidate".
+        offsets: float32 ``[N, P]`` added to every coordinate so that boxes of different groups
+            (FPN level, class) never overlap: NMS runs per group.
+        iou_thr: IoU threshold.
+        k: kept per image (constant; ``k <= P`` and ``k < TOPK_LIMIT``).
+
+    Returns:
+        ``(top_scores float32 [N, k], top_idx int64 [N, k], valid bool [N, k])``; invalid rows have
+        score ``<= 0`` and an arbitrary index.
+    """
+    n, p = scores.shape
+    selected = BatchedNMS.apply(boxes + offsets[..., None], scores, float(iou_thr), int(k))
+    flat = selected[:, 0] * p + selected[:, 2]
+    keep = torch.zeros(n * p, dtype=scores.dtype).scatter(0, flat, torch.ones_like(flat, dtype=scores.dtype))
+    masked = torch.where(keep.view(n, p) > 0, scores, torch.full_like(scores, -1.0))
+    top_scores, top_idx = masked.topk(k, dim=1)
+    return top_scores, top_idx, top_scores > 0
+
+
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[b, idx[b, j]]`` for ``x`` ``[N, P, D]`` and ``idx`` int64 ``[N, k]`` -> ``[N, k, D]``."""
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class StaticFasterRCNN(nn.Module):
+    """Fixed-size deployment graph of a torchvision ``FasterRCNN`` (see the module docstring).
+
+    Args:
+        detector: a :class:`train.models.common.Detector` wrapping a torchvision ``FasterRCNN``.
+        batch: images per call ``N``.
+        imgsz: ``(H, W)`` input size in pixels.
+
+    ``forward(images float32 [N, 3, H, W] RGB 0-1)`` -> ``(boxes [N, K, 4], scores [N, K],
+    labels int64 [N, K], num_dets int64 [N])`` with ``K = roi_heads.detections_per_img``.
+
+    Raises:
+        TypeError: the detector is not a torchvision ``FasterRCNN``.
+        ValueError: a fixed size would exceed a TensorRT limit (TopK K, NMS boxes).
+    """
+
+    def __init__(self, detector: nn.Module, batch: int, imgsz: tuple[int, int]) -> None:
+        super().__init__()
+        frcnn = getattr(detector, "model", detector)
+        if not all(hasattr(frcnn, a) for a in ("backbone", "rpn", "roi_heads", "transform")):
+            raise TypeError(f"{type(frcnn).__name__}: the static graph supports torchvision FasterRCNN only")
+        self.frcnn = frcnn.eval()
+        self.batch, self.imgsz = int(batch), (int(imgsz[0]), int(imgsz[1]))
+        h, w = self.imgsz
+        self.padded = (-(-h // 32) * 32, -(-w // 32) * 32)
+        t = frcnn.transform
+        self.register_buffer("mean", torch.tensor(t.image_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(t.image_std).view(1, 3, 1, 1))
+        rpn, heads = frcnn.rpn, frcnn.roi_heads
+        with torch.no_grad():  # anchors and per-level sizes are constants of the fixed input size
+            x = torch.zeros(1, 3, *self.padded)
+            fdict = frcnn.backbone(x)
+            feats = list(fdict.values())
+            anchors = rpn.anchor_generator(ImageList(x, [self.imgsz]), feats)[0]
+            objectness, _ = rpn.head(feats)
+        self.register_buffer("anchors", anchors)
+        self.level_sizes = [int(o.shape[1] * o.shape[2] * o.shape[3]) for o in objectness]
+        self.pre_nms = [min(int(rpn._pre_nms_top_n["testing"]), n) for n in self.level_sizes]
+        self.n_props = int(rpn._post_nms_top_n["testing"])
+        self.num_classes = int(heads.box_predictor.cls_score.out_features) - 1
+        self.n_cand = min(self.n_props * self.num_classes, MAX_CANDIDATES)
+        self.max_det = int(heads.detections_per_img)
+        pool = heads.box_roi_pool
+        self.pool_names = [k for k in fdict if k in pool.featmap_names]  # as torchvision's _filter_input
+        pooled = [fdict[k] for k in self.pool_names]
+        self.scales, self.mapper = _setup_scales(pooled, [self.imgsz], pool.canonical_scale,
+                                                 pool.canonical_level)
+        if sum(self.pre_nms) > NMS_LIMIT or self.n_cand > NMS_LIMIT:
+            raise ValueError(f"NMS over {sum(self.pre_nms)} proposals / {self.n_cand} candidates "
+                             f"exceeds TensorRT's {NMS_LIMIT}; lower rpn_pre_nms_top_n_test or imgsz")
+        if max(self.pre_nms + [self.n_props, self.n_cand, self.max_det]) >= TOPK_LIMIT:
+            raise ValueError(f"a TopK K exceeds TensorRT's limit {TOPK_LIMIT}: pre-NMS {self.pre_nms}, "
+                             f"proposals {self.n_props}, detections {self.max_det}")
+
+    def _proposals(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """RPN -> ``(proposals float32 [N, R, 4], valid bool [N, R])``."""
+        rpn, n = self.frcnn.rpn, self.batch
+        objectness, deltas = rpn.head(feats)
+        obj = torch.cat([o.permute(0, 2, 3, 1).reshape(n, -1) for o in objectness], 1)
+        dl = torch.cat([d.view(n, -1, 4, d.shape[2], d.shape[3]).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+                        for d in deltas], 1)
+        boxes = rpn.box_coder.decode_single(dl.reshape(-1, 4), self.anchors.repeat(n, 1)).view(n, -1, 4)
+        idx, lvl, start = [], [], 0
+        for level, (size, k) in enumerate(zip(self.level_sizes, self.pre_nms)):
+            idx.append(obj[:, start:start + size].topk(k, dim=1)[1] + start)
+            lvl += [level] * k
+            start += size
+        top = torch.cat(idx, 1)
+        scores = torch.sigmoid(obj.gather(1, top))
+        boxes = self._clip(gather_rows(boxes, top))
+        wh = boxes[..., 2:] - boxes[..., :2]
+        ok = (wh >= rpn.min_size).all(-1) & (scores >= rpn.score_thresh)
+        scores = torch.where(ok, scores, torch.full_like(scores, -1.0))
+        offsets = torch.tensor(lvl, dtype=boxes.dtype).view(1, -1).expand(n, -1) * (max(self.padded) + 1.0)
+        _, keep, valid = nms_topk(boxes, scores, offsets, rpn.nms_thresh, self.n_props)
+        return gather_rows(boxes, keep) * valid[..., None], valid
+
+    def _clip(self, boxes: Tensor) -> Tensor:
+        h, w = self.imgsz
+        return torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
+                            boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
+
+    def _roi_pool(self, features: dict[str, Tensor], props: Tensor) -> Tensor:
+        """Multi-scale RoIAlign of ``props`` ``[N, R, 4]`` -> ``[N*R, C, 7, 7]`` without ``NonZero``."""
+        pool, n, r = self.frcnn.roi_heads.box_roi_pool, self.batch, self.n_props
+        flat = props.reshape(-1, 4)
+        batch_idx = torch.arange(n, dtype=flat.dtype).repeat_interleave(r)[:, None]
+        rois = torch.cat([batch_idx, flat], 1)
+        levels = self.mapper([flat])
+        out = None
+        for level, (name, scale) in enumerate(zip(self.pool_names, self.scales)):
+            pooled = roi_align(features[name], rois, pool.output_size, scale, pool.sampling_ratio)
+            pick = (levels == level).to(pooled.dtype)[:, None, None, None]
+            out = pooled * pick if out is None else out + pooled * pick
+        return out
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n, heads = self.batch, self.frcnn.roi_heads
+        x = (images - self.mean) / self.std
+        ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        features = self.frcnn.backbone(x)
+        props, pvalid = self._proposals(list(features.values()))
+        head = heads.box_head(self._roi_pool(features, props))
+        logits, regression = heads.box_predictor(head)
+        c = self.num_classes
+        probs = F.softmax(logits, -1).view(n, self.n_props, c + 1)[..., 1:]
+        boxes = heads.box_coder.decode_single(regression, props.reshape(-1, 4))
+        boxes = self._clip(boxes.view(n, self.n_props, c + 1, 4)[:, :, 1:])
+        scores = (probs * pvalid[..., None]).reshape(n, -1)
+        boxes = boxes.reshape(n, -1, 4)
+        labels = torch.arange(c).repeat(self.n_props).view(1, -1).expand(n, -1)
+        if self.n_cand < scores.shape[1]:  # only with > MAX_CANDIDATES / R classes
+            scores, top = scores.topk(self.n_cand, dim=1)
+            boxes, labels = gather_rows(boxes, top), labels.gather(1, top)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        ok = (scores > heads.score_thresh) & (wh >= 1e-2).all(-1)
+        scores = torch.where(ok, scores, torch.full_like(scores, -1.0))
+        offsets = labels.to(boxes.dtype) * (max(self.padded) + 1.0)
+        top_scores, top, valid = nms_topk(boxes, scores, offsets, heads.nms_thresh, self.max_det)
+        mask = valid.to(boxes.dtype)
+        out_boxes = gather_rows(boxes, top) * mask[..., None]
+        out_scores = top_scores * mask
+        out_labels = labels.gather(1, top) * valid.to(torch.int64)
+        return out_boxes, out_scores, out_labels, valid.to(torch.int64).sum(1)
