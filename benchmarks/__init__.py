@@ -1,1 +1,1 @@
-"""Benchmarks of det-toolkit (run as scripts: ``python benchmarks/NAME.py --help``)."""
+"""Speed and accuracy benchmarks (each prints its figures; none is a timed test)."""

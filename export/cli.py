@@ -1,4 +1,5 @@
-"""``det-export``: checkpoint -> ONNX detector (+ Deep SORT embedder), with a parity check."""
+"""``det-export``: checkpoint -> ONNX detector (+ Deep SORT embedder, FP16 variant, TensorRT engine),
+with parity checks; static graphs also get the TensorRT readiness check."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import click
 
 from export.embedder import export_embedder
 from export.onnx_export import export_onnx
-from export.parity import ParityError, load_images
+from export.parity import ParityError, default_parity_images, load_images
+from export.trt_check import DEFAULT_TRT_VERSION
 from runtime.embedder import EMBEDDER_FILENAME
 
 
@@ -32,31 +34,95 @@ def _mib(path: Path) -> str:
               help="Parity: maximum score difference of a matched box.")
 @click.option("--embedder/--no-embedder", default=True, show_default=True,
               help=f"Also write the Deep SORT appearance embedder ({EMBEDDER_FILENAME}) beside the detector.")
-@click.option("--trt", is_flag=True, default=False, show_default="off",
-              help="Build a TensorRT engine (not available in this build).")
+@click.option("--imgsz", type=int, nargs=2, metavar="H W", default=None,
+              show_default="the checkpoint's imgsz", help="Input size in pixels (height width).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Static graph batch size N (implies --static).")
+@click.option("--static", "static", is_flag=True, default=False,
+              help="Static TensorRT-ready graph: fixed [N,3,H,W] input, outputs padded to max_det "
+                   "(boxes [N,K,4], scores [N,K], labels [N,K], num_dets [N]). Default: the dynamic "
+                   "single-image graph for ONNX Runtime.")
+@click.option("--fp16", is_flag=True, default=False,
+              help="Also write <name>_fp16.onnx (fp32 I/O, fragile nodes fp32), checked against the fp32 "
+                   "graph (>= 98% boxes matched); with --trt, an FP16 engine.")
+@click.option("--trt", is_flag=True, default=False,
+              help="Build a TensorRT engine (<name>.engine + .engine.json) from the static graph "
+                   "(needs an NVIDIA GPU, tensorrt and cuda-python).")
+@click.option("--int8", is_flag=True, default=False, help="--trt: INT8 engine (TensorRT 10.x), calibrated on --calib.")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--int8: folder of calibration images.")
+@click.option("--workspace", type=click.FloatRange(min=0.25), default=4.0, show_default=True,
+              help="--trt: builder workspace limit in GiB.")
+@click.option("--trt-version", default=DEFAULT_TRT_VERSION, show_default=True,
+              help="TensorRT version whose supported-operator list the readiness check uses.")
 def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_images: str | None,
-         iou_thr: float, score_tol: float, embedder: bool, trt: bool) -> None:
+         iou_thr: float, score_tol: float, embedder: bool, imgsz: tuple[int, int] | None,
+         batch: int | None, static: bool, fp16: bool, trt: bool, int8: bool, calib: Path | None,
+         workspace: float, trt_version: str) -> None:
     """Export checkpoint WEIGHTS (.pt) to a self-describing ONNX detector.
 
     The graph is compared with the PyTorch model on real images; the export fails (exit 1, nothing
-    written) if the detections differ.
+    written) if the detections differ. --batch/--static/--trt write the static graph and check that
+    TensorRT can build it (operator list, static shapes, TopK K and NMS box limits).
     """
-    if trt:
-        raise click.ClickException(
-            "--trt: TensorRT engine building is not available in this build of det-toolkit "
-            "(a later release adds it). Export without --trt to get the ONNX model.")
+    static = static or batch is not None or trt
+    if int8 and (not trt or calib is None):
+        raise click.UsageError("--int8 needs --trt and --calib DIR")
     try:
+        if trt:  # fail before any work when TensorRT cannot run here
+            from export.trt_build import require_tensorrt
+
+            require_tensorrt()
         images = load_images(parity_images) if parity_images else None
-        onnx_path = export_onnx(weights, output, opset=opset, simplify=simplify,
+        onnx_path = export_onnx(weights, output, opset=opset, simplify=simplify, imgsz=imgsz,
+                                static=static, batch=batch or 1, trt_version=trt_version,
                                 parity_images=images, iou_thr=iou_thr, score_tol=score_tol,
                                 echo=click.echo)
+        fp16_path = None
+        if fp16:
+            from export.fp16 import export_fp16
+            from train.checkpoint import load_checkpoint
+
+            imgs = images if images is not None else default_parity_images(load_checkpoint(weights), echo=click.echo)
+            fp16_path, _ = export_fp16(onnx_path, images=imgs, iou_thr=iou_thr, score_tol=score_tol,
+                                       echo=click.echo)
         emb_path = export_embedder(onnx_path.parent / EMBEDDER_FILENAME, opset=opset,
                                    echo=click.echo) if embedder else None
-    except (FileNotFoundError, ValueError, ParityError) as e:  # CheckpointError, MetadataError: ValueError
+        engine = None
+        if trt:
+            engine = _build(onnx_path, fp16_path, fp16, int8, calib, workspace)
+    except (FileNotFoundError, ValueError, ParityError, ImportError, RuntimeError) as e:
+        # CheckpointError, MetadataError: ValueError; TrtBuildError: RuntimeError
         raise click.ClickException(str(e)) from e
     click.echo(f"detector: {onnx_path} ({_mib(onnx_path)}, opset {opset})")
+    if fp16_path is not None:
+        click.echo(f"fp16: {fp16_path} ({_mib(fp16_path)})")
     if emb_path is not None:
         click.echo(f"embedder: {emb_path} ({_mib(emb_path)}, opset {opset})")
+    if engine is not None:
+        click.echo(f"engine: {engine} ({_mib(engine)})")
+
+
+def _build(onnx_path: Path, fp16_path: Path | None, fp16: bool, int8: bool, calib: Path | None,
+           workspace: float) -> Path:
+    """Build the engine; TensorRT >= 11 (strongly typed) builds FP16 from the FP16 ONNX."""
+    from export.trt_build import build_engine, import_tensorrt, trt_major
+
+    calib_inputs = None
+    if int8 and calib is not None:
+        import cv2
+        import onnx
+
+        from runtime.meta import META_KEY, ModelMeta
+        from runtime.preprocess import letterbox, to_input
+
+        props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+        meta = ModelMeta.from_json(props[META_KEY], str(onnx_path))
+        calib_inputs = [to_input(letterbox(cv2.cvtColor(im, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)[0])[0]
+                        for im in load_images(calib)]
+    src = fp16_path if (fp16 and fp16_path is not None and trt_major(import_tensorrt()) >= 11) else onnx_path
+    return build_engine(src, onnx_path.with_suffix(".engine"), fp16=fp16, int8=int8,
+                        calib_images=calib_inputs, workspace_gib=workspace, echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -111,13 +111,24 @@ def save_onnx_atomic(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def trace_to_onnx(module: nn.Module, example: Tensor, opset: int, input_name: str,
-                  output_names: list[str], dynamic_axes: dict[str, dict[int, str]]) -> onnx.ModelProto:
+                  output_names: list[str], dynamic_axes: dict[str, dict[int, str]],
+                  dynamo: bool = False) -> onnx.ModelProto:
     """TorchScript-trace ``module`` on ``example`` and return the ONNX model (in memory).
 
     Uses the legacy exporter (``dynamo=False``): the dynamo exporter fails in torchvision's
     ``batched_nms``. Tracing torchvision detectors emits known-harmless tracer warnings; they are
     silenced here, and parity checks are what vouch for the graph.
+    With ``dynamo`` (models whose inner detector declares ``onnx_export = {"dynamo": True, ...}``,
+    e.g. TOOD, whose ``deform_conv2d`` only the dynamo exporter translates, to ONNX ``DeformConv``)
+    ``torch.export`` + onnxscript are used instead.
     """
+    if dynamo:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module.eval(), (example,), dynamo=True, opset_version=opset,
+                                     input_names=[input_name], output_names=output_names,
+                                     dynamic_axes=dynamic_axes or None, verbose=False)
+        return prog.model_proto
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -187,6 +198,10 @@ def export_onnx(
     meta = meta_from_checkpoint(ckpt, source=str(ckpt_path))
     if imgsz is not None:
         meta.imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
+    export_cfg = getattr(getattr(model, "model", model), "onnx_export", {})  # e.g. TOOD
+    if export_cfg.get("dynamo"):
+        opset = max(opset, int(export_cfg.get("opset", opset)))
+        meta.extra.update(exporter="dynamo", deform_impl=getattr(model.model, "deform_impl", None))
     meta.extra.update(opset=opset, torch=str(torch.__version__), onnx=onnx.__version__)
     images = parity_images if parity_images is not None else default_parity_images(ckpt, echo=echo)
     if not images:
@@ -208,7 +223,8 @@ def export_onnx(
         module, example = SingleImageDetector(model), torch.from_numpy(xs[0])
         axes = {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}}
         echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
-    graph = trace_to_onnx(module, example, opset, meta.input_name, list(meta.output_names), axes)
+    graph = trace_to_onnx(module, example, opset, meta.input_name, list(meta.output_names), axes,
+                          dynamo=bool(export_cfg.get("dynamo")))
 
     def verified(candidate: onnx.ModelProto, simplified: bool) -> tuple[onnx.ModelProto, ParityReport]:
         meta.extra["simplified"] = simplified

@@ -77,7 +77,7 @@ def load_embedder(weights: Path, embedder: Path | None, device: str, config: Tra
     """
     path = embedder or weights.parent / EMBEDDER_FILENAME
     if path.is_file():
-        return OnnxEmbedder(path, providers_for(device))
+        return OnnxEmbedder(path, providers_for(device), config.embedder_input_size)
     if embedder is not None:
         raise FileNotFoundError(f"embedder not found: {embedder}")
     if weights.suffix.lower() == ".onnx":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from runtime.predictor import Detections
+from runtime.tracking import Track
 
 #: 20 well-separated colours (BGR); a track id or class id always maps to the same one.
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(
@@ -56,3 +58,36 @@ def draw_fps(frame: np.ndarray, fps: float) -> None:
     text = f"{fps:.1f} FPS"
     cv2.putText(frame, text, org, FONT, lw / 2, (0, 0, 0), lw + 2, cv2.LINE_AA)
     cv2.putText(frame, text, org, FONT, lw / 2, (255, 255, 255), lw, cv2.LINE_AA)
+
+
+class Trails:
+    """Recent bottom-centre points of each track, drawn as a fading polyline behind its box.
+
+    Args:
+        length: points kept per track (frames).
+        forget_after: frames without a match after which a track's trail is dropped.
+    """
+
+    def __init__(self, length: int = 30, forget_after: int = 30) -> None:
+        self.length, self.forget_after = length, forget_after
+        self._points: dict[int, deque[tuple[int, int]]] = {}
+        self._last_seen: dict[int, int] = {}
+        self._frame = 0
+
+    def update(self, tracks: Sequence[Track]) -> None:
+        """Append this frame's track positions (``xyxy`` frame px boxes); call once per frame."""
+        self._frame += 1
+        for t in tracks:
+            x1, _, x2, y2 = t.box.tolist()
+            self._points.setdefault(t.track_id, deque(maxlen=self.length)).append((int((x1 + x2) / 2), int(y2)))
+            self._last_seen[t.track_id] = self._frame
+        stale = [k for k, f in self._last_seen.items() if self._frame - f > self.forget_after]
+        for k in stale:
+            del self._points[k], self._last_seen[k]
+
+    def draw(self, frame: np.ndarray) -> None:
+        """Draw every live trail on ``frame`` (uint8 ``[H, W, 3]`` BGR, in place), in its track's colour."""
+        lw = max(1, round((frame.shape[0] + frame.shape[1]) * 0.0015))
+        for tid, pts in self._points.items():
+            if len(pts) > 1:
+                cv2.polylines(frame, [np.array(pts, np.int32)], False, colour(tid), lw, cv2.LINE_AA)

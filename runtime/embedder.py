@@ -3,7 +3,9 @@
 The embedder ONNX (written by ``det-export`` as ``deepsort_embedder.onnx`` beside the detector)
 takes ``crops`` float32 ``[N, 3, S, S]`` RGB in ``[0, 1]`` (ImageNet normalisation is inside the
 graph) and returns ``embeddings`` float32 ``[N, D]`` (``D = 1280`` for MobileNetV2). Its
-``metadata_props`` key :data:`EMBEDDER_META_KEY` holds JSON with ``input_size``.
+``metadata_props`` key :data:`EMBEDDER_META_KEY` holds JSON with ``input_size`` (the crop side it
+was exported for). A graph whose ``S`` axes are symbolic (dynamic) runs at any crop size; the
+tracker config's ``embedder_input_size`` then chooses it (smaller crops: faster, less accurate).
 """
 
 from __future__ import annotations
@@ -110,14 +112,22 @@ class OnnxEmbedder:
     Args:
         path: embedder ``.onnx`` written by ``det-export``.
         providers: ONNX Runtime execution providers (default: CUDA if available, else CPU).
+        input_size: crop side in pixels to run at; ``None``: the size in the metadata. A graph
+            with a fixed crop size accepts only that size.
+
+    Attributes:
+        input_size: crop side in pixels.
+        dim: embedding length ``D``.
 
     Raises:
         FileNotFoundError: no such file.
-        BackendError: not a valid ONNX model, or not the ``crops -> embeddings`` graph.
+        BackendError: not a valid ONNX model, not the ``crops -> embeddings`` graph, or a fixed
+            crop size other than ``input_size``.
         MetadataError: the :data:`EMBEDDER_META_KEY` metadata is missing or corrupt.
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None,
+                 input_size: int | None = None) -> None:
         self.path = Path(path)
         self._sess = create_session(self.path, providers)
         raw = session_metadata(self._sess, EMBEDDER_META_KEY, self.path)
@@ -125,7 +135,14 @@ class OnnxEmbedder:
             size = json.loads(raw)["input_size"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise MetadataError(f"{self.path}: corrupt '{EMBEDDER_META_KEY}' metadata ({e})") from e
-        self.input_size = int(size if isinstance(size, int) else size[0])
+        exported = int(size if isinstance(size, int) else size[0])
+        fixed = [d for d in self._sess.get_inputs()[0].shape[2:] if isinstance(d, int)]
+        if input_size is not None and fixed and input_size not in fixed:
+            raise BackendError(f"{self.path}: this embedder graph takes {exported}x{exported} crops only, "
+                               f"but {input_size}px crops were asked for (tracker embedder_input_size); "
+                               f"set embedder_input_size: {exported} or export the embedder at "
+                               f"{input_size}px (or with dynamic crop size)")
+        self.input_size = int(input_size or exported)
         inputs = [i.name for i in self._sess.get_inputs()]
         outputs = self._sess.get_outputs()
         if inputs != [EMBEDDER_INPUT] or [o.name for o in outputs] != [EMBEDDER_OUTPUT]:

@@ -1,13 +1,18 @@
-"""Frame sources: an image, a folder of images, a glob pattern, a list file, or a video file."""
+"""Frame sources: an image, a folder of images, a glob pattern, a list file, a video file, a camera
+index, a stream URL, or ``-`` (concatenated JPEG/PNG images on stdin)."""
 
 from __future__ import annotations
 
 import glob
 import logging
+import re
+import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -17,6 +22,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 #: Consecutive failed video reads tolerated before the video counts as ended.
 MAX_BAD_FRAMES = 10
+#: Seconds waited before each reconnection attempt of a dropped stream (the last one repeats).
+RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: Reconnection attempts in a row before a stream counts as ended.
+MAX_RECONNECTS = 10
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
 class SourceError(ValueError):
@@ -34,6 +44,7 @@ class SourceInfo:
         fps: video frame rate (frames/s); ``None`` for images.
         width: video frame width in pixels; ``None`` for images (sizes may differ).
         height: video frame height in pixels; ``None`` for images.
+        live: a camera or network stream (frames arrive in real time; unknown length).
     """
 
     stem: str
@@ -42,6 +53,7 @@ class SourceInfo:
     fps: float | None = None
     width: int | None = None
     height: int | None = None
+    live: bool = False
 
 
 class Source(ABC):
@@ -85,10 +97,10 @@ class ImageSource(Source):
 
 
 class VideoSource(Source):
-    """Frames of a video decoded by ``cv2.VideoCapture`` into one reused array (copy a frame to
-    keep it past the next iteration). A failed read before the container's frame count is a
-    corrupt frame: counted in ``skipped`` and passed over, up to :data:`MAX_BAD_FRAMES` in a row,
-    so a truncated tail ends the video cleanly."""
+    """Frames of a video decoded by ``cv2.VideoCapture`` (a new array per frame, so frames can be
+    queued). A failed read before the container's frame count is a corrupt frame: counted in
+    ``skipped`` and passed over, up to :data:`MAX_BAD_FRAMES` in a row, so a truncated tail ends
+    the video cleanly."""
 
     def __init__(self, info: SourceInfo, cap: cv2.VideoCapture, name: str) -> None:
         super().__init__(info)
@@ -96,11 +108,11 @@ class VideoSource(Source):
         self._name = name
 
     def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]:
-        frame, i, bad = None, 0, 0
+        i, bad = 0, 0
         while True:
-            ok, out = self._cap.read(frame)
+            ok, frame = self._cap.read()
             if ok:
-                frame, bad = out, 0
+                bad = 0
                 yield i, self._name, frame
             elif i < self.info.frames and bad < MAX_BAD_FRAMES:
                 bad += 1
@@ -116,17 +128,221 @@ class VideoSource(Source):
         self._cap.release()
 
 
+class StreamSource(Source):
+    """A camera (``cv2.VideoCapture(index)``) or network stream (RTSP/HTTP/... URL) that reconnects.
+
+    When a read fails the stream is reopened after :data:`RECONNECT_BACKOFF_S` waits (logged as a
+    warning each time, "reconnected" once back), up to :data:`MAX_RECONNECTS` attempts in a row;
+    then it ends. Each reconnection counts in ``reconnects``. :meth:`close` (from any thread) ends
+    the iteration, also during a wait.
+
+    Args:
+        info: what the stream is (``live=True``).
+        cap: the opened capture.
+        target: camera index or URL, for reopening.
+    """
+
+    def __init__(self, info: SourceInfo, cap: cv2.VideoCapture, target: int | str) -> None:
+        super().__init__(info)
+        self._cap, self._target = cap, target
+        self._closed = threading.Event()
+        self.reconnects = 0
+
+    def _reconnect(self) -> bool:
+        for attempt in range(MAX_RECONNECTS):
+            wait = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
+            log.warning("%s: stream dropped; reconnecting in %.1f s (attempt %d/%d)", self.info.stem,
+                        wait, attempt + 1, MAX_RECONNECTS)
+            self._cap.release()
+            if self._closed.wait(wait):
+                return False
+            self._cap = cv2.VideoCapture(self._target)
+            if self._cap.isOpened():
+                self.reconnects += 1
+                log.warning("%s: reconnected", self.info.stem)
+                return True
+        log.error("%s: stream lost after %d reconnection attempts", self.info.stem, MAX_RECONNECTS)
+        return False
+
+    def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]:
+        i = 0
+        while not self._closed.is_set():
+            ok, frame = self._cap.read()
+            if ok:
+                yield i, self.info.stem, frame
+                i += 1
+            elif self._closed.is_set() or not self._reconnect():
+                break
+
+    def close(self) -> None:
+        self._closed.set()
+        self._cap.release()
+
+
+def _jpeg_end(buf: bytearray | bytes, start: int) -> int:
+    """End offset (exclusive) of the JPEG at ``buf[start]`` (``FFD8``), or -1 if incomplete.
+
+    Walks the marker segments (lengths skip over any embedded ``FFD9``) and scans entropy-coded
+    data after each SOS for a marker that is not byte stuffing (``FF00``) or a restart (``FFD0-7``).
+    """
+    i, n = start + 2, len(buf)
+    while i + 4 <= n:
+        if buf[i] != 0xFF:
+            raise ValueError(f"corrupt JPEG stream at byte {i}")
+        marker = buf[i + 1]
+        if marker == 0xD9:
+            return i + 2
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 2
+            continue
+        seg_end = i + 2 + (buf[i + 2] << 8 | buf[i + 3])
+        if marker != 0xDA:
+            i = seg_end
+            continue
+        j = seg_end  # entropy-coded data: find the next real marker
+        while True:
+            j = buf.find(b"\xff", j)
+            if j < 0 or j + 1 >= n:
+                return -1
+            if buf[j + 1] == 0x00 or 0xD0 <= buf[j + 1] <= 0xD7:
+                j += 2
+                continue
+            break
+        i = j
+    return -1
+
+
+def _png_end(buf: bytearray | bytes, start: int) -> int:
+    """End offset (exclusive) of the PNG at ``buf[start]`` (walking its chunks to ``IEND``), or -1."""
+    i, n = start + 8, len(buf)
+    while i + 8 <= n:
+        length = int.from_bytes(buf[i:i + 4], "big")
+        kind = bytes(buf[i + 4:i + 8])
+        i += 12 + length
+        if kind == b"IEND":
+            return i if i <= n else -1
+    return -1
+
+
+def split_images(stream: BinaryIO, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """Yield the encoded images of a byte stream of concatenated JPEG and/or PNG files.
+
+    This is the ``-`` (stdin) format: e.g. ``ffmpeg -i IN -f image2pipe -c:v mjpeg -`` or
+    ``cat *.jpg``. Bytes between images that start neither a JPEG (``FFD8FF``) nor a PNG are
+    skipped; a truncated last image is dropped.
+
+    Raises:
+        ValueError: a JPEG's marker structure is broken (the stream cannot be re-synchronised).
+    """
+    buf, pos = bytearray(), 0
+    while True:
+        data = stream.read(chunk) if hasattr(stream, "read") else b""
+        buf += data
+        while True:
+            jpg, png = buf.find(b"\xff\xd8\xff", pos), buf.find(b"\x89PNG\r\n\x1a\n", pos)
+            starts = [s for s in (jpg, png) if s >= 0]
+            if not starts:
+                pos = max(pos, len(buf) - 8)
+                break
+            start = min(starts)
+            end = _jpeg_end(buf, start) if start == jpg else _png_end(buf, start)
+            if end < 0:
+                pos = start
+                break
+            yield bytes(buf[start:end])
+            pos = end
+        if pos > chunk:
+            del buf[:pos]
+            pos = 0
+        if not data:
+            return
+
+
+class PipeSource(Source):
+    """Images read from a binary stream (stdin for ``-``): concatenated JPEG/PNG files, see
+    :func:`split_images`. Images OpenCV cannot decode are counted in ``skipped`` and passed over.
+
+    Args:
+        info: what the stream is (``frames`` 0: unknown).
+        images: the encoded images, the first one already decoded as ``first``.
+        first: the first decoded frame (its size sized the output video).
+    """
+
+    def __init__(self, info: SourceInfo, images: Iterator[bytes], first: np.ndarray) -> None:
+        super().__init__(info)
+        self._images, self._first = images, first
+
+    def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]:
+        yield 0, self.info.stem, self._first
+        for i, data in enumerate(self._images, 1):
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                self.skipped += 1
+                log.warning("stdin: skipping undecodable image %d", i)
+                continue
+            yield i, self.info.stem, img
+
+
+def open_pipe(stream: BinaryIO, fps: float = 30.0) -> PipeSource:
+    """A :class:`PipeSource` on ``stream``; blocks until its first decodable image arrives.
+
+    Raises:
+        SourceError: the stream ends before any decodable image.
+    """
+    images = split_images(stream)
+    skipped = 0
+    for data in images:
+        first = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if first is not None:
+            h, w = first.shape[:2]
+            src = PipeSource(SourceInfo("stdin", True, 0, fps, w, h), images, first)
+            src.skipped = skipped
+            return src
+        skipped += 1
+    raise SourceError("stdin: no decodable JPEG/PNG image in the input (expected concatenated "
+                      "JPEG or PNG files, e.g. `ffmpeg -i IN -f image2pipe -c:v mjpeg - | det-run - ...`)")
+
+
+def open_stream(target: int | str) -> StreamSource:
+    """Open a camera index or stream URL.
+
+    Raises:
+        SourceError: it cannot be opened.
+    """
+    cap = cv2.VideoCapture(target)
+    if not cap.isOpened():
+        kind = "camera" if isinstance(target, int) else "stream"
+        raise SourceError(f"cannot open {kind} {target}")
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    stem = f"camera{target}" if isinstance(target, int) else (
+        re.sub(r"[^A-Za-z0-9_.-]+", "_", str(target).split("://", 1)[-1]).strip("_")[:60] or "stream")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    info = SourceInfo(stem, True, 0, fps if 0 < fps < 1000 else 30.0, w or None, h or None, live=True)
+    return StreamSource(info, cap, target)
+
+
 def open_source(spec: str | Path) -> Source:
     """Open ``spec``: an image file, a folder of images, a glob pattern, a ``.txt`` list of image
-    paths, or a video file.
+    paths, a video file, a camera index (``0``), a stream URL (``rtsp://``, ``http(s)://``, ...),
+    or ``-`` for concatenated JPEG/PNG images on stdin (:func:`split_images`).
 
     Folder and glob images are sorted by path; non-image files in a folder are ignored.
 
     Raises:
         FileNotFoundError: ``spec`` does not exist (and is not a glob pattern).
-        SourceError: empty folder, glob without images, or a file OpenCV cannot open as video.
+        SourceError: empty folder, glob without images, a file OpenCV cannot open as video, or a
+            camera/stream that cannot be opened.
     """
     s = str(spec)
+    if s == "-":
+        return open_pipe(sys.stdin.buffer)
+    if s.isdigit() and not Path(s).exists():
+        return open_stream(int(s))
+    if s.lower().startswith(STREAM_PREFIXES):
+        return open_stream(s)
     p = Path(s)
     if any(ch in s for ch in "*?[") and not p.exists():
         files = sorted(Path(f) for f in glob.glob(s, recursive=True)

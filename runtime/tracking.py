@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import time
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -79,7 +81,8 @@ class Track:
     Attributes:
         track_id: stable integer id (1, 2, ...), unique for the tracker's lifetime.
         box: float32 ``[4]`` ``xyxy`` frame pixels of the matched detection.
-        class_id: 0-based class index of the matched detection.
+        class_id: 0-based class index by majority vote over every detection matched to the track
+            so far (ties: the class seen first), so one misclassified frame does not flip it.
         score: confidence of the matched detection.
         det_index: index of the matched detection in the :class:`Detections` passed to ``update``.
     """
@@ -98,6 +101,12 @@ class Tracker:
         embedder: appearance model; its ``input_size`` must equal ``config.embedder_input_size``.
         config: tracker settings.
 
+    Attributes:
+        times_ms: last :meth:`update`'s stage times in ms: ``embed`` (crops + embedder) and
+            ``associate`` (Deep SORT's Kalman filter and matching).
+        embed_ms: total embedder time in ms (crops + network), over ``embed_crops`` crops.
+        embed_crops: crops embedded so far.
+
     Raises:
         ValueError: the embedder's crop size differs from the config's.
     """
@@ -111,6 +120,14 @@ class Tracker:
         self._ds = DeepSort(max_iou_distance=config.max_iou_distance, max_age=config.max_age,
                             n_init=config.n_init, max_cosine_distance=config.max_cosine_distance,
                             nn_budget=config.nn_budget, embedder=None)
+        self._votes: dict[int, Counter[int]] = {}
+        self.times_ms = {"embed": 0.0, "associate": 0.0}
+        self.embed_ms, self.embed_crops = 0.0, 0
+
+    @property
+    def ms_per_crop(self) -> float:
+        """Mean embedder cost per crop in ms (batched crops of each frame), 0 before any crop."""
+        return self.embed_ms / self.embed_crops if self.embed_crops else 0.0
 
     def update(self, frame_bgr: np.ndarray, detections: Detections) -> list[Track]:
         """Advance the tracker by one frame.
@@ -125,13 +142,31 @@ class Tracker:
         Returns:
             Confirmed tracks matched to a detection in this frame.
         """
+        t0 = time.perf_counter()
         idx = np.flatnonzero(croppable(detections.boxes, frame_bgr.shape[:2]))
         boxes = detections.boxes[idx]
         embeds = self.embedder(frame_bgr, boxes)
+        t1 = time.perf_counter()
         ltwh = boxes.copy()
         ltwh[:, 2:] -= ltwh[:, :2]
         raw = list(zip(ltwh.tolist(), detections.scores[idx].tolist(), detections.labels[idx].tolist()))
         tracks = self._ds.update_tracks(raw, embeds=embeds, others=idx.tolist())
-        return [Track(int(t.track_id), t.to_ltrb(orig=True).astype(np.float32), int(t.det_class),
-                      float(t.det_conf), int(t.get_det_supplementary()))
-                for t in tracks if t.is_confirmed() and t.time_since_update == 0]
+        out = []
+        for t in tracks:
+            if t.time_since_update:
+                continue
+            votes = self._votes.setdefault(int(t.track_id), Counter())
+            votes[int(t.det_class)] += 1
+            if t.is_confirmed():
+                out.append(Track(int(t.track_id), t.to_ltrb(orig=True).astype(np.float32),
+                                 votes.most_common(1)[0][0], float(t.det_conf),
+                                 int(t.get_det_supplementary())))
+        if len(self._votes) > len(tracks):  # forget the votes of deleted tracks
+            alive = {int(t.track_id) for t in tracks}
+            self._votes = {k: v for k, v in self._votes.items() if k in alive}
+        t2 = time.perf_counter()
+        self.times_ms["embed"], self.times_ms["associate"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        if len(boxes):
+            self.embed_ms += (t1 - t0) * 1e3
+            self.embed_crops += len(boxes)
+        return out

@@ -15,7 +15,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from runtime.draw import draw_detections, draw_fps
+from runtime.draw import Trails, draw_detections, draw_fps
 from runtime.predictor import Detections
 from runtime.sources import SourceInfo
 from runtime.tracking import Track
@@ -97,9 +97,11 @@ class JsonlWriter(Writer):
         self._f = self.path.open("w", encoding="utf-8")
 
     def write(self, index: int, name: str, dets: Detections,
-              track_ids: Sequence[int | None] | None = None) -> None:
+              track_ids: Sequence[int | None] | None = None,
+              track_classes: Sequence[int | None] | None = None) -> None:
         """Write frame ``index`` (0-based) of source ``name``; ``track_ids`` as in
-        :func:`runtime.draw.draw_detections`."""
+        :func:`runtime.draw.draw_detections`, ``track_classes`` the tracks' voted class ids
+        (written as ``track_class_id``)."""
         out = []
         for i, (box, score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(),
                                                     dets.labels.tolist())):
@@ -107,6 +109,8 @@ class JsonlWriter(Writer):
                  "class_name": self.class_names[label]}
             if track_ids is not None and track_ids[i] is not None:
                 d["track_id"] = track_ids[i]
+                if track_classes is not None:
+                    d["track_class_id"] = track_classes[i]
             out.append(d)
         self._f.write(json.dumps({"frame": index, "source": name, "detections": out}) + "\n")
 
@@ -138,7 +142,8 @@ class RunOutputs(Writer):
 
     ``predictions.jsonl`` always; ``<stem>_mot.txt`` when tracking; with ``save``, the annotated
     video ``<stem>.mp4`` (input fps and size) for a video source, else annotated images named as
-    their sources.
+    their sources. Tracked boxes are drawn with their track's id, its majority-vote class and a
+    trail of its recent positions.
 
     Args:
         run_dir: existing output folder.
@@ -159,6 +164,7 @@ class RunOutputs(Writer):
             self.mot = (stack.enter_context(MotWriter(run_dir / f"{info.stem}_mot.txt"))
                         if track else None)
             self.video = self.images = None
+            self.trails = Trails() if track else None
             if save and info.is_video:
                 self.video = stack.enter_context(VideoWriter(
                     run_dir / f"{info.stem}.mp4", info.fps or 30.0, (info.width, info.height)))
@@ -177,13 +183,21 @@ class RunOutputs(Writer):
             fps: frames/s shown in the overlay.
         """
         track_ids: list[int | None] | None = None
+        track_classes: list[int | None] | None = None
         if tracks is not None:
-            track_ids = [None] * len(dets)
+            track_ids, track_classes = [None] * len(dets), [None] * len(dets)
             for t in tracks:
-                track_ids[t.det_index] = t.track_id
+                track_ids[t.det_index], track_classes[t.det_index] = t.track_id, t.class_id
             self.mot.write(index, tracks)
-        self.jsonl.write(index, name, dets, track_ids)
+            self.trails.update(tracks)
+        self.jsonl.write(index, name, dets, track_ids, track_classes)
         if self.video is not None or self.images is not None:
+            if tracks:  # a tracked box shows its track's voted class
+                labels = dets.labels.copy()
+                labels[[t.det_index for t in tracks]] = [t.class_id for t in tracks]
+                dets = Detections(dets.boxes, dets.scores, labels)
+            if self.trails is not None:
+                self.trails.draw(frame_bgr)
             draw_detections(frame_bgr, dets, self.class_names, track_ids)
             draw_fps(frame_bgr, fps)
             if self.video is not None:

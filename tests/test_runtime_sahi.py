@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.common import match_count, read_frames
 from runtime.backends import Backend, load_backend
 from runtime.meta import ModelMeta
 from runtime.predictor import Predictor
@@ -22,25 +23,6 @@ from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
 IMGSZ, MAX_DET, BATCH = 256, 20, 4
-
-
-def match_fraction(a: np.ndarray, b: np.ndarray, la: np.ndarray, lb: np.ndarray,
-                   iou_thr: float = 0.95) -> tuple[int, int]:
-    """Greedy one-to-one matches (same label, IoU >= ``iou_thr``) of ``xyxy`` boxes ``a`` to ``b``:
-    ``(matched, max(len(a), len(b)))``."""
-    if not len(a) or not len(b):
-        return 0, max(len(a), len(b))
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), -1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], -1)  # noqa: E731
-    iou = inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
-    iou[la[:, None] != lb[None]] = 0
-    matched = 0
-    while iou.size and iou.max() >= iou_thr:
-        i, j = np.unravel_index(iou.argmax(), iou.shape)
-        matched += 1
-        iou[i, :] = iou[:, j] = 0
-    return matched, max(len(a), len(b))
 
 
 class OracleBackend(Backend):
@@ -120,16 +102,6 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def vtest_frames(n: int, every: int = 40) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(VIDEO))
-    frames = []
-    for i in range(n * every):
-        ok, f = cap.read()
-        if ok and i % every == 0:
-            frames.append(f)
-    return frames
-
-
 def test_batched_graph_and_sahi_reference(artifacts: Path) -> None:
     """Batched tiles (fixed-batch graph, chunks padded) and looped tiles both equal sahi's own
     get_sliced_prediction on real frames (>= 99% of boxes matched)."""
@@ -137,11 +109,11 @@ def test_batched_graph_and_sahi_reference(artifacts: Path) -> None:
 
     single, batched = (load_backend(artifacts / n, "cpu") for n in ("det.onnx", "det_b4.onnx"))
     assert (single.max_batch, batched.max_batch, batched.meta.max_det) == (1, BATCH, MAX_DET)
-    cfg = SliceConfig(384, 384, 0.2, 0.2)
+    cfg = SliceConfig(512, 512, 0.2, 0.2)
     ref_model = SahiDetectionModel(Predictor(single, conf=0.3))
     ours = {name: TiledPredictor(Predictor(b, conf=0.3), cfg) for name, b in (("loop", single), ("batch", batched))}
     counts = {name: [0, 0] for name in ours}
-    for frame in vtest_frames(2):
+    for frame in read_frames(VIDEO, 2, every=40):
         ref = get_sliced_prediction(np.ascontiguousarray(frame[:, :, ::-1]), ref_model, verbose=0,
                                     **cfg.sahi_kwargs()).object_prediction_list
         rb = np.array([p.bbox.to_xyxy() for p in ref], np.float32).reshape(-1, 4)
@@ -149,8 +121,8 @@ def test_batched_graph_and_sahi_reference(artifacts: Path) -> None:
         assert len(ref) > 3
         for name, tp in ours.items():
             dets = tp(frame)
-            assert tp.tiles == 7  # 2x3 tiles of 768x576 + the full frame (5 forward passes batched)
-            m, n = match_fraction(dets.boxes, rb, dets.labels, rl)
+            assert tp.tiles == 5  # 2x2 tiles of 768x576 + the full frame (2 passes of the batch-4 graph)
+            m, n = match_count(dets.boxes, rb, dets.labels, rl)
             counts[name][0] += m
             counts[name][1] += n
     for name, (m, n) in counts.items():
@@ -162,7 +134,7 @@ NO_TORCH = (REPO / "tests/test_runtime.py").read_text().split('NO_TORCH = """', 
 
 def test_cli_sahi_without_torch(artifacts: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(VIDEO), "--weights", str(artifacts / "det_b4.onnx"),
-                           "--sahi", "--slice", "384", "--sahi-merge", "nms", "--sahi-match", "iou",
+                           "--sahi", "--slice", "512", "--sahi-merge", "nms", "--sahi-match", "iou",
                            "--max-frames", "2", "--project", str(tmp_path), "--name", "s", "--no-save"],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=300)
@@ -172,4 +144,4 @@ def test_cli_sahi_without_torch(artifacts: Path, tmp_path: Path) -> None:
     boxes = np.array([d["box"] for r in lines for d in r["detections"]])
     assert len(boxes) and (boxes >= 0).all() and (boxes[:, 2] <= 768).all() and (boxes[:, 3] <= 576).all()
     summary = json.loads((tmp_path / "s/summary.json").read_text())
-    assert summary["sahi"]["tiles"] == 7 and summary["sahi"]["merge"] == "nms"
+    assert summary["sahi"]["tiles"] == 5 and summary["sahi"]["merge"] == "nms"

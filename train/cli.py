@@ -124,7 +124,8 @@ def train_cli(ctx: click.Context, cfg: str | None, list_models: bool, **flags: A
 @click.option("--split", default="val", show_default=True, help="split to evaluate: train, val, test")
 @click.option("--conf", default=0.001, show_default=True, type=float,
               help="score threshold (keep it low for mAP)")
-@click.option("--imgsz", default=None, type=int, help="input size override (dynamic graphs only)")
+@click.option("--imgsz", default=None, type=int, show_default="the model's",
+              help="input size override (dynamic graphs only)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
 @click.option("--project", default="runs/eval", show_default=True, help="parent of the run folder")
 @click.option("--name", default="exp", show_default=True, help="run folder name (incremented)")

@@ -176,6 +176,9 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
     best_ckpt = load_checkpoint(run_dir / "weights" / "best.pt")
     m = best_ckpt["metrics"]
     print(f"best epoch {best_ckpt['epoch'] + 1}: mAP@[.5:.95] {m['mAP']:.4f}  AP50 {m['AP50']:.4f}")
+    print(f"{'class':<24}{'AP50':>8}{'mAP':>8}")
+    for name, v in m.get("per_class", {}).items():
+        print(f"{name:<24}{v['AP50']:>8.4f}{v['AP']:>8.4f}")
     print(f"results in {run_dir}")
     return run_dir
 

@@ -1,7 +1,8 @@
 """Inference backends behind one interface, chosen by the weights file's suffix.
 
 ``.onnx`` -> :class:`~runtime.backends.onnx_backend.OnnxBackend` (onnxruntime only);
-``.pt``/``.pth`` -> :class:`~runtime.backends.torch_backend.TorchBackend` (imports torch, lazily).
+``.pt``/``.pth`` -> :class:`~runtime.backends.torch_backend.TorchBackend` (imports torch, lazily);
+``.engine`` -> :class:`~runtime.backends.trt_backend.TrtBackend` (TensorRT + cuda-python, lazily).
 """
 
 from __future__ import annotations
@@ -17,24 +18,28 @@ def load_backend(weights: str | Path, device: str = "auto") -> Backend:
     """Open a detector artifact with the backend its suffix names.
 
     Args:
-        weights: ``.onnx`` (ONNX Runtime) or ``.pt``/``.pth`` (PyTorch checkpoint).
+        weights: ``.onnx`` (ONNX Runtime), ``.pt``/``.pth`` (PyTorch checkpoint) or ``.engine``
+            (TensorRT, with its ``.engine.json`` sidecar; CUDA only).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
-        NotImplementedError: a TensorRT ``.engine`` (no TensorRT backend in this build yet).
-        BackendError: unknown suffix, unreadable file or unavailable device.
+        BackendError: unknown suffix, unreadable file, unavailable device, or an engine that needs
+            TensorRT/cuda-python, another TensorRT version or another GPU (the message says which).
         runtime.meta.MetadataError: the artifact's metadata is missing or corrupt.
     """
     path = Path(weights)
     suffix = path.suffix.lower()
-    if suffix == ".engine":
-        raise NotImplementedError(f"{path}: the TensorRT backend is not in this build yet; "
-                                  "run the .onnx export instead (det-run SOURCE --weights MODEL.onnx)")
-    if suffix not in (".onnx", ".pt", ".pth"):
-        raise BackendError(f"{path}: unknown weights type '{suffix}'; expected .onnx, .pt or .pth")
+    if suffix not in (".onnx", ".pt", ".pth", ".engine"):
+        raise BackendError(f"{path}: unknown weights type '{suffix}'; expected .onnx, .pt, .pth or .engine")
     if not path.is_file():
         raise FileNotFoundError(f"weights not found: {path}")
+    if suffix == ".engine":
+        if device == "cpu":
+            raise BackendError(f"{path}: TensorRT engines run on CUDA only; use the .onnx on --device cpu")
+        from runtime.backends.trt_backend import TrtBackend
+
+        return TrtBackend(path)
     if suffix == ".onnx":
         from runtime.backends.onnx_backend import OnnxBackend, providers_for
 

@@ -1,42 +1,24 @@
-"""Faster R-CNN MobileNetV3-Large-FPN at 320 px (low-res, few proposals) (Howard et al. 2019), torchvision's architecture.
-
-Weights (offline): torchvision's COCO file, else its ImageNet MobileNetV3-Large file, from the local
-torch hub cache, or a path; scratch otherwise (with trainable BatchNorm).
+"""Faster R-CNN MobileNetV3-Large-FPN at 320 px (Howard et al. 2019), torchvision's low-resolution
+variant: the same network as :mod:`fasterrcnn_mobilenet_v3_large_fpn` with few proposals
+(150 before and after NMS at test time) and its own COCO weights file.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights
 from torchvision.models.detection import FasterRCNN, FasterRCNN_MobileNet_V3_Large_320_FPN_Weights
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.models.weights import init_from_file, resolve
+from train.models import fasterrcnn_mobilenet_v3_large_fpn as large
 
-URLS = [FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1.url, MobileNet_V3_Large_Weights.IMAGENET1K_V1.url]
+URLS = [FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1.url,
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1.url]
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
           frozen_bn: bool | None = None, **kwargs: Any) -> FasterRCNN:
-    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`train.models.weights.resolve`.
-
-    ``trainable_layers`` (0-6) applies when pretrained; ``kwargs`` go to ``FasterRCNN``.
-    """
-    src = resolve(weights, URLS)
-    frozen = bool(src) if frozen_bn is None else frozen_bn
-    backbone = mobilenet_backbone(
-        backbone_name="mobilenet_v3_large", weights=None, fpn=True,
-        norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d,
-        trainable_layers=trainable_layers if frozen else 6,
-    )
-    sizes = ((32, 64, 128, 256, 512),) * 3
-    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    for k, v in {"rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05}.items():
-        kwargs.setdefault(k, v)
-    model = FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
-    init_from_file(model, src, backbone.body)
-    return model
+    """Build for ``num_classes + 1`` classes; arguments as in the full-resolution builder."""
+    kwargs.setdefault("rpn_pre_nms_top_n_test", 150)
+    kwargs.setdefault("rpn_post_nms_top_n_test", 150)
+    return large.build(num_classes, weights, trainable_layers, frozen_bn, urls=URLS, **kwargs)

@@ -21,12 +21,13 @@ URLS = [FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1.url, MobileNet_V3_Larg
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
-          frozen_bn: bool | None = None, **kwargs: Any) -> FasterRCNN:
+          frozen_bn: bool | None = None, urls: list[str] | None = None, **kwargs: Any) -> FasterRCNN:
     """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`train.models.weights.resolve`.
 
-    ``trainable_layers`` (0-6) applies when pretrained; ``kwargs`` go to ``FasterRCNN``.
+    ``trainable_layers`` (0-6) applies when pretrained; ``urls`` overrides the default weight files
+    looked up in the torch cache (the 320 variant's); ``kwargs`` go to ``FasterRCNN``.
     """
-    src = resolve(weights, URLS)
+    src = resolve(weights, urls or URLS)
     frozen = bool(src) if frozen_bn is None else frozen_bn
     backbone = mobilenet_backbone(
         backbone_name="mobilenet_v3_large", weights=None, fpn=True,

@@ -19,11 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import nms
 
-from train.models.common import IMAGENET_MEAN, IMAGENET_STD
+from train.models.common import IMAGENET_MEAN, IMAGENET_STD, NoResizeTransform
 from train.models.tood.assigners import atss_assign, task_aligned_assign
 from train.models.tood.backbone import set_deform_impl
 from train.models.tood.head import TOODHead
@@ -106,6 +107,8 @@ class TOOD(nn.Module):
         self.deform_impl = impl
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if torch.compiler.is_exporting():
+            return self._forward_export(images)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = self.transform(images, targets)
         feats = list(self.backbone(batch.tensors).values())
@@ -115,9 +118,24 @@ class TOOD(nn.Module):
                 raise ValueError("targets are required in training mode")
             return self.compute_loss(scores, boxes, targets)
         pad_h, pad_w = batch.tensors.shape[-2:]
-        dets = [self.postprocess_image([s[i] for s in scores], [b[i] for b in boxes], hw, max(pad_h, pad_w))
+        dets = [self.postprocess_image([s[i] for s in scores], [b[i] for b in boxes], hw, pad_h + pad_w)
                 for i, hw in enumerate(batch.image_sizes)]
         return self.transform.postprocess(dets, batch.image_sizes, original_sizes)
+
+    def _forward_export(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Inference under ``torch.export`` with symbolic ``H, W``: the same normalise + zero-pad to
+        a multiple of 32 as :class:`train.models.common.NoResizeTransform` (whose Python-float size
+        arithmetic would pin ``H, W``); no resize, so no box rescaling."""
+        if not isinstance(self.transform, NoResizeTransform):
+            raise RuntimeError("TOOD exports only with the no-resize transform (wrap it in Detector)")
+        out = []
+        for img in images:
+            h, w = img.shape[-2:]
+            x = F.pad(self.transform.normalize(img), (0, (32 - w % 32) % 32, 0, (32 - h % 32) % 32))
+            scores, boxes = self.head(list(self.backbone(x[None]).values()))
+            out.append(self.postprocess_image([s[0] for s in scores], [b[0] for b in boxes], (h, w),
+                                              x.shape[-2] + x.shape[-1]))
+        return out
 
     def postprocess_image(self, scores: list[Tensor], boxes: list[Tensor], image_size: tuple[int, int],
                           max_coord: Any) -> dict[str, Tensor]:
@@ -130,7 +148,7 @@ class TOOD(nn.Module):
         for s, b in zip(scores, boxes):
             s = s.flatten(1).t().reshape(-1)  # [(H*W)*C], location-major like mmdet
             b = b.flatten(1).t()  # [H*W, 4]
-            top, idx = s.topk(min(self.pre_nms_top_n, s.shape[0]))
+            top, idx = s.topk(torch.sym_min(self.pre_nms_top_n, s.shape[0]))
             keep = top > self.score_thresh
             top, idx = top[keep], idx[keep]
             all_scores.append(top)

@@ -1,0 +1,115 @@
+"""SAHI tiled inference: det-run's batched tiles vs sahi's own ``get_sliced_prediction``.
+
+For each frame of the video, three paths detect with the same model and SAHI settings:
+
+* ``sahi``: :func:`sahi.predict.get_sliced_prediction` with the batch-1 ONNX wrapped as a sahi
+  ``DetectionModel`` (tiles one by one, sahi's slicing and merge) -- the reference;
+* ``ours-loop``: :class:`runtime.tiling.TiledPredictor` on the batch-1 graph (one ORT call per tile);
+* ``ours-batched``: the same on a fixed-batch graph (all tiles of a frame in ``ceil(T / N)`` calls).
+
+It prints the fraction of merged boxes matching the reference (same class, IoU >= 0.95) and the
+mean ms per frame of each path (paths interleaved frame by frame so machine load hits all alike).
+
+Without ``--weights`` a randomly initialised detector (needs torch) is exported to a temporary folder,
+with a fixed-batch copy whose batch equals the tiles per frame.
+
+    PYTHONPATH=. python benchmarks/sahi_bench.py --frames 20 --slice 512
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import VTEST, match_count, read_frames  # noqa: E402
+from runtime.backends import load_backend  # noqa: E402
+from runtime.predictor import Predictor  # noqa: E402
+from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor  # noqa: E402
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--video", default=VTEST, type=click.Path(exists=True, path_type=Path))
+@click.option("--frames", default=20, type=click.IntRange(1), help="Frames measured (after 1 warm-up).")
+@click.option("--every", default=10, type=click.IntRange(1), help="Take every N-th video frame.")
+@click.option("--weights", default=None, type=click.Path(exists=True, path_type=Path),
+              help="Batch-1 ONNX detector; default: a random-head detector exported here.")
+@click.option("--batch-weights", default=None, type=click.Path(exists=True, path_type=Path),
+              help="Fixed-batch ONNX of the same model; default: exported here when building.")
+@click.option("--imgsz", default=256, type=int, help="Letterbox size of the built detector (px).")
+@click.option("--max-det", default=30, type=int, help="Detections per image of the built detector.")
+@click.option("--conf", default=0.3, type=float)
+@click.option("--slice", "slice_size", default=512, type=int, help="Tile side (frame px).")
+@click.option("--overlap", default=0.2, type=float)
+@click.option("--merge", default="greedynmm", type=click.Choice(["greedynmm", "nmm", "nms"]))
+def main(video: Path, frames: int, every: int, weights: Path | None, batch_weights: Path | None,
+         imgsz: int, max_det: int, conf: float, slice_size: int, overlap: float, merge: str) -> None:
+    """Print matched fraction and ms/frame of sahi's get_sliced_prediction vs det-run's tiling."""
+    from sahi.predict import get_sliced_prediction
+
+    imgs = read_frames(video, frames + 1, every)
+    cfg = SliceConfig(slice_size, slice_size, overlap, overlap, merge=merge)
+    n_tiles = len(cfg.windows(*imgs[0].shape[:2])) + (1 if cfg.full_frame else 0)
+    tmp = tempfile.TemporaryDirectory()
+    if weights is None:
+        from benchmarks.artifacts import export_batched, make_detector
+
+        click.echo(f"building a random-head detector ({imgsz} px, max_det {max_det}) in {tmp.name}")
+        pt, weights = make_detector(Path(tmp.name), imgsz, max_det, parity_image=imgs[0])
+        batch_weights = export_batched(pt, n_tiles, Path(tmp.name) / f"det_b{n_tiles}.onnx")
+    single = load_backend(weights, "cpu")
+    paths = {"ours-loop": TiledPredictor(Predictor(single, conf), cfg)}
+    if batch_weights is not None:
+        batched = load_backend(batch_weights, "cpu")
+        paths["ours-batched"] = TiledPredictor(Predictor(batched, conf), cfg)
+    ref_model = SahiDetectionModel(Predictor(load_backend(weights, "cpu"), conf))
+    kwargs = cfg.sahi_kwargs()
+
+    ms = {"sahi": [], **{k: [] for k in paths}}
+    counts = {k: [0, 0] for k in paths}
+    n_ref = 0
+    for i, frame in enumerate(imgs):
+        rgb = np.ascontiguousarray(frame[:, :, ::-1])
+        t = time.perf_counter()
+        ref = get_sliced_prediction(rgb, ref_model, verbose=0, **kwargs).object_prediction_list
+        ref_ms = (time.perf_counter() - t) * 1e3
+        rb = np.array([p.bbox.to_xyxy() for p in ref], np.float32).reshape(-1, 4)
+        rl = np.array([p.category.id for p in ref], np.int64)
+        if i:
+            ms["sahi"].append(ref_ms)
+            n_ref += len(ref)
+        for name, tp in paths.items():
+            t = time.perf_counter()
+            dets = tp(frame)
+            if i:  # frame 0 warms up every path
+                ms[name].append((time.perf_counter() - t) * 1e3)
+                m, n = match_count(dets.boxes, rb, dets.labels, rl)
+                counts[name][0] += m
+                counts[name][1] += n
+
+    h, w = imgs[0].shape[:2]
+    click.echo(f"\n{video.name}: {frames} frames {w}x{h} (every {every}th), slice {slice_size} overlap "
+               f"{overlap}, {n_tiles} detector inputs/frame (tiles + full frame), merge {merge}/ios 0.5, "
+               f"conf {conf}, imgsz {single.meta.imgsz[0]}, {single.name}; {n_ref / frames:.1f} "
+               "merged boxes/frame (sahi)")
+    base = float(np.mean(ms["sahi"]))
+    click.echo(f"{'path':<14}{'ms/frame':>10}{'FPS':>8}{'vs sahi':>9}{'matched':>18}")
+    click.echo(f"{'sahi':<14}{base:>10.1f}{1e3 / base:>8.2f}{1.0:>8.2f}x{'reference':>18}")
+    for name in paths:
+        m, n = counts[name]
+        mean = float(np.mean(ms[name]))
+        inner = paths[name].predictor.backend
+        label = f"{name}" + (f" (N={inner.max_batch})" if inner.max_batch > 1 else "")
+        click.echo(f"{label:<14}{mean:>10.1f}{1e3 / mean:>8.2f}{base / mean:>8.2f}x"
+                   f"{f'{m}/{n} = {m / max(n, 1):.2%}':>18}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""ONNX -> TensorRT engine (``det-export --trt``), through the TensorRT Python API.
+
+Written against the TensorRT 10.x Python API (``tensorrt`` 10.0-10.15: ``trt.Builder``,
+``IBuilderConfig.set_memory_pool_limit``, ``BuilderFlag.FP16/INT8``, ``IInt8EntropyCalibrator2``,
+``ITimingCache``, ``OnnxParser``, ``IParserError``; NVIDIA's ``samples/python/common_runtime.py``
+for cuda-python buffers) with a switch for TensorRT >= 11, where networks are strongly typed only:
+precision then comes from the graph (build ``--fp16`` from the FP16 ONNX, INT8 from a Q/DQ ONNX)
+and no precision flags are set.
+
+``tensorrt`` and ``cuda-python`` are imported lazily; without them (or without a CUDA device)
+:func:`require_tensorrt` fails at once saying what to install. The engine's metadata is written as
+a sidecar JSON (``best.engine.json``): the :class:`runtime.meta.ModelMeta` of the ONNX plus the
+TensorRT version, GPU name and compute capability it was built for (see
+:func:`runtime.backends.trt_backend.engine_meta_path`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from runtime.backends.trt_backend import engine_meta_path, gpu_info, import_cuda, import_tensorrt
+from runtime.meta import META_KEY, ModelMeta
+
+INSTALL_HINT = ("install TensorRT and cuda-python on a machine with an NVIDIA GPU and driver: "
+                "pip install 'det-toolkit[gpu]' (tensorrt>=10 from NVIDIA's index "
+                "https://pypi.nvidia.com, cuda-python>=12)")
+
+
+class TrtBuildError(RuntimeError):
+    """TensorRT is missing, or the engine could not be parsed/built (message has the details)."""
+
+
+def require_tensorrt() -> tuple[Any, Any]:
+    """``(tensorrt module, cuda runtime bindings)``, checked to see a CUDA device.
+
+    Raises:
+        TrtBuildError: a package is missing or no CUDA device is visible (message: what to install).
+    """
+    try:
+        trt = import_tensorrt()
+        cudart = import_cuda()
+    except ImportError as e:
+        raise TrtBuildError(f"--trt: TensorRT is not available here: {e}") from e
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
+        raise TrtBuildError(f"--trt: TensorRT is not available here: no CUDA GPU is visible ({err}); {INSTALL_HINT}")
+    return trt, cudart
+
+
+def trt_major(trt: Any) -> int:
+    """Major version of the imported ``tensorrt`` module."""
+    return int(str(trt.__version__).split(".")[0])
+
+
+def make_calibrator(trt: Any, cudart: Any, images: list[np.ndarray], batch: int, cache: Path) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding letterboxed calibration inputs (TensorRT 10.x only).
+
+    Args:
+        trt, cudart: the modules from :func:`require_tensorrt`.
+        images: float32 ``[3, H, W]`` RGB 0-1 graph inputs (letterboxed).
+        batch: the engine's batch size.
+        cache: calibration cache file (read if present, written after calibration).
+    """
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches = [np.ascontiguousarray(np.stack(images[i:i + batch]))
+                            for i in range(0, len(images) - batch + 1, batch)]
+            self.nbytes = self.batches[0].nbytes if self.batches else 0
+            err, self.dev = cudart.cudaMalloc(max(self.nbytes, 1))
+            self.i = 0
+
+        def get_batch_size(self) -> int:
+            return batch
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.i >= len(self.batches):
+                return None
+            host = self.batches[self.i]
+            cudart.cudaMemcpy(self.dev, host.ctypes.data, self.nbytes,
+                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            self.i += 1
+            return [int(self.dev)]
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache.read_bytes() if cache.is_file() else None
+
+        def write_calibration_cache(self, data: Any) -> None:
+            cache.write_bytes(bytes(data))
+
+    return EntropyCalibrator()
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path | None = None,
+    *,
+    fp16: bool = False,
+    int8: bool = False,
+    calib_images: list[np.ndarray] | None = None,
+    workspace_gib: float = 4.0,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Build a TensorRT engine from a det-toolkit ONNX graph and write it with its sidecar JSON.
+
+    Args:
+        onnx_path: the static graph (``det-export --imgsz H W --batch N``); with TensorRT >= 11 and
+            ``fp16``, pass the FP16 ONNX (strongly typed networks take precision from the graph).
+        engine_path: output ``.engine``; default ``onnx_path`` with suffix ``.engine``. The timing
+            cache is kept beside it (``<engine>.timing.cache``) and reused by later builds.
+        fp16: allow FP16 kernels (TensorRT 10.x: ``BuilderFlag.FP16``).
+        int8: INT8 with entropy calibration (TensorRT 10.x only; needs ``calib_images``).
+        calib_images: float32 ``[3, H, W]`` letterboxed inputs for INT8 calibration.
+        workspace_gib: ``MemoryPoolType.WORKSPACE`` limit in GiB.
+        echo: progress output.
+
+    Returns:
+        The engine path.
+
+    Raises:
+        TrtBuildError: TensorRT/CUDA missing, parser errors (all printed: node, op, description),
+            unsupported option for this TensorRT version, or a failed build.
+        runtime.meta.MetadataError: the ONNX has no det-toolkit metadata.
+    """
+    import onnx
+
+    trt, cudart = require_tensorrt()
+    onnx_path = Path(onnx_path)
+    out = Path(engine_path) if engine_path else onnx_path.with_suffix(".engine")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = ModelMeta.from_json(props.get(META_KEY, "{}"), str(onnx_path))
+    major = trt_major(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # RoiAlign/NMS plugins must be registered before parsing
+    builder = trt.Builder(logger)
+    strongly_typed = major >= 11
+    if strongly_typed and fp16 and not _is_fp16_graph(model):
+        raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: build "
+                            "--fp16 engines from the FP16 ONNX (det-export --fp16 writes it)")
+    st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(st_flag) if strongly_typed and st_flag is not None else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TrtBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path}:\n" + "\n".join(errors))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    if strongly_typed:
+        if int8:
+            raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: "
+                                "INT8 needs a Q/DQ-quantized ONNX, not --int8 calibration")
+    else:
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if int8:
+            if not calib_images:
+                raise TrtBuildError("--int8 needs calibration images (--calib DIR)")
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = make_calibrator(trt, cudart, calib_images, meta.batch,
+                                                     out.with_name(out.name + ".calib.cache"))
+    inp = network.get_input(0)
+    if any(d < 0 for d in inp.shape):  # dynamic batch: one profile up to the exported batch
+        profile = builder.create_optimization_profile()
+        fixed = [d for d in inp.shape[1:]]
+        profile.set_shape(inp.name, (1, *fixed), (meta.batch, *fixed), (meta.batch, *fixed))
+        config.add_optimization_profile(profile)
+    cache_path = out.with_name(out.name + ".timing.cache")
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    echo(f"building TensorRT {trt.__version__} engine from {onnx_path.name} "
+         f"({'strongly typed' if strongly_typed else 'fp16' if fp16 else 'int8' if int8 else 'fp32'}, "
+         f"workspace {workspace_gib:g} GiB)")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TrtBuildError(f"TensorRT {trt.__version__} failed to build {out} (see the log above)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(bytes(serialized))
+    os.replace(tmp, out)
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    gpu = gpu_info(cudart)
+    meta.extra.update(tensorrt=str(trt.__version__), gpu=gpu["name"], compute_capability=gpu["cc"],
+                      precision="fp16" if fp16 else "int8" if int8 else "fp32", onnx=str(onnx_path.name))
+    engine_meta_path(out).write_text(json.dumps(json.loads(meta.to_json()), indent=2))
+    echo(f"engine: {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s, "
+         f"{gpu['name']})")
+    return out
+
+
+def _is_fp16_graph(model: Any) -> bool:
+    """Whether an ONNX model carries float16 initializers (the ``--fp16`` ONNX variant)."""
+    import onnx
+
+    return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def _parser_error(err: Any) -> str:
+    """One ``IParserError`` as text: node index/name, op, code and description (TensorRT 10.x)."""
+    parts = [f"node {err.node()}"]
+    for attr in ("node_name", "node_operator"):
+        if hasattr(err, attr):
+            parts.append(f"{attr.split('_')[1]} {getattr(err, attr)()!r}")
+    return f"  - {', '.join(parts)}: [{err.code()}] {err.desc()} ({err.file()}:{err.line()} {err.func()})"

@@ -1,0 +1,157 @@
+"""Static TensorRT-ready graph (det-export --imgsz H W --batch N), readiness check, FP16 variant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner, Result
+from onnx import TensorProto, helper
+
+from export.cli import main
+from export.parity import check_parity, load_images
+from export.trt_check import check_trt_readiness, supported_ops
+from runtime.backends.outputs import pad_batch, run_chunks, split_batched
+from runtime.meta import META_KEY, ModelMeta
+from runtime.preprocess import letterbox, to_input
+from train.checkpoint import make_checkpoint, save_atomic
+from train.models import build_model
+
+RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
+GLOB = str(RACCOON / "images" / "raccoon-1[012].jpg")  # 3 photos: batch 2 + a zero-padded one
+H, W, N = 256, 288, 2
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    if not (RACCOON / "images").is_dir():
+        pytest.skip(f"real raccoon images not found at {RACCOON}")
+    return load_images(GLOB)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained 1-class detector (ImageNet backbone); score threshold 0.05 still yields boxes."""
+    model = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.05)
+    return save_atomic(make_checkpoint(model, ["raccoon"], imgsz=320), tmp_path_factory.mktemp("s") / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def export(ckpt: Path, images: list[np.ndarray]) -> Result:
+    return CliRunner().invoke(main, [str(ckpt), "--imgsz", str(H), str(W), "--batch", str(N), "--fp16",
+                                     "--no-embedder", "--parity-images", GLOB])
+
+
+@pytest.fixture(scope="module")
+def graph(ckpt: Path, export: Result) -> Path:
+    assert export.exit_code == 0, export.output
+    return ckpt.with_suffix(".onnx")
+
+
+def test_static_contract(graph: Path, export: Result) -> None:
+    model = onnx.load(str(graph))
+    dims = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
+    assert dims == {"images": [N, 3, H, W], "boxes": [N, 100, 4], "scores": [N, 100],
+                    "labels": [N, 100], "num_dets": [N]}
+    meta = ModelMeta.from_json({p.key: p.value for p in model.metadata_props}[META_KEY])
+    assert (meta.batch, meta.imgsz, meta.dynamic_hw, meta.max_det) == (N, (H, W), False, 100)
+    assert meta.output_names == ("boxes", "scores", "labels", "num_dets") and meta.extra["simplified"]
+    assert "result           PASS" in export.output and "readiness: PASS" in export.output
+
+
+def test_readiness_of_export(graph: Path) -> None:
+    report = check_trt_readiness(graph)
+    assert report.ready, report.summary()
+    ops = report.op_counts
+    assert "If" not in ops and "Loop" not in ops and "NonZero" not in ops
+    assert ops["NonMaxSuppression"] == 2 and ops["RoiAlign"] >= 1 and set(ops) <= supported_ops()
+
+
+def test_batched_outputs_and_padding(ckpt: Path, graph: Path, images: list[np.ndarray]) -> None:
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    xs = np.concatenate([to_input(letterbox(im[:, :, ::-1], (H, W))[0]) for im in images])
+    run = lambda b: sess.run(None, {"images": b})  # noqa: E731
+    boxes, scores, labels, num_dets = run(xs[:N])
+    assert labels.dtype == np.int64 and num_dets.dtype == np.int64 and (num_dets > 0).all()
+    for i, k in enumerate(num_dets):  # padding rows are zero, valid rows sorted by score
+        assert not boxes[i, k:].any() and not scores[i, k:].any()
+        assert (np.diff(scores[i, :k]) <= 0).all() and (scores[i, :k] > 0.05).all()
+    per_image = run_chunks(run, xs, N)  # 3 images: chunk 2 is one image + one zero image
+    assert len(per_image) == 3
+    np.testing.assert_allclose(per_image[0][0], boxes[0, :num_dets[0]])
+    alone = split_batched(*run(pad_batch(xs[2:], N)), n=1)[0]
+    np.testing.assert_allclose(per_image[2][1], alone[1])
+    report = check_parity(ckpt, graph, images)  # torch per image vs the padded batched graph
+    assert report.n_ref_boxes > 0 and report.match_rate >= 0.99, report.table()
+
+
+def test_fp16_variant(graph: Path, export: Result) -> None:
+    path = graph.with_name("best_fp16.onnx")
+    model = onnx.load(str(path))
+    io = [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]]
+    assert io[0] == TensorProto.FLOAT and TensorProto.FLOAT16 not in io
+    assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+    fp16_ops = {n.op_type for n in model.graph.node
+                if any(i.startswith("/backbone") for i in n.input)}
+    assert "Conv" in fp16_ops
+    meta = ModelMeta.from_json({p.key: p.value for p in model.metadata_props}[META_KEY])
+    assert meta.extra["precision"] == "fp16" and meta.extra["fp16_parity"]["match_rate"] >= 0.98
+    assert "FP16 vs FP32 graph" in export.output and f"fp16: {path}" in export.output
+    assert check_trt_readiness(model).ready
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits or [])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_readiness_reports_each_problem() -> None:
+    vi = helper.make_tensor_value_info
+    boxes, scores = vi("boxes", TensorProto.FLOAT, [1, 6000, 4]), vi("scores", TensorProto.FLOAT, [1, 1, 6000])
+    k_dyn = vi("k", TensorProto.INT64, [1])
+    big_k = helper.make_tensor("big_k", TensorProto.INT64, [1], [4000])
+    nms_then = helper.make_graph([helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="nms_in_if")],
+                                 "then", [], [vi("sel", TensorProto.INT64, [None, 3])])
+    cond = vi("cond", TensorProto.BOOL, [])
+    nodes = [
+        helper.make_node("TopK", ["x", "k"], ["v1", "i1"], name="topk_dynamic"),
+        helper.make_node("TopK", ["x", "big_k"], ["v2", "i2"], name="topk_big"),
+        helper.make_node("Unique", ["x"], ["u"], name="unique"),
+        helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["s2"], name="nms_many"),
+        helper.make_node("If", ["cond"], ["sel"], name="branch", then_branch=nms_then, else_branch=nms_then),
+    ]
+    m = _model(nodes, [vi("x", TensorProto.FLOAT, ["n"]), k_dyn, boxes, scores, cond],
+               [vi("u", TensorProto.FLOAT, None), vi("v1", TensorProto.FLOAT, None),
+                vi("v2", TensorProto.FLOAT, None), vi("s2", TensorProto.INT64, None),
+                vi("sel", TensorProto.INT64, None)], [big_k])
+    report = check_trt_readiness(m)
+    text = report.summary()
+    assert not report.ready and "FAIL" in text
+    for needle in ("TopK 'topk_dynamic': K is not a constant", "TopK 'topk_big': K=4000 >= 3840",
+                   "Unique 'unique': not supported", "NonMaxSuppression 'nms_many': 6000 boxes per image > 5000",
+                   "NonMaxSuppression 'nms_in_if': inside an If/Loop/Scan body",
+                   "graph input 'x': shape [None] is not static"):
+        assert needle in text, text
+
+
+def test_cli_static_errors(ckpt: Path) -> None:
+    result = CliRunner().invoke(main, [str(ckpt), "--int8"])
+    assert result.exit_code == 2 and "--int8 needs --trt and --calib" in result.output
+    result = CliRunner().invoke(main, [str(ckpt), "--batch", "0"])
+    assert result.exit_code == 2
+
+
+def test_supported_ops_list_has_source() -> None:
+    path = Path(__file__).resolve().parents[1] / "export" / "data" / "trt_ops_10.15.txt"
+    head = path.read_text().splitlines()[:3]
+    assert any("github.com/onnx/onnx-tensorrt" in line for line in head)
+    ops = supported_ops("10.15")
+    assert {"NonMaxSuppression", "RoiAlign", "TopK", "Conv"} <= ops and "Unique" not in ops
+    with pytest.raises(FileNotFoundError, match="no supported-operator list"):
+        supported_ops("7.0")
+    assert json.loads(json.dumps(sorted(ops)))

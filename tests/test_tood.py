@@ -1,0 +1,208 @@
+"""TOOD: assigners, alignment metric, losses and DCNv2 on worked examples; the builders end to end
+(training step, inference contract, one trainer epoch); ONNX export with parity (slow)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from conftest import make_synthetic
+from train.models import build_model
+from train.models.tood.assigners import alignment_metric, atss_assign, task_aligned_assign
+from train.models.tood.backbone import ModulatedDeformConv2d
+from train.models.tood.head import deform_sampling
+from train.models.tood.losses import giou, giou_loss, quality_focal_loss
+
+RACCOON_IMAGES = Path(__file__).resolve().parents[2] / "shared/datasets/raccoon/images"
+
+
+def _squares(centers: list[tuple[float, float]], half: float = 4.0) -> torch.Tensor:
+    c = torch.tensor(centers, dtype=torch.float32)
+    return torch.cat((c - half, c + half), 1)
+
+
+def test_atss_assigns_by_level_topk_and_mean_plus_std() -> None:
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0],  # level 0: IoU 1, centre on the gt centre
+                            [1.0, 1.0, 11.0, 11.0],  # level 0: IoU 81/119
+                            [30.0, 30.0, 40.0, 40.0],  # level 0: 3rd nearest -> not a candidate
+                            [-5.0, -5.0, 15.0, 15.0],  # level 1: IoU 0.25
+                            [40.0, 40.0, 60.0, 60.0]])  # level 1: IoU 0
+    # candidates IoU [1, .681, .25, 0]: mean .483 + std .445 = .928 -> only anchor 0
+    assert atss_assign(anchors, [3, 2], gt, topk=2).tolist() == [0, -1, -1, -1, -1]
+    # two gts competing for anchor 1: it goes to the gt it overlaps more
+    gts = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+    out = atss_assign(anchors, [3, 2], gts, topk=2)
+    assert out.tolist()[:2] == [0, 1]
+    assert atss_assign(anchors, [3, 2], torch.zeros(0, 4)).tolist() == [-1] * 5
+
+
+def test_alignment_metric_value() -> None:
+    t = alignment_metric(torch.tensor([0.5]), torch.tensor([0.8]), alpha=1.0, beta=6.0)
+    assert t.item() == pytest.approx(0.5 * 0.8 ** 6)  # 0.131072
+
+
+def test_task_aligned_assigner_worked_example() -> None:
+    gt, labels = torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([0])
+    anchors = _squares([(5, 5), (3, 3), (20, 20), (7, 7)])
+    preds = torch.tensor([[0.0, 0.0, 10.0, 10.0],  # IoU 1, score .9 -> t = .9
+                          [0.0, 0.0, 10.0, 8.0],  # IoU .8, score .5 -> t = .131072
+                          [0.0, 0.0, 10.0, 10.0],  # t = .95 but anchor centre outside the gt
+                          [20.0, 20.0, 30.0, 30.0]])  # IoU 0 -> t = 0
+    scores = torch.tensor([[0.9], [0.5], [0.95], [0.7]])
+    assigned, target = task_aligned_assign(scores, preds, anchors, gt, labels, topk=13)
+    assert assigned.tolist() == [0, 0, -1, -1]
+    # t / max t * max IoU over the gt's positives
+    torch.testing.assert_close(target, torch.tensor([1.0, 0.131072 / 0.9, 0.0, 0.0]), atol=1e-6, rtol=0)
+    assigned, target = task_aligned_assign(scores, preds, anchors, gt, labels, topk=1)
+    assert assigned.tolist() == [-1] * 4 and target.sum() == 0  # the top-1 candidate is outside
+
+
+def test_quality_focal_loss_worked_example() -> None:
+    prob = torch.tensor([[0.2, 0.3]])
+    target = torch.tensor([[0.6, 0.0]])
+    pos = -(0.6 * math.log(0.2) + 0.4 * math.log(0.8)) * 0.4 ** 2  # BCE(.2, .6) * |.6 - .2|^2
+    neg = -math.log(0.7) * 0.3 ** 2  # BCE(.3, 0) * .3^2
+    assert quality_focal_loss(prob, target, beta=2.0).item() == pytest.approx(pos + neg, rel=1e-5)
+
+
+def test_giou_worked_examples() -> None:
+    pred = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 4.0, 4.0]])
+    tgt = torch.tensor([[1.0, 1.0, 3.0, 3.0], [2.0, 2.0, 3.0, 3.0], [0.0, 0.0, 4.0, 4.0]])
+    # IoU 1/7, hull 9, union 7 -> 1/7 - 2/9; disjoint: 0 - 7/9; identical: 1
+    torch.testing.assert_close(giou(pred, tgt), torch.tensor([1 / 7 - 2 / 9, -7 / 9, 1.0]))
+    w = torch.tensor([2.0, 0.0, 1.0])
+    assert giou_loss(pred, tgt, w).item() == pytest.approx(2 * (1 - (1 / 7 - 2 / 9)), rel=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dcnv2_zero_offset_equals_conv_times_mask(stride: int) -> None:
+    torch.manual_seed(0)
+    dcn = ModulatedDeformConv2d(4, 6, 3, stride=stride, padding=1)
+    m = 0.3
+    with torch.no_grad():
+        dcn.conv_offset.bias[18:] = math.log(m / (1 - m))  # offsets stay 0, mask = sigmoid = m
+    x = torch.randn(2, 4, 9, 11)
+    ref = F.conv2d(x, dcn.weight, stride=stride, padding=1) * m
+    for impl in ("deform_conv", "grid_sample"):
+        dcn.impl = impl
+        torch.testing.assert_close(dcn(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_grid_sample_forms_match_deform_conv_with_offsets() -> None:
+    torch.manual_seed(0)
+    dcn = ModulatedDeformConv2d(3, 5, 3, stride=2, padding=1)
+    torch.nn.init.normal_(dcn.conv_offset.weight, std=0.5)
+    x = torch.randn(1, 3, 10, 7)
+    with torch.no_grad():
+        a = dcn(x)
+        dcn.impl = "grid_sample"
+        torch.testing.assert_close(dcn(x), a, atol=1e-5, rtol=1e-5)
+    feat, off = torch.randn(2, 4, 5, 1), torch.randn(2, 8, 5, 1) * 2  # W = 1 like a small P7
+    torch.testing.assert_close(deform_sampling(feat, off, "grid_sample"),
+                               deform_sampling(feat, off, "deform_conv"), atol=1e-5, rtol=1e-5)
+
+
+def _boost_scores(model: torch.nn.Module) -> None:
+    """Spread the initial scores (prior 0.01) so an untrained model yields detections to compare."""
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.model.head.tood_cls.weight, std=0.3)
+    torch.nn.init.zeros_(model.model.head.tood_cls.bias)
+
+
+def _check_contract(model: torch.nn.Module, num_classes: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 128, 96)])
+    assert len(out) == 1 and set(out[0]) == {"boxes", "scores", "labels"}
+    o = out[0]
+    assert o["boxes"].dtype == torch.float32 and o["boxes"].shape[1:] == (4,)
+    assert o["labels"].dtype == torch.int64 and 0 < len(o["scores"]) <= 100
+    assert ((o["labels"] >= 0) & (o["labels"] < num_classes)).all()
+    assert (o["scores"] >= 0.05).all() and (o["scores"][:-1] >= o["scores"][1:]).all()
+    assert (o["boxes"][:, 0::2] <= 96).all() and (o["boxes"][:, 1::2] <= 128).all()
+
+
+def test_resnet101_dcn_train_step_and_inference() -> None:
+    torch.manual_seed(0)
+    model = build_model("tood_resnet101_dcn", 2, weights=None)
+    inner = model.model
+    assert inner.initial_epochs == 4 and inner.deform_impl == "deform_conv"
+    assert isinstance(inner.backbone.body.layer3[0].conv2, ModulatedDeformConv2d)
+    assert not isinstance(inner.backbone.body.layer1[0].conv2, ModulatedDeformConv2d)
+    model.train()
+    tg = [{"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0]]), "labels": torch.tensor([1])}]
+    losses = model([torch.rand(3, 128, 128)], tg)
+    assert set(losses) == {"loss_cls", "loss_bbox"}
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_bbox"] > 0
+    sum(losses.values()).backward()
+    assert inner.backbone.body.layer4[0].conv2.conv_offset.weight.grad is not None
+    _boost_scores(model)
+    _check_contract(model, 2)
+
+
+def test_mobilenet_v2_tal_step_and_trainer_epoch(tmp_path: Path) -> None:
+    from train.cli import train_cli
+
+    model = build_model("tood_mobilenet_v2", 2, weights="auto")
+    model.train()
+    model.set_epoch(4)  # past initial_epochs: task-aligned assignment + QFL
+    assert model.model.epoch == 4
+    tg = [{"boxes": torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 60.0, 120.0, 100.0]]),
+           "labels": torch.tensor([0, 1])},
+          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model([torch.rand(3, 128, 128), torch.rand(3, 128, 128)], tg)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+    data = make_synthetic(tmp_path / "synth", n_train=4, n_val=2)
+    args = ["--data", str(data), "--model", "tood_mobilenet_v2", "--epochs", "1", "--imgsz", "128",
+            "--batch", "4", "--workers", "0", "--lr", "0.005", "--project", str(tmp_path / "runs"),
+            "--name", "tood"]
+    res = CliRunner().invoke(train_cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "runs/tood/results.csv")))
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["loss"]))
+    assert (tmp_path / "runs/tood/weights/best.pt").is_file()
+
+
+def _parity_images() -> list[np.ndarray]:
+    paths = sorted(RACCOON_IMAGES.glob("*.jpg"))[:2]
+    if not paths:
+        pytest.skip(f"raccoon images not found at {RACCOON_IMAGES}")
+    return [cv2.imread(str(p)) for p in paths]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "impl"), [("tood_resnet101_dcn", "deform_conv"),
+                                             ("tood_resnet101_dcn", "grid_sample")])
+def test_export_dynamo_opset19_with_parity(name: str, impl: str, tmp_path: Path) -> None:
+    from export.onnx_export import export_onnx
+    from export.parity import check_parity
+    from runtime.meta import META_KEY, ModelMeta
+    from train.checkpoint import make_checkpoint, save_atomic
+
+    images = _parity_images()
+    torch.manual_seed(0)
+    model = build_model(name, 1, weights=None, deform_impl=impl)
+    _boost_scores(model)
+    ckpt = save_atomic(make_checkpoint(model, ["raccoon"], 128), tmp_path / "m.pt")
+    out = export_onnx(ckpt, tmp_path / "m.onnx", imgsz=128, simplify=False, parity_images=images,
+                      echo=lambda s: None)
+    graph = onnx.load(str(out))
+    ops = {n.op_type for n in graph.graph.node}
+    assert ("DeformConv" in ops) == (impl == "deform_conv")
+    assert graph.opset_import[0].version == 19 or any(o.version == 19 for o in graph.opset_import)
+    meta = ModelMeta.from_json({p.key: p.value for p in graph.metadata_props}[META_KEY])
+    assert meta.extra["deform_impl"] == impl and meta.extra["exporter"] == "dynamo"
+    report = check_parity(model, out, images)
+    assert report.passed and report.n_ref_boxes > 0, report.summary()
