@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RACCOON ?= $(if $(DET_DATA_RACCOON),$(DET_DATA_RACCOON),../shared/datasets/raccoon)
 VIDEO ?= ../shared/videos/vtest.avi
-EPOCHS ?= 16
+EPOCHS ?= 12
 ifndef NAME
 NAME := raccoon-$(shell date +%Y%m%d-%H%M%S)
 endif
