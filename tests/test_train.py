@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from train.checkpoint import (CheckpointError, load_checkpoint, make_checkpoint,
                               model_from_checkpoint, save_atomic)
 from train.cli import eval_cli, train_cli
-from train.engine import warmup_cosine
+from train.engine import ema_avg_fn, warmup_cosine, warmup_step
 from train.models import MODELS, build_model, check_model_name
 
 TINY = ["--imgsz", "128", "--batch", "4", "--workers", "0", "--lr", "0.005"]
@@ -27,6 +27,17 @@ def test_warmup_cosine_schedule() -> None:
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.05 + 0.95 * 0.5)
     assert f(100) == pytest.approx(0.05)
+
+
+def test_step_schedule_and_ema_ramp() -> None:
+    f = warmup_step(iters_per_epoch=10, milestones=[2, 3], gamma=0.1, warmup_iters=5,
+                    warmup_factor=0.0)
+    assert [round(f(i), 6) for i in (0, 4, 5, 19, 20, 29, 30)] == [0.0, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01]
+    avg = ema_avg_fn(decay=0.9, tau=1.0)
+    one, zero = torch.ones(1), torch.zeros(1)
+    # decay ramps from 0 (copy the weights) towards 0.9
+    assert float(avg(zero, one, 0)) == pytest.approx(1.0)
+    assert float(avg(zero, one, 100)) == pytest.approx(0.1)
 
 
 def test_unknown_model_suggests_nearest() -> None:
@@ -105,11 +116,36 @@ def test_train_writes_run_folder_and_resume_is_exact(synthetic: Path, tmp_path: 
     assert a["metrics"]["mAP"] == b["metrics"]["mAP"]
 
 
+def test_ema_step_schedule_patience_and_save_period(synthetic: Path, tmp_path: Path) -> None:
+    proj = str(tmp_path / "runs")
+    out = _run(["--data", str(synthetic), "--epochs", "4", *TINY, "--project", proj, "--name", "x",
+                "--ema", "--scheduler", "step", "--lr-step", "1", "--patience", "1", "--warmup-epochs", "0",
+                "--save-period", "1", "--l1", "1e-6"])
+    run = Path(proj) / "x"
+    rows = list(csv.DictReader(open(run / "results.csv")))
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.0005)  # stepped after epoch 1
+    stopped = "early stop" in out
+    assert len(rows) < 4 if stopped else len(rows) == 4
+    assert (run / "weights" / "epoch1.pt").is_file()
+    last = load_checkpoint(run / "weights" / "last.pt")
+    assert {"ema", "train_state_dict"} <= set(last)
+    # the saved weights are the EMA's, not the raw model's
+    diff = sum(float((last["state_dict"][k].float() - v.float()).abs().sum())
+               for k, v in last["train_state_dict"].items())
+    assert diff > 0
+    out = _run(["--data", str(synthetic), "--epochs", "2", *TINY, "--project", proj, "--name", "oc",
+                "--scheduler", "onecycle"])
+    assert (Path(proj) / "oc" / "weights" / "best.pt").is_file()
+
+
 def test_run_folder_increments_and_bad_flags_fail(synthetic: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--aug", "heavy"])
     assert res.exit_code != 0 and "aug='heavy' is not one of" in res.output
     res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--model", "fasterrcnn_resnet5"])
     assert res.exit_code != 0 and "did you mean" in res.output
+    res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--scheduler", "step"])
+    assert res.exit_code != 0 and "needs --lr-step" in res.output
     res = CliRunner().invoke(train_cli, ["--help"])
     assert "--imgsz" in res.output and "default: 416" in res.output
 
@@ -124,3 +160,21 @@ def test_det_eval_on_checkpoint(synthetic: Path, tmp_path: Path) -> None:
     m = json.loads((proj / "eval" / "exp" / "metrics.json").read_text())
     assert 0.0 <= m["stats"]["mAP"] <= 1.0 and m["n_images"] == 4
     assert set(m["per_class"]) == {"square", "bar"}
+
+
+def test_model_list_prints_parameters_and_gflops() -> None:
+    res = CliRunner().invoke(train_cli, ["--model", "list", "--imgsz", "64"])
+    assert res.exit_code == 0, res.output
+    rows = {ln.split()[0]: ln.split()[1:] for ln in res.output.splitlines()[1:] if ln.strip()}
+    assert set(rows) == set(MODELS)
+    params = {k: float(v[0]) for k, v in rows.items()}
+    assert 3.0 < params["fasterrcnn_mini_darknet_nano_head"] < params["fasterrcnn_mini_darknet"] < 20
+    assert all(float(v[1]) > 0 for v in rows.values())
+
+
+def test_mini_darknet_backbone_size_and_stride() -> None:
+    from train.models.mini_darknet import MiniDarknet
+
+    net = MiniDarknet()
+    assert 1.0e6 < sum(p.numel() for p in net.parameters()) < 1.3e6
+    assert net(torch.rand(1, 3, 96, 160)).shape == (1, 256, 3, 5)

@@ -21,7 +21,7 @@ from train.config import ConfigError, TrainConfig, from_dict, increment_path
 
 HELP: dict[str, str] = {
     "data": "data config YAML (dataset root, splits, names, format)",
-    "model": "model builder name (see --list-models)",
+    "model": "model builder name; 'list' prints them with parameters and GFLOPs",
     "weights_init": "initial weights: auto (offline defaults), none, or a local .pth path",
     "imgsz": "longest image side in pixels (multiple of 32)",
     "epochs": "number of epochs",
@@ -35,6 +35,15 @@ HELP: dict[str, str] = {
     "warmup_factor": "LR multiplier at the start of warm-up",
     "lrf": "final LR as a fraction of --lr (cosine decay)",
     "clip_grad": "max gradient L2 norm (0 = off)",
+    "scheduler": "LR schedule after warm-up: cosine, step (--lr-step) or onecycle",
+    "lr_step": "step schedule: epochs at which the LR is multiplied by --lr-gamma, e.g. 8,11",
+    "lr_gamma": "step schedule: LR factor at each --lr-step epoch",
+    "l1": "L1 regularisation weight on trainable parameters (0 = off)",
+    "ema": "keep an EMA of the weights; evaluate and save it",
+    "ema_decay": "EMA decay (ramped up over the first updates)",
+    "ema_tau": "EMA ramp length in updates",
+    "patience": "stop after this many epochs without a better mAP (0 = off)",
+    "save_period": "also save weights/epoch<N>.pt every N epochs (0 = off)",
     "aug": "augmentation preset: none, light, default",
     "amp": "mixed precision on CUDA (ignored on CPU)",
     "amp_dtype": "AMP dtype on CUDA: fp16 (with GradScaler) or bf16",
@@ -79,6 +88,19 @@ def _given(ctx: click.Context, flags: dict[str, Any]) -> dict[str, Any]:
             if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
 
 
+def print_models(imgsz: int, num_classes: int = 80) -> None:
+    """Print each model of :data:`train.models.MODELS` with parameters (M) and forward GFLOPs at
+    ``imgsz x imgsz`` (``num_classes`` classes; pretrained weights are not loaded)."""
+    from train.models import MODELS, build_model
+    from train.models.common import count_parameters, gflops
+
+    logging.getLogger("train.models.weights").setLevel(logging.ERROR)
+    click.echo(f"{'model':<40}{'params (M)':>12}{f'GFLOPs@{imgsz}':>14}")
+    for name in MODELS:
+        model = build_model(name, num_classes, weights=None)
+        click.echo(f"{name:<40}{count_parameters(model) / 1e6:>12.2f}{gflops(model, imgsz):>14.1f}")
+
+
 def _fail(e: Exception) -> None:
     raise click.ClickException(str(e)) from e
 
@@ -86,17 +108,16 @@ def _fail(e: Exception) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--cfg", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML file of training options (flags override it)")
-@click.option("--list-models", is_flag=True, help="print the model builders and exit")
 @_options_from(TrainConfig)
 @click.pass_context
-def train_cli(ctx: click.Context, cfg: str | None, list_models: bool, **flags: Any) -> None:
-    """Train a detector on a dataset described by --data; writes runs/train/<name>."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from train.models import MODELS
+def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
+    """Train a detector on a dataset described by --data; writes runs/train/<name>.
 
-    if list_models:
-        for name in MODELS:
-            click.echo(name)
+    `det-train --model list [--imgsz 640]` prints every model with its parameters and GFLOPs.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if flags["model"] == "list":
+        print_models(flags["imgsz"])
         return
     try:
         values: dict[str, Any] = {}

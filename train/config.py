@@ -129,8 +129,13 @@ class TrainConfig:
     """Everything ``det-train`` needs; saved as ``args.yaml`` in the run folder and in checkpoints.
 
     Learning rate is per SGD step at ``batch`` images; warm-up is linear from
-    ``warmup_factor * lr`` over ``warmup_epochs``, then cosine decay to ``lr * lrf`` at the last
-    iteration (per-iteration schedule, as torchvision's detection references).
+    ``warmup_factor * lr`` over ``warmup_epochs``, then (``scheduler``) cosine decay to
+    ``lr * lrf`` at the last iteration, a step decay by ``lr_gamma`` at the ``lr_step`` epochs, or
+    PyTorch's one-cycle policy (its own warm-up); all per iteration, as torchvision's references.
+    ``ema`` keeps an exponential moving average of the weights (decay ramped as
+    ``ema_decay * (1 - exp(-updates / ema_tau))``, Ultralytics' ModelEMA), which is then what is
+    evaluated and saved. ``patience`` > 0 stops after that many epochs without a better mAP;
+    ``save_period`` > 0 also keeps ``weights/epoch<N>.pt``; ``l1`` adds ``l1 * sum(|w|)`` to the loss.
     """
 
     data: str = ""
@@ -148,6 +153,15 @@ class TrainConfig:
     warmup_factor: float = 0.001
     lrf: float = 0.05
     clip_grad: float = 10.0
+    scheduler: str = "cosine"
+    lr_step: str = ""
+    lr_gamma: float = 0.1
+    l1: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_tau: float = 200.0
+    patience: int = 0
+    save_period: int = 0
     aug: str = "default"
     amp: bool = True
     amp_dtype: str = "fp16"
@@ -165,6 +179,7 @@ class TrainConfig:
             "optimizer": (self.optimizer, ("sgd", "adamw")),
             "amp_dtype": (self.amp_dtype, ("fp16", "bf16")),
             "aug": (self.aug, ("none", "light", "default")),
+            "scheduler": (self.scheduler, ("cosine", "step", "onecycle")),
         }
         for key, (val, ok) in checks.items():
             if val not in ok:
@@ -172,8 +187,17 @@ class TrainConfig:
         for key in ("imgsz", "epochs", "batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.scheduler == "step" and not self.milestones():
+            raise ConfigError("--scheduler step needs --lr-step, e.g. --lr-step 8,11 (epochs)")
         if self.imgsz % 32:
             raise ConfigError(f"imgsz must be a multiple of 32 (the FPN stride), got {self.imgsz}")
+
+    def milestones(self) -> list[int]:
+        """``lr_step`` ("8,11") as epochs ``[8, 11]``; raises :class:`ConfigError` if malformed."""
+        try:
+            return [int(v) for v in self.lr_step.replace(" ", "").split(",") if v]
+        except ValueError as e:
+            raise ConfigError(f"lr_step='{self.lr_step}' must be comma-separated epochs") from e
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields."""

@@ -35,6 +35,29 @@ def warmup_cosine(total_iters: int, warmup_iters: int, warmup_factor: float, lrf
     return f
 
 
+def warmup_step(iters_per_epoch: int, milestones: list[int], gamma: float, warmup_iters: int,
+                warmup_factor: float):
+    """LR multiplier: linear warm-up, then ``gamma ** (number of milestone epochs passed)``."""
+
+    def f(it: int) -> float:
+        w = warmup_factor + (1 - warmup_factor) * it / warmup_iters if it < warmup_iters else 1.0
+        return w * gamma ** sum(it >= m * iters_per_epoch for m in milestones)
+
+    return f
+
+
+def ema_avg_fn(decay: float, tau: float):
+    """``avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: EMA whose decay ramps up as
+    ``decay * (1 - exp(-n / tau))`` over the first updates (Ultralytics' ModelEMA), so early
+    weights are not frozen into the average."""
+
+    def avg(ema_p: torch.Tensor, p: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+        d = decay * (1 - math.exp(-float(n) / tau))
+        return ema_p * d + p * (1 - d)
+
+    return avg
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -47,6 +70,8 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     clip_grad: float = 0.0,
     show: bool = True,
+    l1: float = 0.0,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; the scheduler steps every iteration.
 
@@ -54,9 +79,11 @@ def train_one_epoch(
         amp_dtype: ``torch.float16``/``torch.bfloat16`` to run the forward pass under
             ``torch.autocast`` (CUDA), ``None`` for fp32. ``scaler`` is required with fp16.
         clip_grad: max global L2 norm of the gradients (0 disables).
+        l1: weight of an L1 penalty ``sum(|w|)`` over the trainable parameters (0 disables).
+        ema: an ``AveragedModel`` updated after every optimizer step.
 
     Returns:
-        Mean of each loss over the epoch, ``loss`` (their sum), ``lr`` (last), ``img_s``
+        Mean of each loss over the epoch, ``loss`` (their sum), ``lr`` (of the last step), ``img_s``
         (training throughput, images per second) and ``n_images``.
 
     Raises:
@@ -77,6 +104,8 @@ def train_one_epoch(
         with ctx:
             losses = model(images, targets)
         loss = sum(losses.values())
+        if l1:
+            loss = loss + l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {epoch + 1} ({ {k: v.item() for k, v in losses.items()} }); "
@@ -94,17 +123,20 @@ def train_one_epoch(
             if clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step used
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         n_it += 1
         n_img += len(images)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.item()
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
         if show:
-            bar.set_postfix(loss=f"{sums['loss'] / n_it:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            bar.set_postfix(loss=f"{sums['loss'] / n_it:.3f}", lr=f"{lr:.2e}",
                             img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
     out = {k: v / max(1, n_it) for k, v in sums.items()}
-    out["lr"] = optimizer.param_groups[0]["lr"]
+    out["lr"] = lr if n_it else optimizer.param_groups[0]["lr"]
     out["img_s"] = n_img / max(1e-9, time.perf_counter() - t0)
     out["n_images"] = n_img
     return out

@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from train.checkpoint import load_checkpoint, make_checkpoint, rng_state, save_atomic, set_rng_state
 from train.config import DataConfig, TrainConfig, increment_path, load_data_config
 from train.data.dataset import DetectionDataset, collate
 from train.data.formats import read_split, require_labels
-from train.engine import describe, evaluate, train_one_epoch, warmup_cosine
+from train.engine import (describe, ema_avg_fn, evaluate, train_one_epoch, warmup_cosine,
+                          warmup_step)
 from train.models import build_model, check_model_name
 from train.plots import plot_results
 
@@ -116,8 +118,10 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
                         trainable_layers=cfg.trainable_layers,
                         **({"frozen_bn": ckpt["model_args"].get("frozen_bn")} if ckpt else {}))
     if ckpt:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
     model.to(device)
+    ema = AveragedModel(model, avg_fn=ema_avg_fn(cfg.ema_decay, cfg.ema_tau),
+                        use_buffers=True) if cfg.ema else None
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -125,17 +129,19 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     iters = len(train_loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        cfg.epochs * iters, int(cfg.warmup_epochs * iters), cfg.warmup_factor, cfg.lrf))
+    sched = make_scheduler(cfg, optimizer, iters)
     amp_dtype, scaler = _amp_setup(cfg, device)
 
-    start_epoch, best = 0, -1.0
+    start_epoch, best, stale = 0, -1.0, 0
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best_fitness"]
+        stale = ckpt.get("stale_epochs", 0)
         set_rng_state(ckpt["rng"])
         print(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}")
 
@@ -149,8 +155,10 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         model.set_epoch(epoch)
         t0 = time.perf_counter()
         tr = train_one_epoch(model, optimizer, sched, train_loader, device, epoch, cfg.epochs,
-                             scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, show=show)
-        res, ms = evaluate(model, val_loader, val_samples, names, cat_ids, device)
+                             scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, show=show,
+                             l1=cfg.l1, ema=ema)
+        final = ema.module if ema is not None else model  # what is evaluated and saved
+        res, ms = evaluate(final, val_loader, val_samples, names, cat_ids, device)
         row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in tr.items() if k.startswith("loss")},
                "lr": tr["lr"], "mAP": round(res.stats["mAP"], 5), "AP50": round(res.stats["AP50"], 5),
                "AP75": round(res.stats["AP75"], 5), "train_img_s": round(tr["img_s"], 2),
@@ -161,18 +169,28 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         fitness = res.stats["mAP"]
         is_best = fitness > best
         best = max(best, fitness)
+        stale = 0 if is_best else stale + 1
         metrics = {**res.stats, "per_class": res.per_class}
         common = dict(class_names=names, imgsz=cfg.imgsz, category_ids=cat_ids, epoch=epoch,
                       metrics=metrics, train_args=cfg.to_dict(), data=dcfg.to_dict(),
                       best_fitness=best)
         resume_state = {"optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict() if scaler else {}, "rng": rng_state()}
-        save_atomic(make_checkpoint(model, **common, resume_state=resume_state),
+                        "scaler": scaler.state_dict() if scaler else {}, "rng": rng_state(),
+                        "stale_epochs": stale}
+        if ema is not None:
+            resume_state.update(ema=ema.state_dict(), train_state_dict={
+                k: v.detach().cpu() for k, v in model.state_dict().items()})
+        save_atomic(make_checkpoint(final, **common, resume_state=resume_state),
                     run_dir / "weights" / "last.pt")
         if is_best:
-            save_atomic(make_checkpoint(model, **common), run_dir / "weights" / "best.pt")
+            save_atomic(make_checkpoint(final, **common), run_dir / "weights" / "best.pt")
+        if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
+            save_atomic(make_checkpoint(final, **common), run_dir / "weights" / f"epoch{epoch + 1}.pt")
         print(f"epoch {epoch + 1}/{cfg.epochs}  {describe({k: row[k] for k in ('loss', 'mAP', 'AP50')})}"
               f"  {tr['img_s']:.1f} img/s  {row['epoch_s']:.0f}s{'  *best*' if is_best else ''}")
+        if cfg.patience and stale >= cfg.patience:
+            print(f"early stop: no better mAP for {cfg.patience} epochs (best {best:.4f})")
+            break
     best_ckpt = load_checkpoint(run_dir / "weights" / "best.pt")
     m = best_ckpt["metrics"]
     print(f"best epoch {best_ckpt['epoch'] + 1}: mAP@[.5:.95] {m['mAP']:.4f}  AP50 {m['AP50']:.4f}")
@@ -181,6 +199,21 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         print(f"{name:<24}{v['AP50']:>8.4f}{v['AP']:>8.4f}")
     print(f"results in {run_dir}")
     return run_dir
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, iters: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-iteration LR schedule of ``cfg.scheduler`` (see :class:`TrainConfig`)."""
+    total, warm = cfg.epochs * iters, int(cfg.warmup_epochs * iters)
+    if cfg.scheduler == "onecycle":
+        if total < 4:
+            raise ValueError(f"--scheduler onecycle needs at least 4 iterations, got {total}")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=min(max(warm / total, 0.01), 0.5),
+            final_div_factor=1 / max(cfg.lrf, 1e-6) / 25.0)
+    fn = (warmup_step(iters, cfg.milestones(), cfg.lr_gamma, warm, cfg.warmup_factor)
+          if cfg.scheduler == "step" else warmup_cosine(total, warm, cfg.warmup_factor, cfg.lrf))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
 def _read_rows(path: Path, upto: int) -> list[dict[str, Any]]:

@@ -14,6 +14,8 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from train.models import (
+    fasterrcnn_mini_darknet,
+    fasterrcnn_mini_darknet_nano_head,
     fasterrcnn_mobilenet_v2_fpn,
     fasterrcnn_mobilenet_v3_large_320_fpn,
     fasterrcnn_mobilenet_v3_large_fpn,
@@ -26,6 +28,8 @@ from train.models import (
 from train.models.common import Detector
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fasterrcnn_mini_darknet": fasterrcnn_mini_darknet.build,
+    "fasterrcnn_mini_darknet_nano_head": fasterrcnn_mini_darknet_nano_head.build,
     "fasterrcnn_mobilenet_v2_fpn": fasterrcnn_mobilenet_v2_fpn.build,
     "fasterrcnn_mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn.build,
     "fasterrcnn_mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn.build,
