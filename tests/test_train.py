@@ -152,7 +152,15 @@ def test_run_folder_increments_and_bad_flags_fail(synthetic: Path, tmp_path: Pat
 
 def test_det_eval_on_checkpoint(synthetic: Path, tmp_path: Path) -> None:
     proj = tmp_path / "runs"
-    _run(["--data", str(synthetic), "--epochs", "1", *TINY, "--project", str(proj), "--name", "e"])
+    _run(["--data", str(synthetic), "--epochs", "1", *TINY, "--project", str(proj), "--name", "e",
+          "--max-det", "7", "--rpn-post-nms-test", "40"])
+    ck = load_checkpoint(proj / "e" / "weights" / "best.pt")
+    assert ck["model_args"]["box_detections_per_img"] == 7
+    model = model_from_checkpoint(ck)
+    assert model.model.rpn._post_nms_top_n["testing"] == 40
+    model.model.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        assert len(model([torch.rand(3, 128, 128)])[0]["boxes"]) <= 7
     res = CliRunner().invoke(eval_cli, ["--weights", str(proj / "e" / "weights" / "best.pt"),
                                         "--data", str(synthetic), "--project", str(proj / "eval")])
     assert res.exit_code == 0, res.output

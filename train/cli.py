@@ -48,6 +48,12 @@ HELP: dict[str, str] = {
     "amp": "mixed precision on CUDA (ignored on CPU)",
     "amp_dtype": "AMP dtype on CUDA: fp16 (with GradScaler) or bf16",
     "trainable_layers": "backbone stages left trainable when pretrained",
+    "rpn_pre_nms_test": "RPN proposals per FPN level before NMS at inference (0 = model default)",
+    "rpn_post_nms_test": "RPN proposals kept after NMS at inference; the box head runs once per "
+                         "proposal, so this sets most of the CPU latency (0 = model default)",
+    "rpn_post_nms_train": "RPN proposals kept after NMS in training (0 = model default)",
+    "roi_batch": "RoIs sampled per image for the box head in training (0 = model default)",
+    "max_det": "maximum detections per image (0 = model default, 100)",
     "device": "auto, cpu, cuda or cuda:N",
     "seed": "random seed",
     "cache": "decode and resize all images into RAM once",

@@ -166,6 +166,11 @@ class TrainConfig:
     amp: bool = True
     amp_dtype: str = "fp16"
     trainable_layers: int = 3
+    rpn_pre_nms_test: int = 0
+    rpn_post_nms_test: int = 0
+    rpn_post_nms_train: int = 0
+    roi_batch: int = 0
+    max_det: int = 0
     device: str = "auto"
     seed: int = 0
     cache: bool = True
@@ -191,6 +196,16 @@ class TrainConfig:
             raise ConfigError("--scheduler step needs --lr-step, e.g. --lr-step 8,11 (epochs)")
         if self.imgsz % 32:
             raise ConfigError(f"imgsz must be a multiple of 32 (the FPN stride), got {self.imgsz}")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Builder keyword arguments set by flags (0 = keep the model's own default)."""
+        names = {"rpn_pre_nms_test": "rpn_pre_nms_top_n_test",
+                 "rpn_post_nms_test": "rpn_post_nms_top_n_test",
+                 "rpn_post_nms_train": "rpn_post_nms_top_n_train",
+                 "roi_batch": "box_batch_size_per_image", "max_det": "box_detections_per_img"}
+        kw: dict[str, Any] = {"trainable_layers": self.trainable_layers}
+        kw.update({arg: getattr(self, k) for k, arg in names.items() if getattr(self, k)})
+        return kw
 
     def milestones(self) -> list[int]:
         """``lr_step`` ("8,11") as epochs ``[8, 11]``; raises :class:`ConfigError` if malformed."""

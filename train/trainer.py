@@ -115,7 +115,7 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
                             num_workers=0)
 
     model = build_model(cfg.model, len(names), weights=None if ckpt else cfg.weights_init,
-                        trainable_layers=cfg.trainable_layers,
+                        **cfg.model_kwargs(),
                         **({"frozen_bn": ckpt["model_args"].get("frozen_bn")} if ckpt else {}))
     if ckpt:
         model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
