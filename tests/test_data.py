@@ -215,3 +215,51 @@ def test_unknown_config_key_suggests_nearest(tmp_path: Path) -> None:
         load_data_config(p)
     with pytest.raises(ConfigError, match="multiple of 32"):
         TrainConfig(imgsz=100)
+
+
+def test_strong_preset_with_mosaic_keeps_boxes_valid() -> None:
+    import random
+
+    from train.data.dataset import aug_params
+
+    cfg = _raccoon_cfg()
+    samples = read_split(cfg, "train")[0][:24]
+    ds = DetectionDataset(samples, 256, aug=aug_params("strong", "mosaic=1.0"), cache=True,
+                          train=True)
+    torch.manual_seed(0)
+    random.seed(0)
+    n_boxes = []
+    for i in range(len(ds)):
+        img, t = ds[i]
+        h, w = img.shape[1:]
+        b = t["boxes"]
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert len(b) == len(t["labels"])
+        n_boxes.append(len(b))
+    assert sum(n_boxes) / len(n_boxes) > 2.5  # mosaic: ~4 images' raccoons per sample
+
+
+def test_mosaic_places_boxes_on_their_pixels() -> None:
+    from train.data.dataset import mosaic
+
+    items = []
+    for c in range(4):
+        img = np.zeros((40, 60, 3), np.uint8)
+        img[10:20, 30:50] = 50 * (c + 1)
+        items.append((img, np.array([[30, 10, 50, 20]], np.float32), np.array([c])))
+    canvas, boxes, labels = mosaic(items, 128)
+    assert canvas.shape == (128, 128, 3) and list(labels) == [0, 1, 2, 3]
+    for (x1, y1, x2, y2), c in zip(boxes.round().astype(int), labels):
+        patch = canvas[y1 + 1:y2 - 1, x1 + 1:x2 - 1]
+        assert patch.size and (np.abs(patch.astype(int) - 50 * (c + 1)) <= 2).all()
+
+
+def test_aug_overrides_are_validated() -> None:
+    from train.data.dataset import aug_params
+
+    assert aug_params("light", "mosaic=0.3,scale=0.5:1.2")["scale"] == (0.5, 1.2)
+    with pytest.raises(ValueError, match="did you mean 'mosaic'"):
+        aug_params("light", "mosaik=0.3")
+    with pytest.raises(ValueError, match="bad augmentation value"):
+        aug_params("light", "rotate=lots")

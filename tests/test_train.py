@@ -186,3 +186,11 @@ def test_mini_darknet_backbone_size_and_stride() -> None:
     net = MiniDarknet()
     assert 1.0e6 < sum(p.numel() for p in net.parameters()) < 1.3e6
     assert net(torch.rand(1, 3, 96, 160)).shape == (1, 256, 3, 5)
+
+
+def test_show_aug_writes_samples(synthetic: Path, tmp_path: Path) -> None:
+    out = _run(["--data", str(synthetic), "--show-aug", "3", "--aug", "strong", *TINY,
+                "--project", str(tmp_path), "--name", "a"])
+    files = sorted((tmp_path / "a" / "aug_samples").glob("*.jpg"))
+    assert len(files) == 3 and "wrote 3 augmented samples" in out
+    assert not (tmp_path / "a" / "weights" / "last.pt").exists()

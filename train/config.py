@@ -163,6 +163,8 @@ class TrainConfig:
     patience: int = 0
     save_period: int = 0
     aug: str = "default"
+    aug_set: str = ""
+    show_aug: int = 0
     amp: bool = True
     amp_dtype: str = "fp16"
     trainable_layers: int = 3
@@ -183,7 +185,7 @@ class TrainConfig:
         checks = {
             "optimizer": (self.optimizer, ("sgd", "adamw")),
             "amp_dtype": (self.amp_dtype, ("fp16", "bf16")),
-            "aug": (self.aug, ("none", "light", "default")),
+            "aug": (self.aug, ("none", "light", "default", "strong")),
             "scheduler": (self.scheduler, ("cosine", "step", "onecycle")),
         }
         for key, (val, ok) in checks.items():

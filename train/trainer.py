@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import yaml
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from train.checkpoint import load_checkpoint, make_checkpoint, rng_state, save_atomic, set_rng_state
 from train.config import DataConfig, TrainConfig, increment_path, load_data_config
-from train.data.dataset import DetectionDataset, collate
+from train.data.dataset import DetectionDataset, aug_params, collate, draw_sample
 from train.data.formats import read_split, require_labels
 from train.engine import (describe, ema_avg_fn, evaluate, train_one_epoch, warmup_cosine,
                           warmup_step)
@@ -102,7 +103,11 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         "\n".join(data[s][1].table(max_files=20) for s in ("train", "val")) + "\n")
 
     t_cache = time.perf_counter()
-    train_ds = DetectionDataset(train_samples, cfg.imgsz, aug=cfg.aug, cache=cfg.cache, train=True)
+    aug = aug_params(cfg.aug, cfg.aug_set)
+    if cfg.show_aug:
+        return show_augmentations(DetectionDataset(train_samples, cfg.imgsz, aug, cache=False,
+                                                   train=True), names, cfg.show_aug, run_dir)
+    train_ds = DetectionDataset(train_samples, cfg.imgsz, aug=aug, cache=cfg.cache, train=True)
     val_ds = DetectionDataset(val_samples, cfg.imgsz, aug="none", cache=cfg.cache)
     if cfg.cache:
         print(f"cached {len(train_ds) + len(val_ds)} images at imgsz {cfg.imgsz} in "
@@ -198,6 +203,22 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
     for name, v in m.get("per_class", {}).items():
         print(f"{name:<24}{v['AP50']:>8.4f}{v['AP']:>8.4f}")
     print(f"results in {run_dir}")
+    return run_dir
+
+
+def show_augmentations(ds: DetectionDataset, names: list[str], n: int, run_dir: Path) -> Path:
+    """Write ``n`` augmented training samples with their boxes to ``run_dir/aug_samples/``."""
+    out = run_dir / "aug_samples"
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for k in range(n * 2):
+        item = ds[k % len(ds)]
+        if item is not None:
+            cv2.imwrite(str(out / f"aug_{written:03d}.jpg"), draw_sample(*item, names))
+            written += 1
+        if written == n:
+            break
+    print(f"wrote {written} augmented samples to {out}")
     return run_dir
 
 

@@ -38,9 +38,10 @@ def deform_sampling(feat: Tensor, offset: Tensor, impl: str = "deform_conv") -> 
         offset: float ``[N, 2*C, H, W]``, ``(dy, dx)`` per channel, in pixels of ``feat``.
         impl: ``"deform_conv"`` (``torchvision.ops.deform_conv2d``, ONNX ``DeformConv``) or
             ``"grid_sample"`` (``F.grid_sample``); identical results.
-    Returns float ``[N, C, H, W]``.
+    Returns float32 ``[N, C, H, W]`` (computed in float32 whatever the input dtype).
     """
     n, c, h, w = feat.shape
+    feat, offset = feat.float(), offset.float()  # box coordinates: keep float32 under autocast
     if impl == "deform_conv":
         weight = torch.ones(c, 1, 1, 1, dtype=feat.dtype, device=feat.device)
         return deform_conv2d(feat, offset, weight)

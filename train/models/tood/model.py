@@ -178,7 +178,13 @@ class TOOD(nn.Module):
 
     def compute_loss(self, scores: list[Tensor], boxes: list[Tensor],
                      targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """QFL/focal + GIoU over the batch (see the module docstring for the schedule)."""
+        """QFL/focal + GIoU over the batch (see the module docstring for the schedule), in float32
+        outside autocast (``binary_cross_entropy`` is autocast-unsafe)."""
+        with torch.autocast(scores[0].device.type, enabled=False):
+            return self._loss([s.float() for s in scores], [b.float() for b in boxes], targets)
+
+    def _loss(self, scores: list[Tensor], boxes: list[Tensor],
+              targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         points, anchors, counts = self.anchors(scores)
         flat_s = torch.cat([s.flatten(2) for s in scores], 2).transpose(1, 2)  # [N, A, C]
         flat_b = torch.cat([b.flatten(2) for b in boxes], 2).transpose(1, 2)  # [N, A, 4]
