@@ -174,6 +174,7 @@ class TrainConfig:
     roi_batch: int = 0
     max_det: int = 0
     device: str = "auto"
+    sync_bn: bool = False
     seed: int = 0
     cache: bool = True
     project: str = "runs/train"

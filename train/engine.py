@@ -13,8 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from train.coco_eval import CocoResult, evaluate_coco
-from train.data.formats import Sample
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -159,15 +157,6 @@ def predict_dataset(model: nn.Module, loader: DataLoader, device: torch.device, 
             preds[t["index"]] = (boxes, o["scores"].float().cpu().numpy(),
                                  o["labels"].cpu().numpy())
     return preds
-
-
-def evaluate(model: nn.Module, loader: DataLoader, samples: list[Sample], class_names: list[str],
-             category_ids: list[int], device: torch.device) -> tuple[CocoResult, float]:
-    """COCO-evaluate ``model`` on a validation loader; returns ``(result, ms per image)``."""
-    t0 = time.perf_counter()
-    preds = predict_dataset(model, loader, device)
-    ms = (time.perf_counter() - t0) * 1000 / max(1, len(preds))
-    return evaluate_coco(samples, preds, class_names, category_ids), ms
 
 
 def describe(stats: dict[str, Any]) -> str:

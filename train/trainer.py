@@ -7,20 +7,23 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 import torch
 import yaml
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from train.checkpoint import load_checkpoint, make_checkpoint, rng_state, save_atomic, set_rng_state
 from train.config import DataConfig, TrainConfig, increment_path, load_data_config
 from train.data.dataset import DetectionDataset, aug_params, collate, draw_sample
 from train.data.formats import read_split, require_labels
-from train.engine import (describe, ema_avg_fn, evaluate, train_one_epoch, warmup_cosine,
+from train import distributed as ddp
+from train.coco_eval import evaluate_coco
+from train.engine import (describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine,
                           warmup_step)
 from train.models import build_model, check_model_name
 from train.plots import plot_results
@@ -45,13 +48,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: TrainConfig) -> tuple[DataConfig, dict[str, Any]]:
+def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> tuple[DataConfig, dict[str, Any]]:
     """Read and validate both splits; print the data report. Raises ``DatasetError`` on no labels."""
     dcfg = load_data_config(cfg.data)
     out: dict[str, Any] = {}
     for split in ("train", "val"):
         samples, names, cat_ids, report = read_split(dcfg, split)
-        print(report.table())
+        say(report.table())
         if split == "train":
             require_labels(samples, report, dcfg)
         out[split] = (samples, report)
@@ -78,7 +81,22 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
     ``weights/last.pt`` (every epoch, with resume state) and ``weights/best.pt`` (best
     mAP@[.5:.95]). With ``cfg.resume`` the run continues in the checkpoint's folder from the epoch
     after the saved one, with optimizer, scheduler, scaler and RNG state restored.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel, each
+    rank trains on its ``DistributedSampler`` shard and predicts on its share of the val images;
+    rank 0 evaluates the union, writes every file and prints; losses are averaged across ranks.
     """
+    ddp_device = ddp.setup(cfg.device)
+    main = ddp.is_main()
+    say = print if main else (lambda *a, **k: None)
+    try:
+        return _fit(cfg, show and main, ddp_device, main, say)
+    finally:
+        ddp.cleanup()
+
+
+def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bool,
+         say: Callable[..., None]) -> Path:
     ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
@@ -89,18 +107,19 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         cfg = saved
         run_dir = Path(cfg.resume).resolve().parent.parent
     else:
-        run_dir = increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
+        run_dir = ddp.broadcast(increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)
+                                if main else None)
     check_model_name(cfg.model)
-    device = select_device(cfg.device)
+    device = ddp_device or select_device(cfg.device)
     seed_everything(cfg.seed)
-    dcfg, data = load_data(cfg)
+    dcfg, data = load_data(cfg, say)
     names, cat_ids = data["names"], data["category_ids"]
     train_samples, val_samples = data["train"][0], data["val"][0]
-
-    (run_dir / "weights").mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (run_dir / "data_report.txt").write_text(
-        "\n".join(data[s][1].table(max_files=20) for s in ("train", "val")) + "\n")
+    if main:
+        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+        (run_dir / "args.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (run_dir / "data_report.txt").write_text(
+            "\n".join(data[s][1].table(max_files=20) for s in ("train", "val")) + "\n")
 
     t_cache = time.perf_counter()
     aug = aug_params(cfg.aug, cfg.aug_set)
@@ -108,26 +127,36 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         return show_augmentations(DetectionDataset(train_samples, cfg.imgsz, aug, cache=False,
                                                    train=True), names, cfg.show_aug, run_dir)
     train_ds = DetectionDataset(train_samples, cfg.imgsz, aug=aug, cache=cfg.cache, train=True)
+    world, rank = ddp.world_size(), ddp.rank()
+    val_part = list(range(rank, len(val_samples), world))  # this rank's share of the val images
     val_ds = DetectionDataset(val_samples, cfg.imgsz, aug="none", cache=cfg.cache)
     if cfg.cache:
-        print(f"cached {len(train_ds) + len(val_ds)} images at imgsz {cfg.imgsz} in "
-              f"{time.perf_counter() - t_cache:.1f}s")
+        say(f"cached {len(train_ds) + len(val_ds)} images at imgsz {cfg.imgsz} in "
+            f"{time.perf_counter() - t_cache:.1f}s")
     g = torch.Generator()
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch, shuffle=True, collate_fn=collate,
-                              num_workers=cfg.workers, generator=g, drop_last=len(train_ds) > cfg.batch,
-                              persistent_workers=False)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch, shuffle=False, collate_fn=collate,
-                            num_workers=0)
+    sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True) \
+        if world > 1 else None
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch, shuffle=sampler is None,
+                              sampler=sampler, collate_fn=collate, num_workers=cfg.workers,
+                              generator=g, drop_last=len(train_ds) > cfg.batch * world)
+    val_loader = DataLoader(Subset(val_ds, val_part), batch_size=cfg.batch, shuffle=False,
+                            collate_fn=collate, num_workers=0)
 
-    model = build_model(cfg.model, len(names), weights=None if ckpt else cfg.weights_init,
-                        **cfg.model_kwargs(),
-                        **({"frozen_bn": ckpt["model_args"].get("frozen_bn")} if ckpt else {}))
+    core = build_model(cfg.model, len(names), weights=None if ckpt else cfg.weights_init,
+                       **cfg.model_kwargs(),
+                       **({"frozen_bn": ckpt["model_args"].get("frozen_bn")} if ckpt else {}))
     if ckpt:
-        model.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
-    model.to(device)
-    ema = AveragedModel(model, avg_fn=ema_avg_fn(cfg.ema_decay, cfg.ema_tau),
+        core.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
+    if cfg.sync_bn:
+        if world == 1 or device.type != "cuda":
+            raise ValueError("--sync-bn needs a multi-GPU torchrun launch (SyncBatchNorm is CUDA-only)")
+        core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
+    core.to(device)
+    model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda"
+                                    else None) if world > 1 else core
+    ema = AveragedModel(core, avg_fn=ema_avg_fn(cfg.ema_decay, cfg.ema_tau),
                         use_buffers=True) if cfg.ema else None
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in core.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
@@ -148,62 +177,83 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best_fitness"]
         stale = ckpt.get("stale_epochs", 0)
         set_rng_state(ckpt["rng"])
-        print(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}")
+        say(f"resuming {run_dir} from epoch {start_epoch + 1}/{cfg.epochs}")
 
     csv_path = run_dir / "results.csv"
-    rows = _read_rows(csv_path, upto=start_epoch)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.model}: {n_params / 1e6:.2f} M parameters, {len(names)} classes, imgsz {cfg.imgsz}, "
-          f"device {device}, {len(train_ds)} train / {len(val_ds)} val images, {iters} it/epoch")
+    rows = _read_rows(csv_path, upto=start_epoch) if main else []
+    n_params = sum(p.numel() for p in core.parameters())
+    say(f"{cfg.model}: {n_params / 1e6:.2f} M parameters, {len(names)} classes, imgsz {cfg.imgsz}, "
+        f"device {device}{f' x {world} processes' if world > 1 else ''}, {len(train_ds)} train / "
+        f"{len(val_ds)} val images, {iters} it/epoch")
     for epoch in range(start_epoch, cfg.epochs):
         g.manual_seed(cfg.seed * 1000 + epoch)  # the shuffle order depends only on (seed, epoch)
-        model.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        core.set_epoch(epoch)
         t0 = time.perf_counter()
         tr = train_one_epoch(model, optimizer, sched, train_loader, device, epoch, cfg.epochs,
                              scaler=scaler, amp_dtype=amp_dtype, clip_grad=cfg.clip_grad, show=show,
                              l1=cfg.l1, ema=ema)
-        final = ema.module if ema is not None else model  # what is evaluated and saved
-        res, ms = evaluate(final, val_loader, val_samples, names, cat_ids, device)
-        row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in tr.items() if k.startswith("loss")},
-               "lr": tr["lr"], "mAP": round(res.stats["mAP"], 5), "AP50": round(res.stats["AP50"], 5),
-               "AP75": round(res.stats["AP75"], 5), "train_img_s": round(tr["img_s"], 2),
-               "val_ms_per_img": round(ms, 1), "epoch_s": round(time.perf_counter() - t0, 1)}
-        rows.append(row)
-        _write_rows(csv_path, rows)
-        plot_results(csv_path)
+        tr = ddp.mean_across(tr)
+        tr["img_s"] *= world  # throughput of the whole job
+        final = ema.module if ema is not None else core  # what is evaluated and saved
+        t_val = time.perf_counter()
+        preds = ddp.merge_dicts(predict_dataset(final, val_loader, device))  # keyed by sample index
+        ms = (time.perf_counter() - t_val) * 1000 * world / max(1, len(preds))
+        res = ddp.broadcast(evaluate_coco(val_samples, preds, names, cat_ids) if main else None)
+        res.stats["val_images_predicted"] = len(preds)
         fitness = res.stats["mAP"]
         is_best = fitness > best
         best = max(best, fitness)
         stale = 0 if is_best else stale + 1
-        metrics = {**res.stats, "per_class": res.per_class}
-        common = dict(class_names=names, imgsz=cfg.imgsz, category_ids=cat_ids, epoch=epoch,
-                      metrics=metrics, train_args=cfg.to_dict(), data=dcfg.to_dict(),
-                      best_fitness=best)
-        resume_state = {"optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict() if scaler else {}, "rng": rng_state(),
-                        "stale_epochs": stale}
-        if ema is not None:
-            resume_state.update(ema=ema.state_dict(), train_state_dict={
-                k: v.detach().cpu() for k, v in model.state_dict().items()})
-        save_atomic(make_checkpoint(final, **common, resume_state=resume_state),
-                    run_dir / "weights" / "last.pt")
-        if is_best:
-            save_atomic(make_checkpoint(final, **common), run_dir / "weights" / "best.pt")
-        if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
-            save_atomic(make_checkpoint(final, **common), run_dir / "weights" / f"epoch{epoch + 1}.pt")
-        print(f"epoch {epoch + 1}/{cfg.epochs}  {describe({k: row[k] for k in ('loss', 'mAP', 'AP50')})}"
-              f"  {tr['img_s']:.1f} img/s  {row['epoch_s']:.0f}s{'  *best*' if is_best else ''}")
+        if main:
+            row = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in tr.items() if k.startswith("loss")},
+                   "lr": tr["lr"], "mAP": round(res.stats["mAP"], 5),
+                   "AP50": round(res.stats["AP50"], 5), "AP75": round(res.stats["AP75"], 5),
+                   "train_img_s": round(tr["img_s"], 2), "val_ms_per_img": round(ms, 1),
+                   "epoch_s": round(time.perf_counter() - t0, 1)}
+            rows.append(row)
+            _write_rows(csv_path, rows)
+            plot_results(csv_path)
+            _save(cfg, run_dir, final, core, ema, optimizer, sched, scaler, names, cat_ids, dcfg,
+                  epoch, res, best, stale, is_best)
+            say(f"epoch {epoch + 1}/{cfg.epochs}  {describe({k: row[k] for k in ('loss', 'mAP', 'AP50')})}"
+                f"  {tr['img_s']:.1f} img/s  {row['epoch_s']:.0f}s{'  *best*' if is_best else ''}")
         if cfg.patience and stale >= cfg.patience:
-            print(f"early stop: no better mAP for {cfg.patience} epochs (best {best:.4f})")
+            say(f"early stop: no better mAP for {cfg.patience} epochs (best {best:.4f})")
             break
-    best_ckpt = load_checkpoint(run_dir / "weights" / "best.pt")
-    m = best_ckpt["metrics"]
-    print(f"best epoch {best_ckpt['epoch'] + 1}: mAP@[.5:.95] {m['mAP']:.4f}  AP50 {m['AP50']:.4f}")
-    print(f"{'class':<24}{'AP50':>8}{'mAP':>8}")
-    for name, v in m.get("per_class", {}).items():
-        print(f"{name:<24}{v['AP50']:>8.4f}{v['AP']:>8.4f}")
-    print(f"results in {run_dir}")
+    if main:
+        best_ckpt = load_checkpoint(run_dir / "weights" / "best.pt")
+        m = best_ckpt["metrics"]
+        say(f"best epoch {best_ckpt['epoch'] + 1}: mAP@[.5:.95] {m['mAP']:.4f}  AP50 {m['AP50']:.4f}")
+        say(f"{'class':<24}{'AP50':>8}{'mAP':>8}")
+        for name, v in m.get("per_class", {}).items():
+            say(f"{name:<24}{v['AP50']:>8.4f}{v['AP']:>8.4f}")
+        say(f"results in {run_dir}")
     return run_dir
+
+
+def _save(cfg: TrainConfig, run_dir: Path, final: torch.nn.Module, core: torch.nn.Module,
+          ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
+          sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None,
+          names: list[str], cat_ids: list[int], dcfg: DataConfig, epoch: int, res: Any,
+          best: float, stale: int, is_best: bool) -> None:
+    """Write last.pt (with resume state), best.pt when ``is_best`` and the periodic snapshot."""
+    common = dict(class_names=names, imgsz=cfg.imgsz, category_ids=cat_ids, epoch=epoch,
+                  metrics={**res.stats, "per_class": res.per_class}, train_args=cfg.to_dict(),
+                  data=dcfg.to_dict(), best_fitness=best)
+    resume_state = {"optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if scaler else {}, "rng": rng_state(),
+                    "stale_epochs": stale}
+    if ema is not None:
+        resume_state.update(ema=ema.state_dict(), train_state_dict={
+            k: v.detach().cpu() for k, v in core.state_dict().items()})
+    save_atomic(make_checkpoint(final, **common, resume_state=resume_state),
+                run_dir / "weights" / "last.pt")
+    if is_best:
+        save_atomic(make_checkpoint(final, **common), run_dir / "weights" / "best.pt")
+    if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
+        save_atomic(make_checkpoint(final, **common), run_dir / "weights" / f"epoch{epoch + 1}.pt")
 
 
 def show_augmentations(ds: DetectionDataset, names: list[str], n: int, run_dir: Path) -> Path:
