@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+NECK_CHANNELS = 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,6 +82,41 @@ class Detector(nn.Module):
         if self.training:
             return out
         return [{**o, "labels": o["labels"] - 1} for o in out]
+
+
+def single_map_fasterrcnn(features: nn.Module, out_channels: int, num_classes: int,
+                          representation_size: int = 1024, **kwargs: Any) -> nn.Module:
+    """Faster R-CNN on a backbone with one output map (no FPN), as torchvision's tutorial builds it:
+    a 1x1 conv + ReLU neck down to 256 channels for wider backbones (else the 7x7 RoI features of
+    a 1280-channel map would need a 64 M-parameter FC layer), 15 anchors per location (sizes
+    32-512 x ratios 0.5/1/2), RoIAlign 7x7, a two-layer MLP head of width
+    ``representation_size`` and CPU-friendly proposal budgets (overridable by ``kwargs``).
+
+    Args:
+        features: ``float32 [N, 3, H, W] -> float32 [N, out_channels, h, w]``.
+        num_classes: object classes (the model gets ``num_classes + 1`` with background).
+    """
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if out_channels > NECK_CHANNELS:  # 1x1 neck: keeps the RoI head at 256*7*7 inputs
+        features = nn.Sequential(features, nn.Conv2d(out_channels, NECK_CHANNELS, 1),
+                                 nn.ReLU(inplace=True))
+        out_channels = NECK_CHANNELS
+    features.out_channels = out_channels
+    for k, v in {"rpn_post_nms_top_n_train": 1000, "rpn_post_nms_top_n_test": 300,
+                 "box_batch_size_per_image": 128}.items():
+        kwargs.setdefault(k, v)
+    return FasterRCNN(
+        features, None,
+        rpn_anchor_generator=AnchorGenerator(((32, 64, 128, 256, 512),), ((0.5, 1.0, 2.0),)),
+        box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(out_channels * 7 * 7, representation_size),
+        box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
+        **kwargs,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -6,7 +6,7 @@ hub cache, or a path; scratch otherwise (with trainable BatchNorm).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
@@ -25,10 +25,19 @@ def build(num_classes: int, weights: str | None = "auto", trainable_layers: int 
 
     ``trainable_layers`` (0-5) applies when pretrained; ``kwargs`` go to ``FasterRCNN``.
     """
-    src = resolve(weights, URLS)
+    return build_resnet_fpn(resnet50, URLS, num_classes, weights, trainable_layers, frozen_bn,
+                            **kwargs)
+
+
+def build_resnet_fpn(arch: Callable[..., nn.Module], urls: list[str], num_classes: int,
+                     weights: str | None, trainable_layers: int, frozen_bn: bool | None,
+                     **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN on ResNet ``arch`` + FPN (torchvision's recipe), initialised from the first
+    of ``urls`` found in the local torch cache, or from a path (see ``resolve``)."""
+    src = resolve(weights, urls)
     frozen = bool(src) if frozen_bn is None else frozen_bn
     norm = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
-    backbone = _resnet_fpn_extractor(resnet50(norm_layer=norm), trainable_layers if frozen else 5)
+    backbone = _resnet_fpn_extractor(arch(norm_layer=norm), trainable_layers if frozen else 5)
     model = FasterRCNN(backbone, num_classes + 1, **kwargs)
     init_from_file(model, src, backbone.body)
     return model

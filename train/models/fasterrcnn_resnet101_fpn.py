@@ -1,0 +1,22 @@
+"""Faster R-CNN ResNet-101-FPN (He et al. 2016; Lin et al. 2017): torchvision's ResNet-50-FPN
+recipe on a ResNet-101. Weights (offline): torchvision's ImageNet ResNet-101 file from the local
+torch hub cache, or a path; scratch otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchvision.models import ResNet101_Weights, resnet101
+from torchvision.models.detection import FasterRCNN
+
+from train.models.fasterrcnn_resnet50_fpn import build_resnet_fpn
+
+URLS = [ResNet101_Weights.IMAGENET1K_V1.url]
+
+
+def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
+          frozen_bn: bool | None = None, **kwargs: Any) -> FasterRCNN:
+    """Build for ``num_classes + 1`` classes; arguments as in :mod:`fasterrcnn_resnet50_fpn`."""
+    return build_resnet_fpn(resnet101, URLS, num_classes, weights, trainable_layers, frozen_bn,
+                            **kwargs)
