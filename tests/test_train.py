@@ -235,3 +235,45 @@ def test_ddp_two_gloo_processes_train_evaluate_and_write_one_checkpoint(syntheti
     assert ck["metrics"]["val_images_predicted"] == 4
     assert ck["metrics"]["mAP"] == pytest.approx(ref.stats["mAP"], abs=2e-3)
     assert ck["metrics"]["AP50"] == pytest.approx(ref.stats["AP50"], abs=2e-3)
+
+
+def test_anchors_auto_raises_mean_best_iou_on_raccoon(tmp_path: Path) -> None:
+    """k-means anchors fit the real raccoon boxes better than torchvision's defaults, and the fitted
+    layout travels in the checkpoint."""
+    import numpy as np
+
+    from tests.conftest import need_raccoon
+    from train.anchors import fit_anchors, kmeans_iou, shape_iou
+    from train.config import load_data_config
+    from train.data.formats import read_split
+
+    need_raccoon()
+    cfg = load_data_config(Path(__file__).resolve().parents[1] / "configs" / "raccoon.yaml")
+    samples = read_split(cfg, "train")[0]
+    wh = np.concatenate([(s.boxes[:, 2:] - s.boxes[:, :2]) * (416 / max(s.width, s.height))
+                         for s in samples])
+    model = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights=None)
+    fit = fit_anchors(wh, model.model.rpn.anchor_generator)
+    print(f"raccoon mean best-anchor IoU: default {fit.iou_before:.4f} -> auto {fit.iou_after:.4f}")
+    assert fit.iou_after > fit.iou_before + 0.05
+    # shape IoU and k-means on a case with a known answer
+    np.testing.assert_allclose(shape_iou(np.array([[2.0, 2.0]]), np.array([[1.0, 4.0]])), [[2 / 6]])
+    pts = np.array([[10, 10], [11, 10], [10, 11], [100, 50], [101, 50], [100, 51]], float)
+    np.testing.assert_allclose(kmeans_iou(pts, 2), [[10, 10], [100, 50]], atol=1)
+    rebuilt = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights=None,
+                          anchor_sizes=[list(x) for x in fit.sizes],
+                          anchor_ratios=[list(x) for x in fit.ratios])
+    assert rebuilt.model.rpn.anchor_generator.sizes == fit.sizes
+    with pytest.raises(ValueError, match="anchors/location"):
+        build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights=None, anchor_sizes=[[32]] * 3,
+                    anchor_ratios=[[1.0]] * 3)
+
+
+def test_anchors_auto_in_training_is_recorded(synthetic: Path, tmp_path: Path) -> None:
+    out = _run(["--data", str(synthetic), "--epochs", "1", *TINY, "--anchors", "auto",
+                "--project", str(tmp_path), "--name", "a"])
+    assert "mean best IoU" in out
+    ck = load_checkpoint(tmp_path / "a" / "weights" / "last.pt")
+    assert "keeping the default" not in out  # small squares and bars: 32-512 px anchors fit badly
+    m = model_from_checkpoint(ck)
+    assert [list(x) for x in m.model.rpn.anchor_generator.sizes] == ck["model_args"]["anchor_sizes"]

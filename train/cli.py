@@ -50,6 +50,7 @@ HELP: dict[str, str] = {
     "amp": "mixed precision on CUDA (ignored on CPU)",
     "amp_dtype": "AMP dtype on CUDA: fp16 (with GradScaler) or bf16",
     "trainable_layers": "backbone stages left trainable when pretrained",
+    "anchors": "default, or auto: k-means (1 - IoU) anchors fitted to the training boxes",
     "rpn_pre_nms_test": "RPN proposals per FPN level before NMS at inference (0 = model default)",
     "rpn_post_nms_test": "RPN proposals kept after NMS at inference; the box head runs once per "
                          "proposal, so this sets most of the CPU latency (0 = model default)",

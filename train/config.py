@@ -168,6 +168,7 @@ class TrainConfig:
     amp: bool = True
     amp_dtype: str = "fp16"
     trainable_layers: int = 3
+    anchors: str = "default"
     rpn_pre_nms_test: int = 0
     rpn_post_nms_test: int = 0
     rpn_post_nms_train: int = 0
@@ -188,6 +189,7 @@ class TrainConfig:
             "amp_dtype": (self.amp_dtype, ("fp16", "bf16")),
             "aug": (self.aug, ("none", "light", "default", "strong")),
             "scheduler": (self.scheduler, ("cosine", "step", "onecycle")),
+            "anchors": (self.anchors, ("default", "auto")),
         }
         for key, (val, ok) in checks.items():
             if val not in ok:

@@ -22,6 +22,7 @@ from train.config import DataConfig, TrainConfig, increment_path, load_data_conf
 from train.data.dataset import DetectionDataset, aug_params, collate, draw_sample
 from train.data.formats import read_split, require_labels
 from train import distributed as ddp
+from train.anchors import fit_anchors, set_anchors
 from train.coco_eval import evaluate_coco
 from train.engine import (describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine,
                           warmup_step)
@@ -142,11 +143,13 @@ def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bo
     val_loader = DataLoader(Subset(val_ds, val_part), batch_size=cfg.batch, shuffle=False,
                             collate_fn=collate, num_workers=0)
 
-    core = build_model(cfg.model, len(names), weights=None if ckpt else cfg.weights_init,
-                       **cfg.model_kwargs(),
-                       **({"frozen_bn": ckpt["model_args"].get("frozen_bn")} if ckpt else {}))
-    if ckpt:
+    if ckpt:  # rebuild exactly what was trained (structure and anchors from the checkpoint)
+        core = build_model(cfg.model, len(names), weights=None, **ckpt["model_args"])
         core.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
+    else:
+        core = build_model(cfg.model, len(names), weights=cfg.weights_init, **cfg.model_kwargs())
+        if cfg.anchors == "auto":
+            fit_model_anchors(core, train_samples, cfg.imgsz, cfg.seed, say)
     if cfg.sync_bn:
         if world == 1 or device.type != "cuda":
             raise ValueError("--sync-bn needs a multi-GPU torchrun launch (SyncBatchNorm is CUDA-only)")
@@ -254,6 +257,28 @@ def _save(cfg: TrainConfig, run_dir: Path, final: torch.nn.Module, core: torch.n
         save_atomic(make_checkpoint(final, **common), run_dir / "weights" / "best.pt")
     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
         save_atomic(make_checkpoint(final, **common), run_dir / "weights" / f"epoch{epoch + 1}.pt")
+
+
+def fit_model_anchors(core: torch.nn.Module, samples: list, imgsz: int, seed: int,
+                      say: Callable[..., None]) -> None:
+    """``--anchors auto``: fit the RPN anchors to the training boxes at the training size, print
+    the mean best-anchor IoU before and after, and keep the fit only if it is better (it is then
+    recorded in ``build_args``, hence in checkpoints)."""
+    wh = np.concatenate([(s.boxes[:, 2:] - s.boxes[:, :2]) * (imgsz / max(s.width, s.height))
+                         for s in samples if len(s.boxes)])
+    gen = getattr(getattr(core.model, "rpn", None), "anchor_generator", None)
+    if gen is None:
+        raise ValueError(f"--anchors auto applies to Faster R-CNN models, not {core.name}")
+    fit = fit_anchors(wh, gen, seed)
+    say(f"anchors: mean best IoU over {len(wh)} training boxes {fit.iou_before:.4f} (default) -> "
+        f"{fit.iou_after:.4f} (auto); sizes {fit.sizes[0]}{' per level' if len(fit.sizes[0]) > 1 else ''}, "
+        f"ratios {fit.ratios[0]}")
+    if fit.iou_after > fit.iou_before:
+        set_anchors(core.model, fit.sizes, fit.ratios)
+        core.build_args.update(anchor_sizes=[list(x) for x in fit.sizes],
+                               anchor_ratios=[list(x) for x in fit.ratios])
+    else:
+        say("anchors: keeping the default anchors (the fit is not better)")
 
 
 def show_augmentations(ds: DetectionDataset, names: list[str], n: int, run_dir: Path) -> Path:

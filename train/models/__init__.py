@@ -71,14 +71,21 @@ def build_model(name: str, num_classes: int, weights: str | None = "auto",
         name: a key of :data:`MODELS`.
         num_classes: number of object classes (background excluded).
         weights: initial weights: ``"auto"`` (offline defaults), ``None`` or a local path.
-        **kwargs: builder options (``trainable_layers``) and ``FasterRCNN`` keyword arguments.
+        **kwargs: builder options (``trainable_layers``), ``FasterRCNN`` keyword arguments, and
+            ``anchor_sizes``/``anchor_ratios`` (an RPN anchor layout, see :mod:`train.anchors`).
 
     Raises:
         ValueError: unknown ``name``.
         train.models.weights.WeightsNotFoundError: ``weights`` is a missing path.
     """
     check_model_name(name)
+    anchors = {k: kwargs.pop(k) for k in ("anchor_sizes", "anchor_ratios") if k in kwargs}
     model = MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
+    if anchors:  # fitted by --anchors auto and recorded in the checkpoint
+        from train.anchors import set_anchors
+
+        set_anchors(model, anchors["anchor_sizes"], anchors["anchor_ratios"])
+        kwargs.update(anchors)
     # record the structure actually built so a checkpoint rebuilds it without the weights file
     kwargs["frozen_bn"] = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     return Detector(model, name=name, num_classes=num_classes, build_args=kwargs)
