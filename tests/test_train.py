@@ -277,3 +277,29 @@ def test_anchors_auto_in_training_is_recorded(synthetic: Path, tmp_path: Path) -
     assert "keeping the default" not in out  # small squares and bars: 32-512 px anchors fit badly
     m = model_from_checkpoint(ck)
     assert [list(x) for x in m.model.rpn.anchor_generator.sizes] == ck["model_args"]["anchor_sizes"]
+
+
+def test_amp_probe_detects_whether_autocast_engaged() -> None:
+    from train.engine import _AmpProbe
+
+    model = build_model("fasterrcnn_mini_darknet_nano_head", 1, weights=None).train()
+    imgs = [torch.rand(3, 96, 96)]
+    tg = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([0])}]
+    probe = _AmpProbe(model, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(imgs, tg)
+    probe.check()  # engaged: no error
+    probe = _AmpProbe(model, torch.bfloat16)
+    model(imgs, tg)
+    with pytest.raises(RuntimeError, match="AMP requested"):
+        probe.check()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_amp_training_on_cuda(dtype: str, synthetic: Path, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine: AMP training is GPU-only")
+    _run(["--data", str(synthetic), "--epochs", "1", *TINY, "--device", "cuda", "--amp",
+          "--amp-dtype", dtype, "--project", str(tmp_path), "--name", dtype])
+    assert (tmp_path / dtype / "weights" / "best.pt").is_file()

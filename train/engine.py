@@ -56,6 +56,24 @@ def ema_avg_fn(decay: float, tau: float):
     return avg
 
 
+class _AmpProbe:
+    """Checks, on the first step of an epoch, that autocast really ran the convolutions in the AMP
+    dtype (in some pipelines ``--amp`` silently does nothing). Raises ``RuntimeError`` otherwise."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        self.dtype, self.seen = dtype, None
+        conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        self.handle = conv.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        self.seen = out.dtype
+
+    def check(self) -> None:
+        self.handle.remove()
+        if self.seen != self.dtype:
+            raise RuntimeError(f"AMP requested ({self.dtype}) but convolutions ran in {self.seen}")
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -88,6 +106,7 @@ def train_one_epoch(
         NonFiniteLossError: the loss is NaN or infinite.
     """
     model.train()
+    amp_probe = _AmpProbe(model, amp_dtype) if amp_dtype else None
     sums: dict[str, float] = {}
     n_img, n_it = 0, 0
     t0 = time.perf_counter()
@@ -101,6 +120,9 @@ def train_one_epoch(
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         with ctx:
             losses = model(images, targets)
+        if amp_probe is not None:
+            amp_probe.check()
+            amp_probe = None
         loss = sum(losses.values())
         if l1:
             loss = loss + l1 * sum(p.abs().sum() for p in model.parameters() if p.requires_grad)
