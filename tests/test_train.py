@@ -87,7 +87,8 @@ def test_train_writes_run_folder_and_resume_is_exact(synthetic: Path, tmp_path: 
     proj = str(tmp_path / "runs")
     _run(["--data", str(synthetic), "--epochs", "2", *TINY, "--project", proj, "--name", "full"])
     full = Path(proj) / "full"
-    for f in ("args.yaml", "data_report.txt", "results.csv", "results.png",
+    for f in ("args.yaml", "data_report.txt", "results.csv", "results.png", "dataset_stats.png",
+              "pr_curve.png", "confusion_matrix.png", "val_predictions.jpg",
               "weights/last.pt", "weights/best.pt"):
         assert (full / f).is_file(), f
     rows = list(csv.DictReader(open(full / "results.csv")))
@@ -167,6 +168,8 @@ def test_det_eval_on_checkpoint(synthetic: Path, tmp_path: Path) -> None:
                                         "--data", str(synthetic), "--project", str(proj / "eval")])
     assert res.exit_code == 0, res.output
     assert "mAP@[.5:.95]" in res.output and "square" in res.output
+    for f in ("pr_curve.png", "confusion_matrix.png", "val_predictions.jpg"):
+        assert (proj / "eval" / "exp" / f).stat().st_size > 1000, f
     m = json.loads((proj / "eval" / "exp" / "metrics.json").read_text())
     assert 0.0 <= m["stats"]["mAP"] <= 1.0 and m["n_images"] == 4
     assert set(m["per_class"]) == {"square", "bar"}
@@ -303,3 +306,24 @@ def test_amp_training_on_cuda(dtype: str, synthetic: Path, tmp_path: Path) -> No
     _run(["--data", str(synthetic), "--epochs", "1", *TINY, "--device", "cuda", "--amp",
           "--amp-dtype", dtype, "--project", str(tmp_path), "--name", dtype])
     assert (tmp_path / dtype / "weights" / "best.pt").is_file()
+
+
+def test_confusion_matrix_counts_a_known_case() -> None:
+    import numpy as np
+
+    from train.coco_eval import confusion_matrix
+    from train.data.formats import Sample
+
+    def sample(boxes, labels):
+        b = np.asarray(boxes, np.float32)
+        return Sample(Path("x.jpg"), 100, 100, b, np.asarray(labels), np.zeros(len(b), bool))
+
+    samples = [sample([[0, 0, 10, 10], [50, 50, 70, 70]], [0, 1]), sample([[5, 5, 40, 40]], [1])]
+    preds = {
+        0: (np.array([[0, 0, 10, 10], [50, 50, 70, 70], [80, 80, 90, 90]], np.float32),
+            np.array([0.9, 0.8, 0.7], np.float32), np.array([0, 0, 1])),  # a-ok, b-as-a, FP b
+        1: (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)),  # miss
+    }
+    cm = confusion_matrix(samples, preds, ["a", "b"], [3, 9], conf=0.5, iou=0.5)
+    # rows: true a, b; columns: pred a, pred b, FP, FN
+    np.testing.assert_array_equal(cm, [[1, 0, 0, 0], [1, 0, 1, 1]])

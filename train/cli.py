@@ -155,37 +155,47 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
 @click.option("--split", default="val", show_default=True, help="split to evaluate: train, val, test")
 @click.option("--conf", default=0.001, show_default=True, type=float,
               help="score threshold (keep it low for mAP)")
+@click.option("--iou", default=0.5, show_default=True, type=float,
+              help="IoU threshold of the confusion matrix")
+@click.option("--plot-conf", default=0.25, show_default=True, type=float,
+              help="score threshold of the confusion matrix and prediction samples")
 @click.option("--imgsz", default=None, type=int, show_default="the model's",
               help="input size override (dynamic graphs only)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
 @click.option("--project", default="runs/eval", show_default=True, help="parent of the run folder")
 @click.option("--name", default="exp", show_default=True, help="run folder name (incremented)")
-def eval_cli(weights: str, data: str, split: str, conf: float, imgsz: int | None, device: str,
-             project: str, name: str) -> None:
+def eval_cli(weights: str, data: str, split: str, conf: float, iou: float, plot_conf: float,
+             imgsz: int | None, device: str, project: str, name: str) -> None:
     """COCO mAP@[.5:.95], AP50 and per-class AP of a .pt or .onnx model on a dataset split.
 
     Both formats run through the runtime's backends (letterbox pre-processing, same as det-run),
-    so their numbers compare directly. Writes metrics.json to the run folder.
+    so their numbers compare directly. Writes metrics.json, pr_curve.png, confusion_matrix.png and
+    val_predictions.jpg to the run folder.
     """
     try:
-        result, info = evaluate_weights(weights, data, split, conf, imgsz, device)
+        result, info, samples, preds = evaluate_weights(weights, data, split, conf, imgsz, device)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(e)
     click.echo(result.table())
-    click.echo(f"{info['n_images']} images, {info['ms_per_image']:.1f} ms/image "
+    click.echo(f"{info['n_images']} images, {info['ms_per_image']:.1f} ms/image after warm-up "
                f"({info['backend']})")
+    from train.trainer import write_eval_plots
+
     out = increment_path(Path(project) / name)
     out.mkdir(parents=True, exist_ok=True)
+    write_eval_plots(result, samples, preds, info["class_names"], info["category_ids"], out,
+                     conf=plot_conf, iou=iou)
     (out / "metrics.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
-    click.echo(f"wrote {out / 'metrics.json'}")
+    click.echo(f"wrote {out / 'metrics.json'} and plots")
 
 
 def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 0.001,
                      imgsz: int | None = None, device: str = "auto"):
     """Evaluate an artifact on a split through :mod:`runtime` backends.
 
-    Returns ``(CocoResult, info)`` with ``info`` = weights, backend, split, n_images,
-    ms_per_image (pre-process + inference + post-process, after one warm-up image).
+    Returns ``(CocoResult, info, samples, predictions)`` with ``info`` = weights, backend, split,
+    n_images, ms_per_image (pre-process + inference + post-process, after one warm-up image),
+    class_names, category_ids; ``predictions`` maps sample index -> (boxes, scores, labels).
 
     Raises:
         ValueError: the artifact's class names differ from the data config's.
@@ -221,5 +231,6 @@ def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 
         preds[i] = (d.boxes, d.scores, d.labels)
     result = evaluate_coco(samples, preds, names, cat_ids)
     info = {"weights": str(weights), "backend": backend.name, "split": split,
-            "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed)}
-    return result, info
+            "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed),
+            "class_names": names, "category_ids": cat_ids}
+    return result, info, samples, preds

@@ -108,3 +108,37 @@ def evaluate_coco(
         per[name] = {"AP": float(valid.mean()) if valid.size else -1.0,
                      "AP50": float(p50.mean()) if p50.size else -1.0}
     return CocoResult(stats, per, len(samples), len(dets), precision=prec)
+
+
+def confusion_matrix(samples: list[Sample],
+                     predictions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                     class_names: list[str], category_ids: list[int], conf: float = 0.25,
+                     iou: float = 0.5) -> np.ndarray:
+    """Detection confusion matrix from faster-coco-eval's ``PreviewResults`` (class-agnostic matching
+    at IoU ``iou`` of detections scoring ``>= conf``).
+
+    Returns:
+        ``float32 [K, K + 2]``: row = true class, column = predicted class, then a false-positive
+        column (detections of the row's class matching nothing) and a false-negative column
+        (missed ground truth of the row's class). Classes in ``class_names`` order.
+    """
+    from faster_coco_eval.extra import PreviewResults
+
+    gt = COCO()
+    gt.dataset = coco_gt(samples, class_names, category_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dets = [{"image_id": int(i), "category_id": category_ids[int(lab)], "score": float(sc),
+                 "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+                for i, (boxes, scores, labels) in predictions.items()
+                for b, sc, lab in zip(boxes, scores, labels)]
+        k = len(class_names)
+        if not dets:
+            cm = np.zeros((k, k + 2), np.float32)
+            for a in gt.dataset["annotations"]:
+                cm[category_ids.index(a["category_id"]), -1] += 1
+            return cm
+        ev = PreviewResults(gt, gt.loadRes(dets), iouType="bbox", min_score=conf, iou_tresh=iou)
+        cm = ev.compute_confusion_matrix()
+    order = [list(gt.cats).index(c) for c in category_ids]
+    return cm[order][:, order + [k, k + 1]]

@@ -19,15 +19,16 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from train.checkpoint import load_checkpoint, make_checkpoint, rng_state, save_atomic, set_rng_state
 from train.config import DataConfig, TrainConfig, increment_path, load_data_config
-from train.data.dataset import DetectionDataset, aug_params, collate, draw_sample
+from runtime.preprocess import resize_longest
+from train.data.dataset import DetectionDataset, aug_params, collate, draw_sample, load_rgb
 from train.data.formats import read_split, require_labels
 from train import distributed as ddp
 from train.anchors import fit_anchors, set_anchors
-from train.coco_eval import evaluate_coco
+from train.coco_eval import confusion_matrix, evaluate_coco
 from train.engine import (describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine,
                           warmup_step)
 from train.models import build_model, check_model_name
-from train.plots import plot_results
+from train.plots import plot_confusion_matrix, plot_dataset_stats, plot_pr_curves, plot_results
 
 log = logging.getLogger("det-train")
 
@@ -122,6 +123,8 @@ def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bo
         (run_dir / "data_report.txt").write_text(
             "\n".join(data[s][1].table(max_files=20) for s in ("train", "val")) + "\n")
 
+    if main:
+        write_dataset_stats(train_samples, names, cfg.imgsz, run_dir, say)
     t_cache = time.perf_counter()
     aug = aug_params(cfg.aug, cfg.aug_set)
     if cfg.show_aug:
@@ -220,6 +223,8 @@ def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bo
             plot_results(csv_path)
             _save(cfg, run_dir, final, core, ema, optimizer, sched, scaler, names, cat_ids, dcfg,
                   epoch, res, best, stale, is_best)
+            if is_best:
+                write_eval_plots(res, val_samples, preds, names, cat_ids, run_dir)
             say(f"epoch {epoch + 1}/{cfg.epochs}  {describe({k: row[k] for k in ('loss', 'mAP', 'AP50')})}"
                 f"  {tr['img_s']:.1f} img/s  {row['epoch_s']:.0f}s{'  *best*' if is_best else ''}")
         if cfg.patience and stale >= cfg.patience:
@@ -257,6 +262,49 @@ def _save(cfg: TrainConfig, run_dir: Path, final: torch.nn.Module, core: torch.n
         save_atomic(make_checkpoint(final, **common), run_dir / "weights" / "best.pt")
     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
         save_atomic(make_checkpoint(final, **common), run_dir / "weights" / f"epoch{epoch + 1}.pt")
+
+
+def write_dataset_stats(samples: list, names: list[str], imgsz: int, run_dir: Path,
+                        say: Callable[..., None]) -> None:
+    """Print boxes per class and write ``dataset_stats.png`` (counts, box-size histogram)."""
+    counts = {n: 0 for n in names}
+    sizes = []
+    for s in samples:
+        for b, lab in zip(s.boxes, s.labels):
+            counts[names[int(lab)]] += 1
+            sizes.append(float(np.sqrt((b[2] - b[0]) * (b[3] - b[1]))) * imgsz / max(s.width, s.height))
+    say("training boxes per class: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    plot_dataset_stats(counts, np.asarray(sizes), imgsz, run_dir / "dataset_stats.png")
+
+
+def write_eval_plots(res: Any, samples: list, preds: dict, names: list[str], cat_ids: list[int],
+                     out_dir: Path, conf: float = 0.25, iou: float = 0.5, n_samples: int = 6) -> None:
+    """``pr_curve.png``, ``confusion_matrix.png`` and ``val_predictions.jpg`` (the first
+    ``n_samples`` val images with detections scoring ``>= conf`` in green, ground truth in blue)."""
+    if res.precision is not None:
+        plot_pr_curves(res.precision, names, out_dir / "pr_curve.png")
+    cm = confusion_matrix(samples, preds, names, cat_ids, conf=conf, iou=iou)
+    plot_confusion_matrix(cm, names, out_dir / "confusion_matrix.png", conf, iou)
+    tiles = []
+    for i in sorted(preds)[:n_samples]:
+        s = samples[i]
+        img, scale = resize_longest(cv2.cvtColor(load_rgb(str(s.image)), cv2.COLOR_RGB2BGR), 320)
+        for b in s.boxes * scale:
+            cv2.rectangle(img, tuple(int(v) for v in b[:2]), tuple(int(v) for v in b[2:]), (255, 128, 0), 2)
+        for b, sc, lab in zip(*preds[i]):
+            if sc >= conf:
+                b = b * scale
+                cv2.rectangle(img, (int(b[0]), int(b[1])), (int(b[2]), int(b[3])), (0, 200, 0), 2)
+                cv2.putText(img, f"{names[int(lab)]} {sc:.2f}", (int(b[0]) + 2, int(b[1]) + 14),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 200, 0), 1, cv2.LINE_AA)
+        tile = np.full((320, 320, 3), 255, np.uint8)
+        tile[:img.shape[0], :img.shape[1]] = img
+        tiles.append(tile)
+    if tiles:
+        while len(tiles) % 3:
+            tiles.append(np.full_like(tiles[0], 255))
+        rows = [np.hstack(tiles[j:j + 3]) for j in range(0, len(tiles), 3)]
+        cv2.imwrite(str(out_dir / "val_predictions.jpg"), np.vstack(rows))
 
 
 def fit_model_anchors(core: torch.nn.Module, samples: list, imgsz: int, seed: int,
