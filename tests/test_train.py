@@ -327,3 +327,53 @@ def test_confusion_matrix_counts_a_known_case() -> None:
     cm = confusion_matrix(samples, preds, ["a", "b"], [3, 9], conf=0.5, iou=0.5)
     # rows: true a, b; columns: pred a, pred b, FP, FN
     np.testing.assert_array_equal(cm, [[1, 0, 0, 0], [1, 0, 1, 1]])
+
+
+def test_cbam_keeps_features_and_round_trips_through_checkpoint_and_onnx(tmp_path: Path) -> None:
+    import numpy as np
+
+    from export.onnx_export import export_onnx
+    from train.models.extras import CBAM, CBAMBackbone
+
+    x = torch.rand(2, 16, 8, 8)
+    assert CBAM(16)(x).shape == x.shape
+    model = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", attention="cbam",
+                        box_score_thresh=0.0)
+    assert isinstance(model.model.backbone, CBAMBackbone)
+    assert list(model.model.backbone.cbam) == ["0", "1", "pool"]
+    model.train()
+    losses = model([torch.rand(3, 128, 128)], [{"boxes": torch.tensor([[8.0, 8.0, 90.0, 100.0]]),
+                                                 "labels": torch.tensor([0])}])
+    sum(losses.values()).backward()
+    assert model.model.backbone.cbam["0"].spatial.weight.grad is not None
+    path = save_atomic(make_checkpoint(model.eval(), ["raccoon"], 128), tmp_path / "c.pt")
+    assert model_from_checkpoint(path).build_args["attention"] == "cbam"
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+    out = export_onnx(path, parity_images=imgs, echo=lambda s: None)
+    assert out.is_file()
+
+
+def test_class_weights_change_only_the_classifier_loss() -> None:
+    from train.models.extras import inverse_frequency, set_class_weights
+
+    w = inverse_frequency([10, 30, 0])
+    assert w.tolist() == pytest.approx([1.5, 0.5, 1.0])
+    imgs = [torch.rand(3, 128, 128)]
+    tg = [{"boxes": torch.tensor([[8.0, 8.0, 90.0, 100.0]]), "labels": torch.tensor([1])}]
+
+    def losses(weights):
+        torch.manual_seed(0)
+        m = build_model("fasterrcnn_mini_darknet_nano_head", 2, weights=None).train()
+        if weights is not None:
+            set_class_weights(m.model, torch.tensor(weights))
+        torch.manual_seed(1)
+        return {k: float(v) for k, v in m(imgs, tg).items()}
+
+    plain, ones, heavy = losses(None), losses([1.0, 1.0]), losses([1.0, 5.0])
+    assert ones == pytest.approx(plain)
+    assert heavy["loss_box_reg"] == pytest.approx(plain["loss_box_reg"])
+    assert heavy["loss_classifier"] != pytest.approx(plain["loss_classifier"])
+    with pytest.raises(ValueError, match="needs 2 weights"):
+        set_class_weights(build_model("fasterrcnn_mini_darknet_nano_head", 2, weights=None).model,
+                          torch.ones(3))

@@ -51,6 +51,8 @@ HELP: dict[str, str] = {
     "amp_dtype": "AMP dtype on CUDA: fp16 (with GradScaler) or bf16",
     "trainable_layers": "backbone stages left trainable when pretrained",
     "anchors": "default, or auto: k-means (1 - IoU) anchors fitted to the training boxes",
+    "attention": "none, or cbam: CBAM attention on every backbone/FPN output",
+    "class_weights": "box classifier loss weights: auto (inverse frequency) or w1,w2,... per class",
     "rpn_pre_nms_test": "RPN proposals per FPN level before NMS at inference (0 = model default)",
     "rpn_post_nms_test": "RPN proposals kept after NMS at inference; the box head runs once per "
                          "proposal, so this sets most of the CPU latency (0 = model default)",

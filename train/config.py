@@ -169,6 +169,8 @@ class TrainConfig:
     amp_dtype: str = "fp16"
     trainable_layers: int = 3
     anchors: str = "default"
+    attention: str = "none"
+    class_weights: str = ""
     rpn_pre_nms_test: int = 0
     rpn_post_nms_test: int = 0
     rpn_post_nms_train: int = 0
@@ -190,6 +192,7 @@ class TrainConfig:
             "aug": (self.aug, ("none", "light", "default", "strong")),
             "scheduler": (self.scheduler, ("cosine", "step", "onecycle")),
             "anchors": (self.anchors, ("default", "auto")),
+            "attention": (self.attention, ("none", "cbam")),
         }
         for key, (val, ok) in checks.items():
             if val not in ok:
@@ -209,6 +212,8 @@ class TrainConfig:
                  "rpn_post_nms_train": "rpn_post_nms_top_n_train",
                  "roi_batch": "box_batch_size_per_image", "max_det": "box_detections_per_img"}
         kw: dict[str, Any] = {"trainable_layers": self.trainable_layers}
+        if self.attention != "none":
+            kw["attention"] = self.attention
         kw.update({arg: getattr(self, k) for k, arg in names.items() if getattr(self, k)})
         return kw
 

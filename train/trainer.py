@@ -24,6 +24,7 @@ from train.data.dataset import DetectionDataset, aug_params, collate, draw_sampl
 from train.data.formats import read_split, require_labels
 from train import distributed as ddp
 from train.anchors import fit_anchors, set_anchors
+from train.models.extras import inverse_frequency, set_class_weights
 from train.coco_eval import confusion_matrix, evaluate_coco
 from train.engine import (describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine,
                           warmup_step)
@@ -153,6 +154,12 @@ def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bo
         core = build_model(cfg.model, len(names), weights=cfg.weights_init, **cfg.model_kwargs())
         if cfg.anchors == "auto":
             fit_model_anchors(core, train_samples, cfg.imgsz, cfg.seed, say)
+    if cfg.class_weights:
+        counts = [int(sum((s.labels == k).sum() for s in train_samples)) for k in range(len(names))]
+        w = inverse_frequency(counts) if cfg.class_weights == "auto" else torch.tensor(
+            [float(v) for v in cfg.class_weights.split(",")])
+        set_class_weights(core.model, w)
+        say("class weights: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, w.tolist())))
     if cfg.sync_bn:
         if world == 1 or device.type != "cuda":
             raise ValueError("--sync-bn needs a multi-GPU torchrun launch (SyncBatchNorm is CUDA-only)")

@@ -32,6 +32,7 @@ from train.models import (
     tood_resnet101_dcn,
 )
 from train.models.common import Detector
+from train.models.extras import add_cbam
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_mini_darknet": fasterrcnn_mini_darknet.build,
@@ -72,7 +73,8 @@ def build_model(name: str, num_classes: int, weights: str | None = "auto",
         num_classes: number of object classes (background excluded).
         weights: initial weights: ``"auto"`` (offline defaults), ``None`` or a local path.
         **kwargs: builder options (``trainable_layers``), ``FasterRCNN`` keyword arguments, and
-            ``anchor_sizes``/``anchor_ratios`` (an RPN anchor layout, see :mod:`train.anchors`).
+            ``anchor_sizes``/``anchor_ratios`` (an RPN anchor layout, see :mod:`train.anchors`),
+            ``attention="cbam"`` (CBAM on each backbone output, :mod:`train.models.extras`).
 
     Raises:
         ValueError: unknown ``name``.
@@ -80,12 +82,18 @@ def build_model(name: str, num_classes: int, weights: str | None = "auto",
     """
     check_model_name(name)
     anchors = {k: kwargs.pop(k) for k in ("anchor_sizes", "anchor_ratios") if k in kwargs}
+    attention = kwargs.pop("attention", None)
     model = MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
     if anchors:  # fitted by --anchors auto and recorded in the checkpoint
         from train.anchors import set_anchors
 
         set_anchors(model, anchors["anchor_sizes"], anchors["anchor_ratios"])
         kwargs.update(anchors)
+    if attention not in (None, "none"):
+        if attention != "cbam":
+            raise ValueError(f"unknown attention '{attention}' (none, cbam)")
+        add_cbam(model)
+        kwargs["attention"] = attention
     # record the structure actually built so a checkpoint rebuilds it without the weights file
     kwargs["frozen_bn"] = any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     return Detector(model, name=name, num_classes=num_classes, build_args=kwargs)

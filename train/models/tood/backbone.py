@@ -13,7 +13,7 @@ stacks without ``DeformConv`` such as TensorRT < 10.1).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +149,7 @@ def set_deform_impl(module: nn.Module, impl: str) -> None:
     if impl not in DEFORM_IMPLS:
         raise ValueError(f"deform impl must be one of {DEFORM_IMPLS}, got {impl!r}")
     for m in module.modules():
-        if hasattr(m, "impl") and isinstance(getattr(m, "impl"), str):
+        if isinstance(getattr(m, "impl", None), str):
             m.impl = impl
 
 

@@ -145,7 +145,7 @@ class TOODHead(nn.Module):
         scores: list[Tensor] = []
         boxes: list[Tensor] = []
         for x, stride, scale in zip(feats, self.strides, self.scales):
-            n, _, h, w = x.shape
+            h, w = x.shape[-2:]
             inter = []
             for conv in self.inter_convs:
                 x = conv(x)

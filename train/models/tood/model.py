@@ -16,7 +16,7 @@ channel ``c`` being label ``c + 1``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ class TOOD(nn.Module):
     """
 
     #: the exporter uses the dynamo ONNX exporter at this opset for this model (ONNX DeformConv)
-    onnx_export = {"dynamo": True, "opset": 19}
+    onnx_export: ClassVar[dict[str, Any]] = {"dynamo": True, "opset": 19}
 
     def __init__(self, backbone: nn.Module, num_classes: int, out_channels: int = 256,
                  feat_channels: int = 256, stacked_convs: int = 6, gn_groups: int = 32,
@@ -127,7 +127,7 @@ class TOOD(nn.Module):
         a multiple of 32 as :class:`train.models.common.NoResizeTransform` (whose Python-float size
         arithmetic would pin ``H, W``); no resize, so no box rescaling."""
         if not isinstance(self.transform, NoResizeTransform):
-            raise RuntimeError("TOOD exports only with the no-resize transform (wrap it in Detector)")
+            raise TypeError("TOOD exports only with the no-resize transform (wrap it in Detector)")
         out = []
         for img in images:
             h, w = img.shape[-2:]
