@@ -263,10 +263,12 @@ def _save(cfg: TrainConfig, run_dir: Path, final: torch.nn.Module, core: torch.n
     if ema is not None:
         resume_state.update(ema=ema.state_dict(), train_state_dict={
             k: v.detach().cpu() for k, v in core.state_dict().items()})
-    save_atomic(make_checkpoint(final, **common, resume_state=resume_state),
-                run_dir / "weights" / "last.pt")
+    # best.pt first: a run killed between the two writes must not leave a last.pt whose epoch's
+    # best.pt is missing (the resumed run may never beat that fitness again)
     if is_best:
         save_atomic(make_checkpoint(final, **common), run_dir / "weights" / "best.pt")
+    save_atomic(make_checkpoint(final, **common, resume_state=resume_state),
+                run_dir / "weights" / "last.pt")
     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
         save_atomic(make_checkpoint(final, **common), run_dir / "weights" / f"epoch{epoch + 1}.pt")
 
