@@ -390,3 +390,19 @@ def test_class_weights_change_only_the_classifier_loss() -> None:
     with pytest.raises(ValueError, match="needs 2 weights"):
         set_class_weights(build_model("fasterrcnn_mini_darknet_nano_head", 2, weights=None).model,
                           torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet18_fpn", "fasterrcnn_mobilenet_v2_fpn",
+                                  "fasterrcnn_efficientnet_b0", "fasterrcnn_mini_darknet"])
+def test_freeze_first_backbone_stages(name: str) -> None:
+    from train.models.extras import backbone_stages, freeze_stages
+
+    model = build_model(name, 1, weights=None, attention="cbam" if "resnet" in name else "none")
+    stages = backbone_stages(model.model)
+    assert len(stages) >= 3
+    n_frozen = freeze_stages(model.model, 2)
+    assert n_frozen == sum(p.numel() for s in stages[:2] for p in s.parameters())
+    assert all(not p.requires_grad for s in stages[:2] for p in s.parameters())
+    assert any(p.requires_grad for p in stages[-1].parameters())
+    with pytest.raises(ValueError, match="only"):
+        freeze_stages(model.model, 99)

@@ -168,6 +168,7 @@ class TrainConfig:
     amp: bool = True
     amp_dtype: str = "fp16"
     trainable_layers: int = 3
+    freeze: int = 0
     anchors: str = "default"
     attention: str = "none"
     class_weights: str = ""

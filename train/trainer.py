@@ -24,7 +24,7 @@ from train.data.dataset import DetectionDataset, aug_params, collate, draw_sampl
 from train.data.formats import read_split, require_labels
 from train import distributed as ddp
 from train.anchors import fit_anchors, set_anchors
-from train.models.extras import inverse_frequency, set_class_weights
+from train.models.extras import freeze_stages, inverse_frequency, set_class_weights
 from train.coco_eval import confusion_matrix, evaluate_coco
 from train.engine import (describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine,
                           warmup_step)
@@ -154,6 +154,9 @@ def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bo
         core = build_model(cfg.model, len(names), weights=cfg.weights_init, **cfg.model_kwargs())
         if cfg.anchors == "auto":
             fit_model_anchors(core, train_samples, cfg.imgsz, cfg.seed, say)
+    if cfg.freeze:
+        say(f"froze the first {cfg.freeze} backbone stages "
+            f"({freeze_stages(core.model, cfg.freeze) / 1e6:.2f} M more parameters frozen)")
     if cfg.class_weights:
         counts = [int(sum((s.labels == k).sum() for s in train_samples)) for k in range(len(names))]
         w = inverse_frequency(counts) if cfg.class_weights == "auto" else torch.tensor(

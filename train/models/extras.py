@@ -113,3 +113,29 @@ def inverse_frequency(counts: list[int]) -> Tensor:
     w = torch.where(c > 0, c.sum() / c.clamp(min=1), torch.zeros_like(c))
     w = torch.where(c > 0, w / w[c > 0].mean(), torch.ones_like(c))
     return w
+
+
+def backbone_stages(model: nn.Module) -> list[nn.Module]:
+    """The stages of a torchvision detector's backbone body, input side first (through the CBAM
+    wrapper, the FPN wrapper's ``body`` and the 1x1 neck of single-map backbones)."""
+    m = model.backbone
+    if isinstance(m, CBAMBackbone):
+        m = m.body
+    m = getattr(m, "body", m)
+    if isinstance(m, nn.Sequential) and len(m) and isinstance(m[0], nn.Sequential) and len(m) == 3:
+        m = m[0]  # (features, 1x1 conv, ReLU) neck of single_map_fasterrcnn
+    return list(m.children())
+
+
+def freeze_stages(model: nn.Module, n: int) -> int:
+    """Freeze (``requires_grad=False``) the first ``n`` backbone stages; returns the number of
+    parameters frozen. Raises ``ValueError`` if ``n`` exceeds the number of stages."""
+    stages = backbone_stages(model)
+    if n > len(stages):
+        raise ValueError(f"--freeze {n}: the backbone has only {len(stages)} stages")
+    frozen = 0
+    for stage in stages[:n]:
+        for p in stage.parameters():
+            frozen += p.numel() if p.requires_grad else 0
+            p.requires_grad_(False)
+    return frozen

@@ -55,16 +55,18 @@ def modulated_deform_conv_grid_sample(x: Tensor, offset: Tensor, mask: Tensor, w
     n, cin = x.shape[:2]
     cout, _, kh, kw = weight.shape
     ho, wo = offset.shape[-2:]
+    k = kh * kw
+    taps = torch.arange(k, device=x.device)
+    ky = (taps // kw).to(x.dtype)[:, None, None] * dilation  # [k, 1, 1] kernel tap rows
+    kx = (taps % kw).to(x.dtype)[:, None, None] * dilation
     ys = (torch.arange(ho, device=x.device, dtype=x.dtype) * stride - padding)[:, None]
     xs = (torch.arange(wo, device=x.device, dtype=x.dtype) * stride - padding)[None, :]
-    cols = []
-    for k in range(kh * kw):
-        i, j = divmod(k, kw)
-        py = ys + i * dilation + offset[:, 2 * k]
-        px = xs + j * dilation + offset[:, 2 * k + 1]
-        cols.append(bilinear_sample(x, py, px) * mask[:, k:k + 1])
-    col = torch.stack(cols, dim=2).reshape(n, cin * kh * kw, ho * wo)  # [N, Cin*k*k, Ho*Wo]
-    out = torch.matmul(weight.reshape(cout, cin * kh * kw), col).reshape(n, cout, ho, wo)
+    off = offset.reshape(n, k, 2, ho, wo)
+    py = (ys + ky + off[:, :, 0]).reshape(n, k * ho, wo)  # all taps in one grid_sample
+    px = (xs + kx + off[:, :, 1]).reshape(n, k * ho, wo)
+    col = bilinear_sample(x, py, px).reshape(n, cin, k, ho, wo) * mask[:, None]
+    out = torch.matmul(weight.reshape(cout, cin * k), col.reshape(n, cin * k, ho * wo))
+    out = out.reshape(n, cout, ho, wo)
     return out if bias is None else out + bias[None, :, None, None]
 
 
