@@ -12,7 +12,7 @@ ifndef NAME
 NAME := raccoon-$(shell date +%Y%m%d-%H%M%S)
 endif
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-zoo clean
 
 setup: $(VENV)/.installed
 
@@ -33,7 +33,10 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not zoo"
+
+test-zoo: setup
+	$(BIN)/python -m pytest -q -m zoo
 
 clean:
 	rm -rf $(VENV) build *.egg-info
