@@ -14,6 +14,42 @@ import numpy as np
 BATCH_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
 
 
+def cached_detector(imgsz: int = 256, max_det: int = 8, seed: int = 0) -> tuple[Path, Path]:
+    """:func:`make_detector` into a per-user cache folder under the temp dir, reused by later calls
+    (test modules share one export instead of repeating it; files are written atomically). The
+    folder name carries :func:`code_fingerprint`, so a code change never reuses a stale export.
+
+    Returns:
+        ``(det.pt, det.onnx)`` paths.
+    """
+    import getpass
+    import tempfile
+
+    folder = (Path(tempfile.gettempdir()) / f"det_toolkit_{getpass.getuser()}" /
+              f"det_{imgsz}_{max_det}_{seed}_{code_fingerprint()}")
+    if (folder / "det.pt").is_file() and (folder / "det.onnx").is_file():
+        return folder / "det.pt", folder / "det.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    return make_detector(folder, imgsz, max_det, seed)
+
+
+def code_fingerprint() -> str:
+    """A short hash of the sources that shape an exported artifact (export/, the model builders,
+    checkpoints and the metadata contract) and of the torch version, so a cached artifact is never
+    reused after any of them changes."""
+    import hashlib
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(str(torch.__version__).encode())
+    files = [*sorted((root / "export").glob("*.py")), *sorted((root / "train" / "models").rglob("*.py")),
+             root / "train" / "checkpoint.py", root / "runtime" / "meta.py"]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def make_detector(out: Path, imgsz: int = 256, max_det: int = 8, seed: int = 0,
                   parity_image: np.ndarray | None = None) -> tuple[Path, Path]:
     """Write ``out/det.pt`` and its batch-1 ONNX export ``out/det.onnx`` (dynamic H/W).
@@ -60,7 +96,11 @@ def export_batched(ckpt: Path, batch: int, out: Path) -> Path:
     from torch import Tensor, nn
 
     from export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
-    from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+    from train.checkpoint import (
+        load_checkpoint,
+        meta_from_checkpoint,
+        model_from_checkpoint,
+    )
 
     ck = load_checkpoint(ckpt)
     model, meta = model_from_checkpoint(ck).eval(), meta_from_checkpoint(ck, str(ckpt))
