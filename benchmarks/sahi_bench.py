@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import VTEST, match_count, read_frames  # noqa: E402
-from runtime.backends import load_backend  # noqa: E402
-from runtime.predictor import Predictor  # noqa: E402
-from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor  # noqa: E402
+from benchmarks.common import VTEST, match_count, read_frames
+from runtime.backends import load_backend
+from runtime.predictor import Predictor
+from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
 
 
 @click.command(context_settings={"show_default": True})
@@ -101,10 +101,10 @@ def main(video: Path, frames: int, every: int, weights: Path | None, batch_weigh
     base = float(np.mean(ms["sahi"]))
     click.echo(f"{'path':<14}{'ms/frame':>10}{'FPS':>8}{'vs sahi':>9}{'matched':>18}")
     click.echo(f"{'sahi':<14}{base:>10.1f}{1e3 / base:>8.2f}{1.0:>8.2f}x{'reference':>18}")
-    for name in paths:
+    for name, tp in paths.items():
         m, n = counts[name]
         mean = float(np.mean(ms[name]))
-        inner = paths[name].predictor.backend
+        inner = tp.predictor.backend
         label = f"{name}" + (f" (N={inner.max_batch})" if inner.max_batch > 1 else "")
         click.echo(f"{label:<14}{mean:>10.1f}{1e3 / mean:>8.2f}{base / mean:>8.2f}x"
                    f"{f'{m}/{n} = {m / max(n, 1):.2%}':>18}")

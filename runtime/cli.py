@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import difflib
 import json
-import time
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import click
-from tqdm import tqdm
+import cv2
+import numpy as np
 
 from runtime.backends import load_backend
 from runtime.backends.onnx_backend import providers_for
 from runtime.embedder import EMBEDDER_FILENAME, Embedder, OnnxEmbedder
-from runtime.predictor import STAGES, Predictor
-from runtime.sources import Source, open_source
+from runtime.pipeline import run_pipeline
+from runtime.predictor import Predictor
+from runtime.sources import open_source
 from runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
 from runtime.writers import RunOutputs
-
-#: Frames excluded from the FPS and per-stage means (graph optimisation, caches, allocations).
-WARMUP_FRAMES = 5
-ALL_STAGES = ("decode", *STAGES, "tracking", "encode")
 
 
 def increment_path(path: str | Path) -> Path:
@@ -89,80 +89,18 @@ def load_embedder(weights: Path, embedder: Path | None, device: str, config: Tra
     return TorchEmbedder(device, config.embedder_input_size)
 
 
-class Profile:
-    """Per-stage wall-time totals in ms, reported over the frames after a warm-up.
-
-    Args:
-        warmup: frames left out of :meth:`summary` (all are used if the run is not longer).
-    """
-
-    def __init__(self, warmup: int = WARMUP_FRAMES) -> None:
-        self.warmup = warmup
-        self.frames = 0
-        self.totals = dict.fromkeys(ALL_STAGES, 0.0)
-        self._base = dict(self.totals)
-        self._t_start = self._t_warm = self.t_last = time.perf_counter()
-
-    def add(self, stage: str, ms: float) -> None:
-        """Add ``ms`` milliseconds to ``stage`` (one of :data:`ALL_STAGES`) for the current frame."""
-        self.totals[stage] += ms
-
-    def frame_done(self, t: float) -> None:
-        """Close the current frame (after its :meth:`add` calls); ``t`` is its ``perf_counter()`` end."""
-        self.frames += 1
-        self.t_last = t
-        if self.frames == self.warmup:
-            self._base, self._t_warm = dict(self.totals), self.t_last
-
-    def summary(self) -> dict:
-        """``{"warmup_frames", "fps" (frames/s), "mean_ms": {stage: ms per frame}}``."""
-        warm = self.frames > self.warmup
-        n = self.frames - self.warmup if warm else self.frames
-        base = self._base if warm else dict.fromkeys(ALL_STAGES, 0.0)
-        elapsed = self.t_last - (self._t_warm if warm else self._t_start)
-        return {"warmup_frames": self.warmup if warm else 0,
-                "fps": round(n / elapsed, 3) if n and elapsed > 0 else 0.0,
-                "mean_ms": {s: round((self.totals[s] - base[s]) / max(n, 1), 3) for s in ALL_STAGES}}
+def has_display() -> bool:
+    """Whether a window can be shown (Windows/macOS, or ``DISPLAY``/``WAYLAND_DISPLAY`` set)."""
+    return sys.platform in ("win32", "darwin") or bool(os.environ.get("DISPLAY") or
+                                                          os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_loop(source: Source, predictor: Predictor, tracker: Tracker | None, outputs: RunOutputs,
-             max_frames: int | None) -> dict:
-    """Detect (and track) every frame of ``source`` and hand the results to ``outputs``.
-
-    Returns:
-        The summary: ``frames``, ``skipped``, ``track_ids`` (distinct ids) and :meth:`Profile.summary`.
-    """
-    total = min(source.info.frames, max_frames) if max_frames is not None else source.info.frames
-    prof, fps, seen_ids, tracks = Profile(), 0.0, set(), None
-    frames = iter(source)
-    with tqdm(total=total, unit="frame", desc=source.info.stem, dynamic_ncols=True) as bar:
-        while max_frames is None or prof.frames < max_frames:
-            t0 = time.perf_counter()
-            item = next(frames, None)
-            if item is None:
-                break
-            index, name, frame = item
-            t1 = time.perf_counter()
-            dets = predictor(frame)
-            t2 = time.perf_counter()
-            if tracker is not None:
-                tracks = tracker.update(frame, dets)
-                seen_ids.update(t.track_id for t in tracks)
-            t3 = time.perf_counter()
-            outputs.write(index, name, frame, dets, tracks, fps)
-            t4 = time.perf_counter()
-            for stage, ms in predictor.times_ms.items():
-                prof.add(stage, ms)
-            prof.add("decode", (t1 - t0) * 1e3)
-            prof.add("tracking", (t3 - t2) * 1e3)
-            prof.add("encode", (t4 - t3) * 1e3)
-            fps = 0.9 * fps + 0.1 / (t4 - prof.t_last) if fps else 1.0 / (t4 - prof.t_last)  # overlay
-            prof.frame_done(t4)
-            if prof.frames % 10 == 0:
-                bar.set_postfix_str(f"{fps:.1f} FPS", refresh=False)
-            bar.update()
-    return {"frames": prof.frames, "skipped": source.skipped, **prof.summary(),
-            "track_ids": len(seen_ids)}
+def show_window(title: str) -> Callable[[np.ndarray], bool]:
+    """A frame callback showing frames in an OpenCV window; returns ``False`` once ``q``/Esc is pressed."""
+    def show(frame: np.ndarray) -> bool:
+        cv2.imshow(title, frame)
+        return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+    return show
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -189,6 +127,15 @@ def run_loop(source: Source, predictor: Predictor, tracker: Tracker | None, outp
 @click.option("--name", default="exp", help="Run folder name; an existing one gets a number appended "
               "(exp2, exp3, ...), never overwritten.")
 @click.option("--save/--no-save", default=True, help="Save the annotated video or images.")
+@click.option("--save-txt", is_flag=True, default=False, show_default="off",
+              help="Save YOLO-format labels (class cx cy w h, normalised) per image/frame in labels/.")
+@click.option("--save-json", is_flag=True, default=False, show_default="off",
+              help="Save COCO-style detection results in predictions.json.")
+@click.option("--live/--no-live", default=None, show_default="on for cameras and URLs",
+              help="Keep only the newest frame (bounded latency; frames may be dropped). Files and "
+              "stdin are never dropped from unless --live is given.")
+@click.option("--show", is_flag=True, default=False, show_default="off",
+              help="Display annotated frames in a window (q or Esc stops); needs a display.")
 @click.option("--max-frames", default=None, type=click.IntRange(1), show_default="all",
               help="Stop after this many frames.")
 @click.option("--sahi", is_flag=True, default=False, show_default="off",
@@ -218,19 +165,20 @@ def run_loop(source: Source, predictor: Predictor, tracker: Tracker | None, outp
               help="SAHI: merge detections of different classes too.")
 def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, device: str,
          track: bool, tracker_cfg: Path, embedder: Path | None, project: Path, name: str, save: bool,
-         max_frames: int | None, sahi: bool, slice_size: int | None, slice_height: int | None,
+         save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None, sahi: bool, slice_size: int | None, slice_height: int | None,
          slice_width: int | None, overlap: float, overlap_height: float | None,
          overlap_width: float | None, sahi_full_frame: bool, sahi_merge: str, sahi_match: str,
          sahi_match_thr: float, sahi_class_agnostic: bool) -> None:
     """Detect (and with --track, track) objects in SOURCE: an image, a folder of images, a glob
-    pattern (quote it) or a video file.
+    pattern (quote it), a video file, a camera index (0), a stream URL (rtsp://, http://, ...) or
+    - for concatenated JPEG/PNG images on stdin (e.g. ffmpeg -i IN -f image2pipe -c:v mjpeg -).
 
     Writes into PROJECT/NAME: the annotated video (<stem>.mp4) or images, predictions.jsonl
     (one line per frame), <stem>_mot.txt (MOT-challenge tracks, with --track) and summary.json
-    (frames, FPS, mean ms per stage).
+    (frames, FPS, mean ms per stage). Decoding, detection and writing run in overlapping threads;
+    Ctrl-C stops reading and finishes the outputs with every frame detected so far.
     """
     try:  # everything that can fail on bad input fails here, before any output is written
-        src = open_source(source)
         backend = load_backend(weights, device)
         names = backend.meta.class_names
         predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz)
@@ -248,24 +196,48 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         if track:
             cfg = TrackerConfig.from_yaml(tracker_cfg)
             tracker = Tracker(load_embedder(weights, embedder, device, cfg), cfg)
+        src = open_source(source)  # last: a camera or stdin starts delivering frames once opened
     except (FileNotFoundError, ValueError, NotImplementedError, OSError) as e:
         raise click.ClickException(str(e)) from e
     if conf < backend.meta.score_thresh:
         click.echo(f"note: --conf {conf} is below the graph's score threshold "
                    f"{backend.meta.score_thresh}; lower scores were already dropped", err=True)
+    on_frame = None
+    if show and has_display():
+        on_frame = show_window(f"det-run {src.info.stem}")
+    elif show:
+        click.echo("note: --show ignored: no display found (DISPLAY/WAYLAND_DISPLAY unset)", err=True)
     run_dir = increment_path(project / name)
     try:
-        with RunOutputs(run_dir, src.info, names, track=tracker is not None, save=save) as outputs:
-            summary = run_loop(src, predictor, tracker, outputs, max_frames)
+        with RunOutputs(run_dir, src.info, names, track=tracker is not None, save=save,
+                        save_txt=save_txt, save_json=save_json) as outputs:
+            summary = run_pipeline(src, predictor, tracker, outputs, max_frames, live, on_frame)
     finally:
         src.close()
+        if on_frame is not None:
+            cv2.destroyAllWindows()
     summary = {"source": str(source), "weights": str(weights), "backend": backend.name,
                "imgsz": list(predictor.imgsz), **summary}
     if sahi:
         summary["sahi"] = {**asdict(predictor.config), "tiles": predictor.tiles}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     ms = ", ".join(f"{k} {v:.1f}" for k, v in summary["mean_ms"].items())
-    click.echo(f"{summary['frames']} frames processed ({summary['skipped']} skipped) with "
+    dropped = f", {summary['dropped']} dropped (live)" if summary["dropped"] else ""
+    click.echo(f"{summary['frames']} frames processed ({summary['skipped']} skipped{dropped}) with "
                f"{backend.name}\n"
                f"{summary['fps']:.2f} FPS after {summary['warmup_frames']} warm-up frames; "
-               f"mean ms per frame: {ms}\nResults saved to {run_dir}")
+               f"mean ms per frame: {ms}")
+    if "embedder" in summary:
+        e = summary["embedder"]
+        click.echo(f"embedder {e['name']} at {e['input_size']} px: {e['ms_per_crop']:.2f} ms/crop "
+                   f"(batched, {e['crops']} crops)")
+    if "sahi" in summary:
+        click.echo(f"SAHI: {summary['sahi']['tiles']} detector inputs per frame (tiles + full frame)")
+    click.echo(f"Results saved to {run_dir}")
+    if summary["interrupted"]:
+        click.echo("interrupted (Ctrl-C): outputs hold every frame processed so far", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

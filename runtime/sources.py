@@ -180,15 +180,16 @@ class StreamSource(Source):
 
 
 def _jpeg_end(buf: bytearray | bytes, start: int) -> int:
-    """End offset (exclusive) of the JPEG at ``buf[start]`` (``FFD8``), or -1 if incomplete.
+    """End offset (exclusive) of the JPEG at ``buf[start]`` (``FFD8``), -1 if incomplete, -2 if the
+    marker structure is broken.
 
     Walks the marker segments (lengths skip over any embedded ``FFD9``) and scans entropy-coded
     data after each SOS for a marker that is not byte stuffing (``FF00``) or a restart (``FFD0-7``).
     """
     i, n = start + 2, len(buf)
-    while i + 4 <= n:
+    while i + 2 <= n:
         if buf[i] != 0xFF:
-            raise ValueError(f"corrupt JPEG stream at byte {i}")
+            return -2
         marker = buf[i + 1]
         if marker == 0xD9:
             return i + 2
@@ -198,6 +199,8 @@ def _jpeg_end(buf: bytearray | bytes, start: int) -> int:
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             i += 2
             continue
+        if i + 4 > n:
+            return -1
         seg_end = i + 2 + (buf[i + 2] << 8 | buf[i + 3])
         if marker != 0xDA:
             i = seg_end
@@ -232,14 +235,13 @@ def split_images(stream: BinaryIO, chunk: int = 1 << 16) -> Iterator[bytes]:
 
     This is the ``-`` (stdin) format: e.g. ``ffmpeg -i IN -f image2pipe -c:v mjpeg -`` or
     ``cat *.jpg``. Bytes between images that start neither a JPEG (``FFD8FF``) nor a PNG are
-    skipped; a truncated last image is dropped.
-
-    Raises:
-        ValueError: a JPEG's marker structure is broken (the stream cannot be re-synchronised).
+    skipped, a JPEG with a broken marker structure is skipped up to the next image start (the
+    bytes of a corrupt scan are passed on: decoding them fails or yields a damaged frame), and a
+    truncated last image is dropped.
     """
     buf, pos = bytearray(), 0
     while True:
-        data = stream.read(chunk) if hasattr(stream, "read") else b""
+        data = stream.read(chunk)
         buf += data
         while True:
             jpg, png = buf.find(b"\xff\xd8\xff", pos), buf.find(b"\x89PNG\r\n\x1a\n", pos)
@@ -249,6 +251,10 @@ def split_images(stream: BinaryIO, chunk: int = 1 << 16) -> Iterator[bytes]:
                 break
             start = min(starts)
             end = _jpeg_end(buf, start) if start == jpg else _png_end(buf, start)
+            if end == -2:
+                log.warning("stdin: broken JPEG at byte offset %d skipped", start)
+                pos = start + 2
+                continue
             if end < 0:
                 pos = start
                 break
@@ -317,6 +323,9 @@ def open_stream(target: int | str) -> StreamSource:
         kind = "camera" if isinstance(target, int) else "stream"
         raise SourceError(f"cannot open {kind} {target}")
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if not (w and h):  # some backends report no size before the first frame (a live frame is lost)
+        ok, frame = cap.read()
+        h, w = frame.shape[:2] if ok else (0, 0)
     stem = f"camera{target}" if isinstance(target, int) else (
         re.sub(r"[^A-Za-z0-9_.-]+", "_", str(target).split("://", 1)[-1]).strip("_")[:60] or "stream")
     fps = cap.get(cv2.CAP_PROP_FPS)

@@ -21,8 +21,12 @@ from typing import Any
 import numpy as np
 from sahi.models.base import DetectionModel
 from sahi.postprocess.backends import set_postprocess_backend
-from sahi.postprocess.combine import (GreedyNMMPostprocess, NMMPostprocess, NMSPostprocess,
-                                      PostprocessPredictions)
+from sahi.postprocess.combine import (
+    GreedyNMMPostprocess,
+    NMMPostprocess,
+    NMSPostprocess,
+    PostprocessPredictions,
+)
 from sahi.prediction import ObjectPrediction
 from sahi.slicing import get_slice_bboxes
 
@@ -180,7 +184,6 @@ class TiledPredictor:
             images.append(frame_bgr)
         self.tiles = len(images)
         per_image = self.predictor.predict_batch(images)
-        t1 = time.perf_counter()
         preds: list[ObjectPrediction] = []
         for dets, (x0, y0) in zip(per_image, windows[:, :2].tolist()):
             to_object_predictions(dets, self._names, (x0, y0), preds)

@@ -20,9 +20,9 @@ from pathlib import Path
 # reads this when scipy first loads it, i.e. on the import below; an explicit user value wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from deep_sort_realtime.deepsort_tracker import DeepSort  # noqa: E402
+import numpy as np
+import yaml
+from deep_sort_realtime.deepsort_tracker import DeepSort
 
 from runtime.embedder import Embedder, croppable
 from runtime.predictor import Detections
@@ -51,7 +51,7 @@ class TrackerConfig:
     embedder_input_size: int = 224
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrackerConfig":
+    def from_yaml(cls, path: str | Path) -> TrackerConfig:
         """Load a YAML mapping of these fields (missing ones keep their defaults).
 
         Raises:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ class Writer:
     def close(self) -> None:
         """Flush and release the output."""
 
-    def __enter__(self: W) -> W:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -137,6 +137,50 @@ class MotWriter(Writer):
         self._f.close()
 
 
+class YoloTxtWriter(Writer):
+    """YOLO-format label files, one per image/frame, under ``folder``: a line
+    ``class cx cy w h`` per detection, centre and size normalised by the frame size to ``[0, 1]``.
+
+    Images get ``<image stem>.txt``; video frames ``<video stem>_<frame>.txt`` (0-based frame).
+    """
+
+    def __init__(self, folder: str | Path, is_video: bool, stem: str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.is_video, self.stem = is_video, stem
+
+    def write(self, index: int, name: str, frame_hw: tuple[int, int], dets: Detections) -> None:
+        """Write the detections of frame ``index`` / image ``name`` (``frame_hw`` = ``(H, W)`` px)."""
+        h, w = frame_hw
+        b = dets.boxes.astype(np.float64)
+        cx, cy = (b[:, 0] + b[:, 2]) / (2 * w), (b[:, 1] + b[:, 3]) / (2 * h)
+        bw, bh = (b[:, 2] - b[:, 0]) / w, (b[:, 3] - b[:, 1]) / h
+        lines = "".join(f"{c} {x:.6f} {y:.6f} {ww:.6f} {hh:.6f}\n" for c, x, y, ww, hh in
+                        zip(dets.labels.tolist(), cx.tolist(), cy.tolist(), bw.tolist(), bh.tolist()))
+        stem = f"{self.stem}_{index}" if self.is_video else Path(name).stem
+        (self.folder / f"{stem}.txt").write_text(lines, encoding="utf-8")
+
+
+class CocoJsonWriter(Writer):
+    """COCO detection results (``[{"image_id", "file_name", "category_id", "bbox": [x, y, w, h],
+    "score"}]``, ``bbox`` in frame pixels, ``image_id`` the 0-based frame/image index,
+    ``category_id`` 0-based), written as one JSON array on :meth:`close`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._rows: list[dict] = []
+
+    def write(self, index: int, name: str, dets: Detections) -> None:
+        """Record the detections of frame/image ``index`` from source ``name``."""
+        for (x1, y1, x2, y2), s, c in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
+            self._rows.append({"image_id": index, "file_name": name, "category_id": c,
+                               "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                               "score": round(s, 4)})
+
+    def close(self) -> None:
+        self.path.write_text(json.dumps(self._rows) + "\n", encoding="utf-8")
+
+
 class RunOutputs(Writer):
     """Everything one ``det-run`` writes into ``run_dir``.
 
@@ -151,13 +195,15 @@ class RunOutputs(Writer):
         class_names: the model's class names.
         track: write the MOT file.
         save: write annotated frames.
+        save_txt: write YOLO-format label files under ``labels/`` (:class:`YoloTxtWriter`).
+        save_json: write COCO detection results ``predictions.json`` (:class:`CocoJsonWriter`).
 
     Raises:
         OSError: an output file cannot be opened.
     """
 
     def __init__(self, run_dir: Path, info: SourceInfo, class_names: Sequence[str], track: bool,
-                 save: bool) -> None:
+                 save: bool, save_txt: bool = False, save_json: bool = False) -> None:
         self.class_names = list(class_names)
         with ExitStack() as stack:
             self.jsonl = stack.enter_context(JsonlWriter(run_dir / "predictions.jsonl", class_names))
@@ -165,6 +211,8 @@ class RunOutputs(Writer):
                         if track else None)
             self.video = self.images = None
             self.trails = Trails() if track else None
+            self.txt = YoloTxtWriter(run_dir / "labels", info.is_video, info.stem) if save_txt else None
+            self.coco = stack.enter_context(CocoJsonWriter(run_dir / "predictions.json")) if save_json else None
             if save and info.is_video:
                 self.video = stack.enter_context(VideoWriter(
                     run_dir / f"{info.stem}.mp4", info.fps or 30.0, (info.width, info.height)))
@@ -191,6 +239,10 @@ class RunOutputs(Writer):
             self.mot.write(index, tracks)
             self.trails.update(tracks)
         self.jsonl.write(index, name, dets, track_ids, track_classes)
+        if self.txt is not None:
+            self.txt.write(index, name, frame_bgr.shape[:2], dets)
+        if self.coco is not None:
+            self.coco.write(index, name, dets)
         if self.video is not None or self.images is not None:
             if tracks:  # a tracked box shows its track's voted class
                 labels = dets.labels.copy()

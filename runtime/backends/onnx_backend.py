@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.backends.base import Backend, BackendError, RawDetections
+from runtime.backends.outputs import run_chunks
 from runtime.meta import META_KEY, MetadataError, ModelMeta
 
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -78,7 +79,7 @@ def create_session(path: str | Path, providers: list[str] | None = None) -> ort.
     opts.log_severity_level = 3  # errors only: shape-inference warnings are noise here
     try:
         return ort.InferenceSession(str(path), opts, providers=providers or providers_for())
-    except Exception as e:  # noqa: BLE001 - ORT raises several pybind types for a bad file
+    except Exception as e:
         raise BackendError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from e
 
 
@@ -98,10 +99,11 @@ def session_metadata(sess: ort.InferenceSession, key: str, path: str | Path) -> 
 class OnnxBackend(Backend):
     """A det-toolkit ONNX detector run by ONNX Runtime.
 
-    Two graph kinds (see :mod:`runtime.meta`): the batch-1 graph (``meta.batch == 1``; images run
-    one per forward pass) and a fixed-batch graph (``meta.batch == N > 1``, outputs padded to
-    ``max_det`` plus ``num_dets`` int64 ``[N]``; images run ``N`` per forward pass, a short last
-    chunk padded with blank images whose results are dropped).
+    Two graph kinds (see :mod:`runtime.meta`): the dynamic single-image graph (outputs ``[K, ...]``;
+    images run one per forward pass) and the static graph of ``det-export --static/--batch N``
+    (``meta.batch == N >= 1``, a ``num_dets`` int64 ``[N]`` output, the others padded to
+    ``max_det``; images run ``N`` per forward pass, a short last chunk padded with blank images
+    whose results are dropped).
 
     Args:
         path: ``.onnx`` file written by ``det-export`` (graph contract in :mod:`runtime.meta`).
@@ -129,27 +131,16 @@ class OnnxBackend(Backend):
                                f"match its metadata ({self.meta.input_name!r} -> "
                                f"{list(self.meta.output_names)})")
         self.max_batch = int(self.meta.batch)
-        if self.max_batch > 1 and "num_dets" not in outputs:
+        self._padded = "num_dets" in self.meta.output_names
+        if self.max_batch > 1 and not self._padded:
             raise BackendError(f"{self.path}: batched graph (batch={self.max_batch}) without the "
                                f"'num_dets' output (outputs: {outputs}); re-export it with det-export")
-        self._outputs = [*self.meta.output_names[:3], *(["num_dets"] if self.max_batch > 1 else [])]
-        self._pad = np.zeros((0, 3, *self.meta.imgsz), np.float32)
+        self._outputs = [*self.meta.output_names[:3], *(["num_dets"] if self._padded else [])]
         self.name = f"onnxruntime[{self._sess.get_providers()[0]}]"
 
     def infer(self, x: np.ndarray) -> list[RawDetections]:
         """See :meth:`Backend.infer`; ``max_batch`` images per ONNX Runtime call."""
         name, n = self.meta.input_name, self.max_batch
-        if n == 1:
+        if not self._padded:
             return [tuple(self._sess.run(self._outputs, {name: x[i:i + 1]})) for i in range(len(x))]
-        out: list[RawDetections] = []
-        for s in range(0, len(x), n):
-            chunk = x[s:s + n]
-            k = len(chunk)
-            if k < n:  # fixed-batch graph: fill the missing slots with blank images
-                if self._pad.shape != (n, *x.shape[1:]):
-                    self._pad = np.zeros((n, *x.shape[1:]), np.float32)
-                self._pad[:k] = chunk
-                chunk = self._pad
-            boxes, scores, labels, num = self._sess.run(self._outputs, {name: chunk})
-            out.extend((boxes[i, :m], scores[i, :m], labels[i, :m]) for i, m in enumerate(num[:k].tolist()))
-        return out
+        return run_chunks(lambda batch: self._sess.run(self._outputs, {name: batch}), x, n)

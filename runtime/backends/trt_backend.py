@@ -188,5 +188,5 @@ class TrtBackend(Backend):
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:  # noqa: BLE001, S110 - CUDA may already be torn down at interpreter exit
             pass

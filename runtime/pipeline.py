@@ -1,0 +1,257 @@
+"""The ``det-run`` frame pipeline: decode, detect + track, and write overlap in three threads.
+
+::
+
+    reader thread --q_in--> calling thread (detect, track) --q_out--> writer thread (draw, encode)
+
+Both queues are bounded (:data:`QUEUE_SIZE`), so memory and latency stay bounded. Files are never
+dropped from: the reader blocks while ``q_in`` is full. Live sources (``live=True``) keep only the
+newest frame: ``q_in`` holds one frame, and a new one replaces an unprocessed one (counted in
+``dropped``). ``KeyboardInterrupt`` (Ctrl-C) in the calling thread stops reading, lets the writer
+finish every frame already detected, and returns normally with ``interrupted: true``, so the
+output video is closed and playable.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.predictor import STAGES, Detections
+from runtime.sources import Source
+from runtime.tracking import Track, Tracker
+from runtime.writers import RunOutputs
+
+#: Frames excluded from the FPS and per-stage means (graph optimisation, caches, allocations).
+WARMUP_FRAMES = 5
+ALL_STAGES = ("decode", *STAGES, "tracking", "encode")
+#: Capacity of each inter-thread queue (frames) for non-live sources.
+QUEUE_SIZE = 4
+_END = object()
+
+
+class FramePredictor(Protocol):
+    """:class:`runtime.predictor.Predictor` or :class:`runtime.tiling.TiledPredictor`."""
+
+    imgsz: tuple[int, int]
+    times_ms: dict[str, float]
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections: ...
+
+
+class Profile:
+    """Per-stage wall-time totals in ms, reported over the frames after a warm-up.
+
+    Stage times are each thread's own work per frame; with the threads overlapping, the FPS is
+    the end-to-end throughput (frames leaving the writer per second).
+
+    Args:
+        warmup: frames left out of :meth:`summary` (all are used if the run is not longer).
+    """
+
+    def __init__(self, warmup: int = WARMUP_FRAMES) -> None:
+        self.warmup = warmup
+        self.frames = 0
+        self.totals = dict.fromkeys(ALL_STAGES, 0.0)
+        self._base = dict(self.totals)
+        self._t_start = self._t_warm = self.t_last = time.perf_counter()
+
+    def frame_done(self, stage_ms: dict[str, float], t: float) -> None:
+        """Add one frame's ``{stage: ms}`` (keys of :data:`ALL_STAGES`); ``t`` is its ``perf_counter()`` end."""
+        for k, v in stage_ms.items():
+            self.totals[k] += v
+        self.frames += 1
+        self.t_last = t
+        if self.frames == self.warmup:
+            self._base, self._t_warm = dict(self.totals), self.t_last
+
+    def summary(self) -> dict[str, Any]:
+        """``{"warmup_frames", "fps" (frames/s), "mean_ms": {stage: ms per frame}}``."""
+        warm = self.frames > self.warmup
+        n = self.frames - self.warmup if warm else self.frames
+        base = self._base if warm else dict.fromkeys(ALL_STAGES, 0.0)
+        elapsed = self.t_last - (self._t_warm if warm else self._t_start)
+        return {"warmup_frames": self.warmup if warm else 0,
+                "fps": round(n / elapsed, 3) if n and elapsed > 0 else 0.0,
+                "mean_ms": {s: round((self.totals[s] - base[s]) / max(n, 1), 3) for s in ALL_STAGES}}
+
+
+def _put_latest(q: queue.Queue, item: object) -> int:
+    """Put ``item`` into ``q``, discarding queued items while it is full; returns how many were dropped."""
+    dropped = 0
+    while True:
+        try:
+            q.put_nowait(item)
+            return dropped
+        except queue.Full:
+            try:
+                q.get_nowait()
+                dropped += 1
+            except queue.Empty:
+                pass
+
+
+class _Reader(threading.Thread):
+    """Decodes ``source`` into ``q`` until the source ends or ``stop`` is set."""
+
+    def __init__(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool) -> None:
+        super().__init__(name="det-run-reader", daemon=True)
+        self.source, self.q, self.stop, self.live = source, q, stop, live
+        self.dropped = 0
+
+    def _put(self, item: object) -> bool:
+        if self.live:
+            self.dropped += _put_latest(self.q, item)
+            return True
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            it = iter(self.source)
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                item = next(it, None)
+                if item is None:
+                    break
+                if not self._put((*item, (time.perf_counter() - t0) * 1e3)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            self._put(e)
+            return
+        self._put(_END)
+
+
+class _Writer(threading.Thread):
+    """Writes detected frames from ``q`` to ``outputs`` and keeps the :class:`Profile`."""
+
+    def __init__(self, q: queue.Queue, outputs: RunOutputs, bar: tqdm, stop: threading.Event,
+                 on_frame: Callable[[np.ndarray], bool] | None) -> None:
+        super().__init__(name="det-run-writer", daemon=True)
+        self.q, self.outputs, self.bar, self.stop, self.on_frame = q, outputs, bar, stop, on_frame
+        self.profile = Profile()
+        self.error: BaseException | None = None
+        self.seen_ids: set[int] = set()
+
+    def run(self) -> None:
+        fps, prof = 0.0, self.profile
+        while True:
+            item = self.q.get()
+            if item is _END:
+                return
+            if self.error is not None:
+                continue  # keep draining so the detector thread never blocks
+            index, name, frame, dets, tracks, stage_ms = item
+            try:
+                t0 = time.perf_counter()
+                self.outputs.write(index, name, frame, dets, tracks, fps)
+                t1 = time.perf_counter()
+                if self.on_frame is not None and not self.on_frame(frame):
+                    self.stop.set()
+            except BaseException as e:  # noqa: BLE001 - re-raised by the calling thread
+                self.error = e
+                self.stop.set()
+                continue
+            if tracks is not None:
+                self.seen_ids.update(t.track_id for t in tracks)
+            stage_ms["encode"] = (t1 - t0) * 1e3
+            fps = 0.9 * fps + 0.1 / (t1 - prof.t_last) if fps else 1.0 / max(t1 - prof.t_last, 1e-9)
+            prof.frame_done(stage_ms, t1)
+            if prof.frames % 10 == 0:
+                self.bar.set_postfix_str(f"{fps:.1f} FPS", refresh=False)
+            self.bar.update()
+
+
+def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | None,
+                 outputs: RunOutputs, max_frames: int | None = None, live: bool | None = None,
+                 on_frame: Callable[[np.ndarray], bool] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Detect (and track) the frames of ``source`` and hand the results to ``outputs``.
+
+    Args:
+        source: frames to process (left open; the caller closes it).
+        predictor: frame -> :class:`Detections` (``xyxy`` frame px).
+        tracker: Deep SORT tracker, or ``None``.
+        outputs: where results go (written from the writer thread, in frame order).
+        max_frames: stop after this many frames (``None``: all).
+        live: keep only the newest frame; default ``source.info.live``.
+        on_frame: called by the writer with each annotated frame (e.g. a display); returning
+            ``False`` stops the run.
+        progress: show a tqdm progress bar (stderr).
+
+    Returns:
+        The summary: ``frames`` (written), ``skipped`` (unreadable), ``dropped`` (live frames
+        replaced before detection), ``interrupted`` (Ctrl-C), ``track_ids`` (distinct ids),
+        :meth:`Profile.summary` and, when tracking, ``embedder`` (``name``, ``input_size`` px,
+        ``crops``, ``ms_per_crop``).
+
+    Raises:
+        Whatever the reader or writer thread raised (e.g. an ``OSError`` writing the video).
+    """
+    live = source.info.live if live is None else live
+    stop = threading.Event()
+    q_in: queue.Queue = queue.Queue(maxsize=1 if live else QUEUE_SIZE)
+    q_out: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    total = source.info.frames or None
+    if total is not None and max_frames is not None:
+        total = min(total, max_frames)
+    interrupted, taken = False, 0
+    with tqdm(total=total, unit="frame", desc=source.info.stem, dynamic_ncols=True, disable=not progress) as bar:
+        reader = _Reader(source, q_in, stop, live)
+        writer = _Writer(q_out, outputs, bar, stop, on_frame)
+        reader.start()
+        writer.start()
+        try:
+            while (max_frames is None or taken < max_frames) and not stop.is_set():
+                try:
+                    item = q_in.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                index, name, frame, decode_ms = item
+                dets = predictor(frame)
+                stage_ms = {"decode": decode_ms, **predictor.times_ms}
+                tracks: list[Track] | None = None
+                if tracker is not None:
+                    t0 = time.perf_counter()
+                    tracks = tracker.update(frame, dets)
+                    stage_ms["tracking"] = (time.perf_counter() - t0) * 1e3
+                q_out.put((index, name, frame, dets, tracks, stage_ms))
+                taken += 1
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stop.set()
+            old = None
+            if threading.current_thread() is threading.main_thread():  # finish the file first
+                old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                q_out.put(_END)
+                writer.join()
+                reader.join(timeout=5)
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGINT, old)
+    if writer.error is not None:
+        raise writer.error
+    summary: dict[str, Any] = {"frames": writer.profile.frames, "skipped": source.skipped,
+                               "dropped": reader.dropped, "interrupted": interrupted,
+                               **writer.profile.summary(), "track_ids": len(writer.seen_ids)}
+    if tracker is not None:
+        summary["embedder"] = {"name": tracker.embedder.name, "input_size": tracker.embedder.input_size,
+                               "crops": tracker.embed_crops, "ms_per_crop": round(tracker.ms_per_crop, 3)}
+    return summary

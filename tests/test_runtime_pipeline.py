@@ -1,0 +1,217 @@
+"""det-run's threaded pipeline: Ctrl-C keeps a playable video, corrupt/truncated videos lose only bad
+frames, stdin image streams, --live frame dropping, --save-txt/--save-json."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.common import read_frames
+from runtime.sources import split_images
+
+REPO = Path(__file__).resolve().parents[1]
+VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
+
+
+@pytest.fixture(scope="module")
+def det() -> Path:
+    """A random-head detector exported to ONNX at 256 px (<= 8 boxes per image)."""
+    pytest.importorskip("torch")
+    from benchmarks.artifacts import cached_detector
+
+    return cached_detector(256, 8)[1]
+
+
+def det_run(args: list[str], cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=cwd, input=stdin,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300, check=False)
+
+
+def video_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"{path} is not a readable video"
+    out = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            return out
+        out.append(f)
+
+
+def run_outputs(run: Path) -> tuple[dict, list[dict]]:
+    summary = json.loads((run / "summary.json").read_text())
+    return summary, [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
+def test_sigint_leaves_a_playable_video(det: Path, tmp_path: Path) -> None:
+    """SIGINT mid-video: exit 130, and the video holds exactly the frames processed (all written)."""
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", str(VIDEO), "--weights", str(det),
+                             "--project", str(tmp_path), "--name", "int"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "int/predictions.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)  # a dozen frames or so
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"interrupted (Ctrl-C)" in err
+    summary, lines = run_outputs(tmp_path / "int")
+    assert summary["interrupted"] and 0 < summary["frames"] < 795
+    assert len(lines) == summary["frames"] == len(video_frames(tmp_path / "int/vtest.mp4"))
+    assert [r["frame"] for r in lines] == list(range(len(lines)))
+
+
+def make_broken_mjpeg(path: Path, n: int = 30, bad: tuple[int, ...] = (5, 12, 13), cut_at: int = 27) -> list[int]:
+    """An MJPEG AVI whose frame ``i`` has grey level ``8 * i + 4``; frames ``bad`` get their JPEG headers
+    wiped, the file is cut inside frame ``cut_at``. Returns the frames that still decode on their own."""
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (160, 120))
+    for i in range(n):
+        vw.write(np.full((120, 160, 3), 8 * i + 4, np.uint8))
+    vw.release()
+    data = bytearray(path.read_bytes())
+    starts, s = [], data.find(b"\xff\xd8\xff")
+    while s >= 0:
+        starts.append(s)
+        s = data.find(b"\xff\xd8\xff", s + 3)
+    assert len(starts) == n
+    starts.append(len(data))
+    for k in bad:  # SOI, DQT, SOF, DHT: gone
+        wipe = (starts[k + 1] - starts[k]) // 2
+        data[starts[k]:starts[k] + wipe] = bytes(wipe)
+    data = data[:(starts[cut_at] + starts[cut_at + 1]) // 2]
+    path.write_bytes(bytes(data))
+    good = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in split_images(io.BytesIO(bytes(data)))]
+    return [int(np.median(g)) // 8 for g in good if g is not None]
+
+
+def test_corrupt_and_truncated_video_keeps_every_good_frame(det: Path, tmp_path: Path) -> None:
+    good = make_broken_mjpeg(tmp_path / "broken.avi")
+    assert good == [i for i in range(27) if i not in (5, 12, 13)]
+    # --conf 1 keeps no boxes, so the output frames can be identified by their background level
+    res = det_run(["broken.avi", "--weights", str(det), "--conf", "1", "--project", ".", "--name", "b",
+                   "--save-txt"], tmp_path)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    summary, lines = run_outputs(tmp_path / "b")
+    frames = video_frames(tmp_path / "b/broken.mp4")
+    assert summary["frames"] == len(lines) == len(frames) and summary["skipped"] >= 3
+    ids = [int(np.median(f[40:, 40:])) // 8 for f in frames]
+    assert set(good) <= set(ids), f"good frames missing from the output: {sorted(set(good) - set(ids))}"
+    assert ids == sorted(ids)
+    assert len(list((tmp_path / "b/labels").glob("broken_*.txt"))) == len(frames)
+
+
+def test_stdin_image_stream(det: Path, tmp_path: Path) -> None:
+    """``-`` reads concatenated JPEG and PNG images; an undecodable one is skipped and counted."""
+    frames = read_frames(VIDEO, 5, every=20) if VIDEO.is_file() else [
+        np.random.default_rng(i).integers(0, 255, (240, 320, 3), np.uint8) for i in range(5)]
+    parts = [cv2.imencode(".png" if i % 2 else ".jpg", f)[1].tobytes() for i, f in enumerate(frames)]
+    no_image = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9"  # SOI APP0 EOI
+    blob = b"".join([parts[0], parts[1], b"junk between images", no_image, parts[2], parts[3], parts[4]])
+    res = det_run(["-", "--weights", str(det), "--project", ".", "--name", "p", "--save-json"], tmp_path, blob)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    summary, lines = run_outputs(tmp_path / "p")
+    assert summary["frames"] == len(lines) == 5 and summary["dropped"] == 0 and summary["skipped"] == 1
+    out = video_frames(tmp_path / "p/stdin.mp4")
+    assert len(out) == 5 and out[0].shape == frames[0].shape
+    coco = json.loads((tmp_path / "p/predictions.json").read_text())
+    # image ids are stream positions: 2 was the undecodable image
+    assert {r["image_id"] for r in coco} <= {0, 1, 3, 4, 5} and all(len(r["bbox"]) == 4 for r in coco)
+
+
+def test_live_keeps_only_the_newest_frame(det: Path, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"MJPG"), 25, (320, 240))
+    for i in range(60):
+        vw.write(np.full((240, 320, 3), 4 * i, np.uint8))
+    vw.release()
+    res = det_run([str(clip), "--weights", str(det), "--live", "--no-save", "--project", ".", "--name", "l"],
+                  tmp_path)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    summary, lines = run_outputs(tmp_path / "l")
+    # decoding (~1 ms) outpaces detection (~100+ ms): frames are replaced, never queued up
+    assert summary["dropped"] > 0 and summary["frames"] + summary["dropped"] <= 60
+    assert summary["frames"] == len(lines) >= 1
+    assert [r["frame"] for r in lines] == sorted(r["frame"] for r in lines)
+
+
+class FlakyCapture:
+    """A fake cv2.VideoCapture: each connection yields 3 frames, then reads fail (the stream drops);
+    the 3rd connection attempt fails, later ones work again."""
+
+    connections = 0
+
+    def __init__(self, target: object) -> None:
+        FlakyCapture.connections += 1
+        self.n, self.ok = 0, FlakyCapture.connections != 3
+
+    def isOpened(self) -> bool:
+        return self.ok
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FRAME_WIDTH: 64, cv2.CAP_PROP_FRAME_HEIGHT: 48, cv2.CAP_PROP_FPS: 25}.get(prop, 0)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.n += 1
+        return (True, np.full((48, 64, 3), FlakyCapture.connections, np.uint8)) if self.n <= 3 else (False, None)
+
+    def release(self) -> None:
+        pass
+
+
+def test_stream_reconnects_with_backoff(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from runtime import sources
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", FlakyCapture)
+    monkeypatch.setattr(sources, "RECONNECT_BACKOFF_S", (0.01, 0.02))
+    monkeypatch.setattr(sources, "MAX_RECONNECTS", 3)
+    FlakyCapture.connections = 0
+    src = sources.open_source("rtsp://camera.local/stream")
+    assert src.info.live and src.info.stem == "camera.local_stream" and (src.info.width, src.info.height) == (64, 48)
+    frames = []
+    for _, _, f in src:
+        frames.append(int(f[0, 0, 0]))
+        if len(frames) == 9:
+            src.close()
+    # connection 1: 3 frames; drop -> attempt 1 (connection 2) ok: 3 frames; drop -> attempt 1 fails
+    # (connection 3), attempt 2 (connection 4) ok: 3 frames, then closed
+    assert frames == [1, 1, 1, 2, 2, 2, 4, 4, 4] and src.reconnects == 2
+    assert sum("reconnecting in" in r.message for r in caplog.records) == 3
+    assert sum(r.message.endswith("reconnected") for r in caplog.records) == 2
+
+
+def test_unopenable_camera_is_a_clear_error(det: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+
+    res = CliRunner().invoke(main, ["7", "--weights", str(det), "--project", str(tmp_path / "r")])
+    assert res.exit_code != 0 and "cannot open camera 7" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_show_without_display_says_so(det: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from runtime.cli import main
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((64, 96, 3), 90, np.uint8))
+    res = CliRunner().invoke(main, [str(img), "--weights", str(det), "--show", "--no-save",
+                                    "--project", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "--show ignored: no display found" in res.output
