@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -20,8 +20,11 @@ from torch import Tensor, nn
 from export.parity import ParityError, ParityReport, check_parity, default_parity_images
 from export.trt_check import DEFAULT_TRT_VERSION, check_trt_readiness
 from runtime.preprocess import letterbox, to_input
-from train.checkpoint import load_checkpoint, meta_from_checkpoint, model_from_checkpoint
-
+from train.checkpoint import (
+    load_checkpoint,
+    meta_from_checkpoint,
+    model_from_checkpoint,
+)
 
 STATIC_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
 
@@ -74,7 +77,7 @@ def ort_max_ir_version() -> int:
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
             return ir
-        except Exception:  # noqa: BLE001 - any load failure means "too new"
+        except Exception:  # noqa: BLE001, S112 - any load failure means "too new"
             continue
     return 7
 
