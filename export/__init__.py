@@ -2,11 +2,16 @@
 
 :func:`export_onnx` writes the detector graph of the :mod:`runtime.meta` contract,
 :func:`export_embedder` the Deep SORT appearance embedder, :func:`check_parity` compares a graph
-with its PyTorch model; ``det-export`` (:mod:`export.cli`) drives them.
+with its PyTorch model, :func:`check_trt_readiness` checks a graph against TensorRT's parser limits;
+:mod:`export.static_graph` (fixed-size graph), :mod:`export.fp16` (FP16 variant) and
+:mod:`export.trt_build` (TensorRT engines) back ``det-export --batch/--fp16/--trt``
+(:mod:`export.cli`).
 """
 
 from export.embedder import export_embedder
 from export.onnx_export import export_onnx
-from export.parity import ParityError, ParityReport, check_parity
+from export.parity import ParityError, ParityReport, check_onnx_parity, check_parity
+from export.trt_check import ReadinessReport, check_trt_readiness
 
-__all__ = ["ParityError", "ParityReport", "check_parity", "export_embedder", "export_onnx"]
+__all__ = ["ParityError", "ParityReport", "ReadinessReport", "check_onnx_parity", "check_parity",
+           "check_trt_readiness", "export_embedder", "export_onnx"]

@@ -43,8 +43,10 @@ def _mib(path: Path) -> str:
                    "(boxes [N,K,4], scores [N,K], labels [N,K], num_dets [N]). Default: the dynamic "
                    "single-image graph for ONNX Runtime.")
 @click.option("--fp16", is_flag=True, default=False,
-              help="Also write <name>_fp16.onnx (fp32 I/O, fragile nodes fp32), checked against the fp32 "
-                   "graph (>= 98% boxes matched); with --trt, an FP16 engine.")
+              help="Also write <name>_fp16.onnx from the static graph (implies --static; fp32 I/O, fragile "
+                   "nodes fp32), checked against the fp32 graph (--fp16-min-match); with --trt, an FP16 engine.")
+@click.option("--fp16-min-match", type=click.FloatRange(0.0, 1.0), default=0.98, show_default=True,
+              help="--fp16: minimum share of fp32 boxes the fp16 graph must reproduce.")
 @click.option("--trt", is_flag=True, default=False,
               help="Build a TensorRT engine (<name>.engine + .engine.json) from the static graph "
                    "(needs an NVIDIA GPU, tensorrt and cuda-python).")
@@ -57,7 +59,7 @@ def _mib(path: Path) -> str:
               help="TensorRT version whose supported-operator list the readiness check uses.")
 def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_images: str | None,
          iou_thr: float, score_tol: float, embedder: bool, imgsz: tuple[int, int] | None,
-         batch: int | None, static: bool, fp16: bool, trt: bool, int8: bool, calib: Path | None,
+         batch: int | None, static: bool, fp16: bool, fp16_min_match: float, trt: bool, int8: bool, calib: Path | None,
          workspace: float, trt_version: str) -> None:
     """Export checkpoint WEIGHTS (.pt) to a self-describing ONNX detector.
 
@@ -65,7 +67,7 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
     written) if the detections differ. --batch/--static/--trt write the static graph and check that
     TensorRT can build it (operator list, static shapes, TopK K and NMS box limits).
     """
-    static = static or batch is not None or trt
+    static = static or batch is not None or trt or fp16  # FP16 is made from the static graph
     if int8 and (not trt or calib is None):
         raise click.UsageError("--int8 needs --trt and --calib DIR")
     try:
@@ -85,7 +87,7 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
 
             imgs = images if images is not None else default_parity_images(load_checkpoint(weights), echo=click.echo)
             fp16_path, _ = export_fp16(onnx_path, images=imgs, iou_thr=iou_thr, score_tol=score_tol,
-                                       echo=click.echo)
+                                       min_match=fp16_min_match, echo=click.echo)
         emb_path = export_embedder(onnx_path.parent / EMBEDDER_FILENAME, opset=opset,
                                    echo=click.echo) if embedder else None
         engine = None

@@ -7,8 +7,8 @@ PyTorch embedder (whose module imports the removed ``pkg_resources``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
 from export.parity import ParityError
 from runtime import __version__
-from runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_INPUT, EMBEDDER_META_KEY, EMBEDDER_OUTPUT
+from runtime.embedder import (
+    EMBEDDER_FILENAME,
+    EMBEDDER_INPUT,
+    EMBEDDER_META_KEY,
+    EMBEDDER_OUTPUT,
+)
 from train.models.common import IMAGENET_MEAN, IMAGENET_STD
 from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
 

@@ -19,8 +19,9 @@ Graph inputs and outputs stay float32, so the runtime contract (:mod:`runtime.me
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -69,6 +70,17 @@ def dense_nodes(model: onnx.ModelProto) -> set[str]:
     return chosen
 
 
+def _all_node_names(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes of ``graph`` and of every subgraph (``If``/``Loop`` bodies) in it."""
+    names = []
+    for n in graph.node:
+        names.append(n.name)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names += _all_node_names(sub)
+    return names
+
+
 def _unshare_initializers(graph: onnx.GraphProto, dense: set[str]) -> None:
     """Give dense nodes their own copy of initializers that float32 nodes also read.
 
@@ -95,14 +107,20 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     Returns a new model (``model`` is not modified); ``metadata_props`` are kept.
 
     Raises:
+        ValueError: the graph has ``If``/``Loop``/``Scan`` subgraphs (the dynamic torchvision graph):
+            onnxconverter-common 1.16 mistypes their outputs; convert the static graph
+            (``det-export --batch N``), which has none.
         ImportError: ``onnxconverter-common`` is not installed (``pip install onnxconverter-common``).
     """
     try:
         from onnxconverter_common import float16
     except ImportError as e:
         raise ImportError("--fp16 needs onnxconverter-common: pip install onnxconverter-common") from e
+    if len(_all_node_names(model.graph)) != len(model.graph.node):
+        raise ValueError("FP16 conversion needs the static graph (no If/Loop subgraphs): export with "
+                         "det-export --batch N (or --static) --fp16")
     keep = dense_nodes(model)
-    block = [n.name for n in model.graph.node if n.name not in keep]
+    block = [name for name in _all_node_names(model.graph) if name not in keep] + [""]  # "" = unnamed
     src = onnx.ModelProto()
     src.CopyFrom(model)
     del src.graph.value_info[:]  # stale float32 annotations confuse the converter
@@ -118,9 +136,32 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             out = float16.convert_float_to_float16(src, keep_io_types=True, node_block_list=block)
     finally:
         float16.remove_unnecessary_cast_node = cleanup
+    _restore_float_outputs(out, model)
     del out.metadata_props[:]
     out.metadata_props.extend(model.metadata_props)
     return out
+
+
+def _restore_float_outputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Make graph outputs that were float32 float32 again.
+
+    With the Cast clean-up skipped, onnxconverter-common 1.16 leaves a ``Cast(to=float16)`` on
+    float32 outputs produced by blocked nodes; turn it into ``Cast(to=float)``, or append one.
+    """
+    fp32 = {o.name for o in original.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for out in model.graph.output:
+        if out.name not in fp32 or out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            continue
+        node = producers[out.name]
+        if node.op_type == "Cast":
+            next(a for a in node.attribute if a.name == "to").i = onnx.TensorProto.FLOAT
+        else:
+            tmp = f"{out.name}__fp16"
+            node.output[list(node.output).index(out.name)] = tmp
+            model.graph.node.append(onnx.helper.make_node("Cast", [tmp], [out.name], name=f"{out.name}_to_fp32",
+                                                          to=onnx.TensorProto.FLOAT))
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def export_fp16(onnx_path: str | Path, out_path: str | Path | None = None, *,

@@ -8,9 +8,10 @@ input pixels, greedily per class by IoU.
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -164,13 +165,16 @@ def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.nda
 
 
 def _compare(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou_thr: float,
-             score_tol: float, min_match: float) -> ParityReport:
-    """Match ``test`` against ``ref`` image by image (see :class:`ParityReport`)."""
+             score_tol: float, min_match: float, min_score: float = 0.0) -> ParityReport:
+    """Match ``test`` against ``ref`` image by image (see :class:`ParityReport`); only boxes
+    scoring ``>= min_score`` take part (the cut-off then is ``max(score_thresh, min_score)``)."""
     n_ref = n_test = 0
     ious: list[float] = []
     diffs: list[float] = []
     for r_det, t_det in zip(ref, test):
-        cutoff = meta.score_thresh
+        if min_score > 0:
+            r_det, t_det = (tuple(a[d[1] >= min_score] for a in d) for d in (r_det, t_det))
+        cutoff = max(meta.score_thresh, min_score)
         for _, scores, _ in (r_det, t_det):
             if len(scores) >= meta.max_det:
                 cutoff = max(cutoff, float(scores.min()))
@@ -241,11 +245,12 @@ def check_parity(
 
 def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | Path | onnx.ModelProto,
                       images: list[np.ndarray], iou_thr: float = 0.9, score_tol: float = 0.01,
-                      min_match: float = 0.98) -> ParityReport:
+                      min_match: float = 0.98, min_score: float = 0.0) -> ParityReport:
     """Compare two ONNX graphs of one model in onnxruntime CPU (e.g. FP16 against FP32).
 
     Both are fed the letterbox of ``ref_onnx``'s metadata; criteria as :func:`check_parity`
-    (the report's "torch" side is ``ref_onnx``).
+    (the report's "torch" side is ``ref_onnx``), restricted to boxes scoring ``>= min_score``
+    (e.g. a deployment confidence threshold; 0 compares everything the graphs return).
 
     Raises:
         runtime.meta.MetadataError: a graph has no det-toolkit metadata.
@@ -255,7 +260,7 @@ def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | P
     test_sess, test_meta = _onnx_session(test_onnx)
     xs = _inputs(images, meta)
     return _compare(onnx_detections(ref_sess, meta, xs), onnx_detections(test_sess, test_meta, xs),
-                    meta, iou_thr, score_tol, min_match)
+                    meta, iou_thr, score_tol, min_match, min_score)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -50,7 +50,7 @@ class BatchedNMS(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thr: float, max_out: int) -> Tensor:  # noqa: ARG004
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou_thr: float, max_out: int) -> Tensor:
         rows = []
         for b in range(boxes.shape[0]):
             idx = torch.nonzero(scores[b] > 0).flatten()

@@ -19,12 +19,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from runtime.backends.trt_backend import engine_meta_path, gpu_info, import_cuda, import_tensorrt
+from runtime.backends.trt_backend import (
+    engine_meta_path,
+    gpu_info,
+    import_cuda,
+    import_tensorrt,
+)
 from runtime.meta import META_KEY, ModelMeta
 
 INSTALL_HINT = ("install TensorRT and cuda-python on a machine with an NVIDIA GPU and driver: "
@@ -74,7 +80,7 @@ def make_calibrator(trt: Any, cudart: Any, images: list[np.ndarray], batch: int,
             self.batches = [np.ascontiguousarray(np.stack(images[i:i + batch]))
                             for i in range(0, len(images) - batch + 1, batch)]
             self.nbytes = self.batches[0].nbytes if self.batches else 0
-            err, self.dev = cudart.cudaMalloc(max(self.nbytes, 1))
+            _, self.dev = cudart.cudaMalloc(max(self.nbytes, 1))
             self.i = 0
 
         def get_batch_size(self) -> int:

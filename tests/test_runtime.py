@@ -293,7 +293,10 @@ def test_clear_errors(models: Path, tmp_path: Path) -> None:
     bad.write_bytes(b"definitely not protobuf")
     assert f"{bad}: not a valid ONNX model" in _run([img, "--weights", str(bad)], tmp_path)
     assert "no 'det_toolkit' metadata" in _run([img, "--weights", str(models / EMBEDDER_FILENAME)], tmp_path)
-    assert "TensorRT backend is not in this build" in _run([img, "--weights", "m.engine"], tmp_path)
+    assert "weights not found" in _run([img, "--weights", str(tmp_path / "m.engine")], tmp_path)
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"junk")
+    assert "e.engine.json not found" in _run([img, "--weights", str(engine)], tmp_path)
     assert "unknown weights type '.tflite'" in _run([img, "--weights", "m.tflite"], tmp_path)
     det = str(models / "det.onnx")
     assert "source not found" in _run([str(tmp_path / "missing.mp4"), "--weights", det], tmp_path)

@@ -1,0 +1,321 @@
+"""``det-bench``: every export format of a detector measured on the same images, as a report.
+
+Per model and format (``torch``, ``onnx``, ``onnx-fp16``, ``onnx-static``, ``trt``) the report has:
+file size (MiB), COCO mAP@[.5:.95] and AP50 on the data config's val split (through
+:func:`train.cli.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
+latency p50/p95 (ms per ``Backend.infer`` call on a batch of letterboxed val images, after warm-up;
+the backends return host arrays, so GPU timings include the device synchronisation), throughput
+(images/s at that batch), peak resident memory of a fresh process (MiB, ``ru_maxrss``) and the
+end-to-end ``det-run`` FPS on a video clip (decode -> detect -> draw -> encode, from its
+``summary.json``). Every format runs in its own subprocess, so memory figures do not mix.
+Missing artifacts are exported first (beside the weights); a format that cannot run here is a
+row with the reason. Reports: Markdown + JSON + a PNG of mAP vs latency, with machine information.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMATS = ("torch", "onnx", "onnx-fp16", "onnx-static", "trt")
+SUFFIX = {"torch": ".pt", "onnx": ".onnx", "onnx-fp16": "_fp16.onnx", "onnx-static": "_static.onnx",
+          "trt": ".engine"}
+
+
+class Unavailable(RuntimeError):
+    """A format cannot be produced or run on this machine (the message is the reason)."""
+
+
+@dataclass
+class Row:
+    """One model x format measurement; ``None`` where not measured. Times in ms, sizes in MiB."""
+
+    model: str
+    format: str
+    status: str = "ok"
+    note: str = ""
+    path: str = ""
+    size_mib: float | None = None
+    params_m: float | None = None
+    gflops: float | None = None
+    map: float | None = None
+    ap50: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    throughput: float | None = None
+    batch: int = 1
+    peak_rss_mib: float | None = None
+    video_fps: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
+             echo: Callable[[str], None] = print) -> Path:
+    """Path of ``weights``' artifact in format ``fmt``, exported (beside ``weights``) if missing.
+
+    Raises:
+        Unavailable: TensorRT missing for ``trt``; an export failing its checks (the reason).
+    """
+    if fmt == "torch":
+        return weights
+    size = f"_{imgsz}" if imgsz else ""
+    stem = weights.with_name(weights.stem + size)
+    if fmt == "trt":
+        from export.trt_build import TrtBuildError, require_tensorrt
+
+        try:
+            require_tensorrt()
+        except TrtBuildError as e:
+            raise Unavailable(str(e).split(";")[0]) from e
+    from export.fp16 import export_fp16
+    from export.onnx_export import export_onnx
+    hw = (imgsz, imgsz) if imgsz else None
+    from export.parity import read_image, val_image_paths
+    from train.checkpoint import load_checkpoint
+
+    # exports made here verify parity on up to 8 val images (det-export's default is 50)
+    imgs = [read_image(p) for p in val_image_paths(load_checkpoint(weights).get("data") or {})[:8]] or None
+    try:
+        if fmt == "onnx":
+            p = Path(f"{stem}.onnx")
+            return p if p.is_file() else export_onnx(weights, p, imgsz=hw, parity_images=imgs, echo=echo)
+        static = Path(f"{stem}_b{batch}_static.onnx")
+        if not static.is_file() and fmt in ("onnx-static", "onnx-fp16", "trt"):
+            export_onnx(weights, static, imgsz=hw, static=True, batch=batch, parity_images=imgs, echo=echo)
+        if fmt == "onnx-static":
+            return static
+        if fmt == "onnx-fp16":
+            src = static  # FP16 variant of the static graph (the dynamic one has If subgraphs)
+            p = src.with_name(f"{src.stem}_fp16.onnx")
+            if not p.is_file():  # gate off: the measured FP16 match rate is reported instead
+                from export.parity import synthetic_images
+
+                export_fp16(src, p, images=imgs or synthetic_images(), min_match=0.0, echo=echo)
+            return p
+        from export.trt_build import build_engine
+
+        engine = static.with_suffix(".engine")
+        return engine if engine.is_file() else build_engine(static, engine, fp16=True, echo=echo)
+    except Exception as e:
+        raise Unavailable(f"export failed: {type(e).__name__}: {str(e)[:300]}") from e
+
+
+def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: str) -> dict[str, Any]:
+    """Worker body (own process): latency, throughput, accuracy and peak RSS of one artifact."""
+    import resource
+
+    import cv2
+    import numpy as np
+
+    from runtime.backends import load_backend
+    from runtime.preprocess import letterbox, to_input
+    from train.cli import evaluate_weights
+    from train.config import load_data_config
+    from train.data.formats import read_split
+
+    backend = load_backend(path, device=device)
+    samples = read_split(load_data_config(data), "val")[0]
+    imgs = [cv2.imread(str(s.image)) for s in samples[:batch]]
+    x = np.concatenate([to_input(letterbox(cv2.cvtColor(im, cv2.COLOR_BGR2RGB), backend.meta.imgsz,
+                                           backend.meta.pad_value)[0]) for im in imgs])
+    for _ in range(warmup):
+        backend.infer(x)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        backend.infer(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    result, info = evaluate_weights(path, data, "val", 0.001, None, device)[:2]  # (result, info, ...)
+    ms = np.asarray(times)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "throughput": float(len(x) * 1e3 / ms.mean()), "map": float(result.stats["mAP"]),
+            "ap50": float(result.stats["AP50"]), "backend": backend.name,
+            "eval_ms_per_image": float(info["ms_per_image"]),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _subprocess(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          env=env, cwd=str(ROOT))
+
+
+def video_fps(path: Path, video: Path, frames: int, device: str, workdir: Path) -> float:
+    """End-to-end ``det-run`` FPS on the first ``frames`` frames of ``video`` (annotated video saved).
+
+    Raises:
+        RuntimeError: det-run failed (its output is in the message).
+    """
+    name = f"{path.name}-{time.time_ns()}"
+    proc = _subprocess(["-m", "runtime.cli", str(video), "--weights", str(path), "--device", device,
+                        "--max-frames", str(frames), "--project", str(workdir), "--name", name,
+                        "--conf", "0.25"], timeout=1800)
+    summary = workdir / name / "summary.json"
+    if proc.returncode != 0 or not summary.is_file():
+        raise RuntimeError(f"det-run failed: {(proc.stdout + proc.stderr)[-500:]}")
+    return float(json.loads(summary.read_text())["fps"])
+
+
+def model_stats(weights: Path, imgsz: int | None) -> tuple[str, float, float]:
+    """``(model name, parameters in millions, GFLOPs at imgsz)`` of a checkpoint."""
+    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from train.models.common import count_parameters, gflops
+
+    ck = load_checkpoint(weights)
+    model = model_from_checkpoint(ck)
+    return ck["model"], count_parameters(model) / 1e6, gflops(model, imgsz or int(ck["imgsz"]))
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, GPU and library versions of this machine."""
+    import importlib.metadata as md
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim",
+                "onnxconverter-common", "numpy", "opencv-python", "tensorrt", "cuda-python"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    gpu = "none"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=False)
+        gpu = out.stdout.strip() or gpu
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
+            "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()], "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+
+
+def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | None = None,
+              batch: int = 1, device: str = "cpu", warmup: int = 3, iters: int = 20,
+              video: Path | None = None, video_frames: int = 30, workdir: Path = Path("runs/bench"),
+              echo: Callable[[str], None] = print) -> list[Row]:
+    """Measure every format of every checkpoint in ``weights`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown format.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown formats {bad}; choose from {', '.join(FORMATS)}")
+    rows: list[Row] = []
+    for w in weights:
+        name, params, gfl = model_stats(w, imgsz)
+        for fmt in formats:
+            row = Row(model=name, format=fmt, batch=batch, params_m=round(params, 3), gflops=round(gfl, 2))
+            rows.append(row)
+            echo(f"== {name} / {fmt}")
+            try:
+                path = artifact(fmt, w, imgsz, batch, echo)
+            except Unavailable as e:
+                row.status, row.note = "skipped", str(e)
+                echo(f"   skipped: {e}")
+                continue
+            row.path, row.size_mib = str(path), round(path.stat().st_size / 2**20, 2)
+            if fmt == "onnx-fp16":
+                import onnx
+
+                from runtime.meta import META_KEY, ModelMeta
+
+                props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+                fp = ModelMeta.from_json(props[META_KEY]).extra.get("fp16_parity", {})
+                row.extra["fp16_match_rate"] = fp.get("match_rate")
+            if fmt in ("onnx", "onnx-fp16", "torch") and batch > 1:
+                row.note = "batch-1 graph: images run one by one"
+            proc = _subprocess(["-m", "benchmarks.bench", "--worker", json.dumps(
+                [str(path), data, batch, warmup, iters, device])], timeout=3600)
+            if proc.returncode != 0:
+                row.status, row.note = "failed", (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+                echo(f"   failed: {row.note}")
+                continue
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            for k in ("p50_ms", "p95_ms", "throughput", "map", "ap50", "peak_rss_mib"):
+                setattr(row, k, round(res[k], 4 if k in ("map", "ap50") else 2))
+            row.extra.update(backend=res["backend"], eval_ms_per_image=round(res["eval_ms_per_image"], 2))
+            if video is not None and video.is_file():
+                try:
+                    row.video_fps = round(video_fps(path, video, video_frames, device, workdir), 2)
+                except RuntimeError as e:
+                    row.note = (row.note + "; " if row.note else "") + str(e)[:200]
+            echo(f"   mAP {row.map} AP50 {row.ap50} p50 {row.p50_ms} ms p95 {row.p95_ms} ms "
+                 f"{row.throughput} img/s RSS {row.peak_rss_mib} MiB det-run {row.video_fps} FPS")
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) and v < 1 else f"{v}"
+
+
+def write_report(rows: list[Row], info: dict[str, Any], out_dir: Path, name: str,
+                 command: str = "") -> dict[str, Path]:
+    """Write ``<name>.md``, ``<name>.json`` and ``<name>.png`` (mAP vs p50 latency) to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"{name}.{k}" for k in ("md", "json", "png")}
+    paths["json"].write_text(json.dumps({"machine": info, "command": command,
+                                         "rows": [asdict(r) for r in rows]}, indent=2))
+    head = ("| model | format | size MiB | params M | GFLOPs | mAP | AP50 | p50 ms | p95 ms | "
+            "img/s | batch | peak RSS MiB | det-run FPS | note |")
+    lines = [f"# det-bench report ({info['date_utc']} UTC)", "",
+             (f"- CPU: {info['cpu']} ({info['cpu_count']} logical cores, load average "
+              f"{info.get('load_avg_1_5_15', '?')} when the report was written); GPU: {info['gpu']}"),
+             f"- Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             *([f"- command: `{command}`"] if command else []), "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        note = r.note if r.status == "ok" else f"{r.status}: {r.note}"
+        if r.extra.get("fp16_match_rate") is not None:
+            note = f"FP16 vs FP32 boxes matched {r.extra['fp16_match_rate']:.1%}" + (f"; {note}" if note else "")
+        lines.append("| " + " | ".join(_fmt(v) for v in (
+            r.model, r.format, r.size_mib, r.params_m, r.gflops, r.map, r.ap50, r.p50_ms, r.p95_ms,
+            r.throughput, r.batch, r.peak_rss_mib, r.video_fps)) + f" | {note.replace('|', '/')} |")
+    legend = ("Latency: one `Backend.infer` call on `batch` letterboxed val images after warm-up; "
+              "mAP/AP50: COCO on the val split at conf 0.001 (det-eval); det-run FPS: decode to encode "
+              "on the video clip; peak RSS: the measuring process.")
+    lines += ["", legend, f"![mAP vs latency]({paths['png'].name})", ""]
+    paths["md"].write_text("\n".join(lines))
+    _plot(rows, paths["png"])
+    return paths
+
+
+def _plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r.p50_ms is not None and r.map is not None:
+            ax.scatter(r.p50_ms, r.map)
+            ax.annotate(f"{r.model}\n{r.format}", (r.p50_ms, r.map), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("latency p50 (ms per batch)")
+    ax.set_ylabel("mAP@[.5:.95] (val)")
+    ax.set_title("accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
+    print(json.dumps(measure(*json.loads(sys.argv[2]))))

@@ -1,0 +1,90 @@
+"""det-bench: one real (small) measurement, rows for formats that cannot run here, the report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.bench import (
+    Row,
+    Unavailable,
+    artifact,
+    machine_info,
+    run_bench,
+    write_report,
+)
+from benchmarks.cli import main
+from train.checkpoint import make_checkpoint, save_atomic
+from train.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "configs" / "raccoon.yaml"
+RACCOON = ROOT.parent / "shared" / "datasets" / "raccoon"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The raccoon data with a 4-image val split (keeps the mAP evaluation short)."""
+    if not (RACCOON / "images").is_dir():
+        pytest.skip(f"real raccoon data not found at {RACCOON}")
+    d = tmp_path_factory.mktemp("data")
+    stems = (RACCOON / "val.txt").read_text().split()[:4]
+    (d / "val4.txt").write_text("\n".join(stems) + "\n")
+    cfg = d / "raccoon4.yaml"
+    cfg.write_text(json.dumps({"path": str(RACCOON), "format": "voc", "train": str(d / "val4.txt"),
+                               "val": str(d / "val4.txt"), "names": ["raccoon"]}))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (RACCOON / "images").is_dir():
+        pytest.skip(f"real raccoon data not found at {RACCOON}")
+    model = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.05)
+    return save_atomic(make_checkpoint(model, ["raccoon"], imgsz=128), tmp_path_factory.mktemp("b") / "best.pt")
+
+
+def test_bench_torch_row_and_unavailable_trt(ckpt: Path, data: Path, tmp_path: Path) -> None:
+    trt_missing = True
+    try:
+        artifact("trt", ckpt, None, 1)
+    except Unavailable as e:
+        assert "TensorRT is not available" in str(e)
+    else:
+        trt_missing = False
+    formats = ["torch", "trt"] if trt_missing else ["torch"]
+    rows = run_bench([ckpt], str(data), formats, batch=2, warmup=0, iters=2, video=None,
+                     workdir=tmp_path, echo=lambda s: None)
+    torch_row = rows[0]
+    assert torch_row.status == "ok", torch_row.note
+    assert torch_row.model == "fasterrcnn_mobilenet_v2_fpn" and torch_row.params_m > 1 and torch_row.gflops > 0
+    assert 0 <= torch_row.map <= torch_row.ap50 <= 1 and torch_row.p95_ms >= torch_row.p50_ms > 0
+    assert torch_row.throughput > 0 and torch_row.peak_rss_mib > 100 and torch_row.size_mib > 1
+    if trt_missing:
+        assert rows[1].status == "skipped" and "TensorRT" in rows[1].note and rows[1].p50_ms is None
+    paths = write_report(rows, machine_info(), tmp_path / "reports", "t", command="det-bench test")
+    md = paths["md"].read_text()
+    assert "| fasterrcnn_mobilenet_v2_fpn | torch |" in md and "CPU:" in md and "onnxruntime" in md
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(paths["json"].read_text())
+    assert saved["machine"]["versions"]["torch"] and len(saved["rows"]) == len(rows)
+
+
+def test_report_shows_skipped_rows(tmp_path: Path) -> None:
+    rows = [Row(model="m", format="onnx", size_mib=1.5, map=0.4, ap50=0.8, p50_ms=10.0, p95_ms=12.0,
+                throughput=100.0, extra={"fp16_match_rate": 0.97}),
+            Row(model="m", format="trt", status="skipped", note="no GPU")]
+    md = write_report(rows, machine_info(), tmp_path, "r")["md"].read_text()
+    assert "skipped: no GPU" in md and "FP16 vs FP32 boxes matched 97.0%" in md
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--data", str(DATA), "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "--weights and/or --models" in result.output
+    result = CliRunner().invoke(main, ["--data", str(DATA), "--models", "nope_net", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown model" in result.output
+    with pytest.raises(ValueError, match="unknown formats"):
+        run_bench([], str(DATA), ["tflite"])
