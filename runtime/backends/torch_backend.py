@@ -85,8 +85,8 @@ class TorchEmbedder:
         self.device = torch_device(device)
         self.input_size = input_size
         net = MobileNetV2_bottle(input_size=input_size, width_mult=1.0)
-        net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu",
-                                       weights_only=True))
+        weights = deepsort_mobilenet_v2_weights()
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model = net.eval().to(self.device)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)

@@ -20,7 +20,7 @@ def cached_hub_file(url: str) -> Path | None:
     """Return the local torch hub cache path of ``url``'s file if it exists, else ``None``.
 
     The cache is ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``),
-    where ``torch.hub.load_state_dict_from_url`` stores downloads.
+    where torch.hub's URL loader keeps the files it fetched on a machine with network access.
     """
     p = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     return p if p.is_file() else None
