@@ -119,6 +119,25 @@ def single_map_fasterrcnn(features: nn.Module, out_channels: int, num_classes: i
     )
 
 
+def classifier_fasterrcnn(arch: Any, urls: list[str], out_channels: int, num_classes: int,
+                          weights: str | None, frozen_bn: bool | None, has_bn: bool,
+                          **kwargs: Any) -> nn.Module:
+    """:func:`single_map_fasterrcnn` on ``arch(...).features`` of a torchvision classifier,
+    initialised offline from the first of ``urls`` in the local torch cache or a path (see
+    :func:`train.models.weights.resolve`); BatchNorm is frozen when pretrained (``has_bn``)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from train.models.weights import init_from_file, resolve
+
+    src = resolve(weights, urls)
+    frozen = bool(src) if frozen_bn is None else frozen_bn
+    features = (arch(norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d) if has_bn
+                else arch()).features
+    model = single_map_fasterrcnn(features, out_channels, num_classes, **kwargs)
+    init_from_file(model, src, features)
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())

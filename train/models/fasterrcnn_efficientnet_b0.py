@@ -1,8 +1,6 @@
-"""Faster R-CNN (Ren et al. 2015) on torchvision's EfficientNet-B0 (Tan & Le 2019) feature extractor: one
-stride-32 map of 1280 channels, no FPN, RoIAlign 7x7 and a 1024-wide two-layer MLP box head.
-
-Weights (offline): torchvision's ImageNet EfficientNet-B0 file from the local torch hub cache, or a path;
-scratch otherwise (frozen BatchNorm when pretrained).
+"""Faster R-CNN (Ren et al. 2015) on torchvision's EfficientNet-B0 (Tan & Le 2019) features: one stride-32
+map of 1280 channels (1x1 neck to 256), RoIAlign 7x7, a 1024-wide two-layer MLP box head.
+Weights (offline): torchvision's ImageNet file from the local torch hub cache, or a path.
 """
 
 from __future__ import annotations
@@ -11,26 +9,14 @@ from typing import Any
 
 from torch import nn
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.models.common import single_map_fasterrcnn
-from train.models.weights import init_from_file, resolve
-
-URLS = [EfficientNet_B0_Weights.IMAGENET1K_V1.url]
+from train.models.common import classifier_fasterrcnn
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
           frozen_bn: bool | None = None, **kwargs: Any) -> nn.Module:
-    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`train.models.weights.resolve`.
-
-    The whole backbone trains (``trainable_layers`` is accepted for the uniform signature);
-    ``kwargs`` go to ``FasterRCNN`` (``representation_size`` sets the box head width).
-    """
-    src = resolve(weights, URLS)
-    frozen = bool(src) if frozen_bn is None else frozen_bn
-    norm = FrozenBatchNorm2d if frozen else nn.BatchNorm2d
-    features = efficientnet_b0(norm_layer=norm).features
+    """Build for ``num_classes + 1`` classes (the whole backbone trains; ``kwargs`` go to
+    ``FasterRCNN``, ``representation_size`` sets the box head width)."""
     kwargs.setdefault("representation_size", 1024)
-    model = single_map_fasterrcnn(features, 1280, num_classes, **kwargs)
-    init_from_file(model, src, features)
-    return model
+    return classifier_fasterrcnn(efficientnet_b0, [EfficientNet_B0_Weights.IMAGENET1K_V1.url], 1280, num_classes, weights,
+                                 frozen_bn, True, **kwargs)
