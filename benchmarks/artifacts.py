@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-BATCH_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
-
 
 def cached_detector(imgsz: int = 256, max_det: int = 8, seed: int = 0) -> tuple[Path, Path]:
     """:func:`make_detector` into a per-user cache folder under the temp dir, reused by later calls
@@ -81,46 +79,20 @@ def make_detector(out: Path, imgsz: int = 256, max_det: int = 8, seed: int = 0,
     return out / "det.pt", out / "det.onnx"
 
 
-def export_batched(ckpt: Path, batch: int, out: Path) -> Path:
-    """Export ``ckpt`` as a fixed-batch graph following :mod:`runtime.meta`'s batched contract.
+def export_batched(ckpt: Path, batch: int, out: Path, parity_images: list[np.ndarray] | None = None) -> Path:
+    """Export ``ckpt`` as det-export's static fixed-batch graph (``det-export --imgsz H W --batch N``).
 
     Input ``images`` float32 ``[batch, 3, H, W]`` (``H, W`` = the checkpoint's imgsz, fixed);
     outputs ``boxes`` float32 ``[batch, max_det, 4]``, ``scores`` float32 ``[batch, max_det]``,
     ``labels`` int64 ``[batch, max_det]`` (zero-padded past ``num_dets``), ``num_dets`` int64
-    ``[batch]``. The metadata says ``batch``, ``dynamic_hw: false`` and the four output names.
+    ``[batch]`` (:mod:`export.static_graph`); parity with PyTorch is checked on ``parity_images``
+    (default: noise), the TensorRT readiness check must pass.
 
     Returns:
         ``out``.
     """
-    import torch
-    from torch import Tensor, nn
+    from export.onnx_export import export_onnx
 
-    from export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
-    from train.checkpoint import (
-        load_checkpoint,
-        meta_from_checkpoint,
-        model_from_checkpoint,
-    )
-
-    ck = load_checkpoint(ckpt)
-    model, meta = model_from_checkpoint(ck).eval(), meta_from_checkpoint(ck, str(ckpt))
-    max_det = int(model.model.roi_heads.detections_per_img)
-
-    class Padded(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.detector = model
-
-        def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            outs = self.detector(images)
-            pad = [(torch.cat([o["boxes"], o["boxes"].new_zeros(max_det, 4)])[:max_det],
-                    torch.cat([o["scores"], o["scores"].new_zeros(max_det)])[:max_det],
-                    torch.cat([o["labels"], o["labels"].new_zeros(max_det)])[:max_det],
-                    torch.ones_like(o["scores"]).sum().to(torch.int64)) for o in outs]
-            return tuple(torch.stack(t) for t in zip(*pad))  # type: ignore[return-value]
-
-    example = torch.rand(batch, 3, *meta.imgsz)
-    graph = trace_to_onnx(Padded(), example, 17, meta.input_name, list(BATCH_OUTPUTS), {})
-    meta.batch, meta.dynamic_hw, meta.max_det = batch, False, max_det
-    meta.output_names = BATCH_OUTPUTS
-    return save_onnx_atomic(finalize(graph, meta.onnx_props()), out)
+    if parity_images is None:
+        parity_images = [np.random.default_rng(i).integers(0, 255, (480, 640, 3), np.uint8) for i in range(2)]
+    return export_onnx(ckpt, out, static=True, batch=batch, parity_images=parity_images, echo=lambda _: None)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from export.parity import ParityError, ParityReport, check_parity, default_parity_images
+from export.roi_pool import with_gather_pooling
 from export.trt_check import DEFAULT_TRT_VERSION, check_trt_readiness
 from runtime.preprocess import letterbox, to_input
 from train.checkpoint import (
@@ -201,21 +202,26 @@ def export_onnx(
     meta = meta_from_checkpoint(ckpt, source=str(ckpt_path))
     if imgsz is not None:
         meta.imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
-    export_cfg = getattr(getattr(model, "model", model), "onnx_export", {})  # e.g. TOOD
-    if export_cfg.get("dynamo"):
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    static_graph = static_module(model, batch, meta.imgsz) if static else None
+    # exporter settings of the graph to trace: TOOD's dynamic graph asks for dynamo at opset 19, its
+    # static graph (export.static_tood.StaticTOOD) for the legacy exporter; Faster R-CNN has none
+    export_cfg = getattr(static_graph if static_graph is not None else getattr(model, "model", model),
+                         "onnx_export", {})
+    if export_cfg:
         opset = max(opset, int(export_cfg.get("opset", opset)))
-        meta.extra.update(exporter="dynamo", deform_impl=getattr(model.model, "deform_impl", None))
+        meta.extra.update(exporter="dynamo" if export_cfg.get("dynamo") else "legacy",
+                          deform_impl=export_cfg.get("deform_impl", getattr(model.model, "deform_impl", None)))
     meta.extra.update(opset=opset, torch=str(torch.__version__), onnx=onnx.__version__)
     images = parity_images if parity_images is not None else default_parity_images(ckpt, echo=echo)
     if not images:
         raise ValueError("no parity images given")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
 
     xs = [to_input(letterbox(cv2.cvtColor(im, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)[0])
           for im in images[:batch]]
-    if static:
-        module: nn.Module = static_module(model, batch, meta.imgsz)
+    if static_graph is not None:
+        module: nn.Module = static_graph
         meta.batch, meta.dynamic_hw, meta.output_names = batch, False, STATIC_OUTPUTS
         meta.max_det = int(getattr(module, "max_det", meta.max_det))
         example = torch.from_numpy(np.concatenate([xs[i % len(xs)] for i in range(batch)]))
@@ -223,7 +229,7 @@ def export_onnx(
         echo(f"tracing the static graph of {meta.model}: input [{batch}, 3, {meta.imgsz[0]}, "
              f"{meta.imgsz[1]}], outputs padded to max_det={meta.max_det}, opset {opset}")
     else:
-        module, example = SingleImageDetector(model), torch.from_numpy(xs[0])
+        module, example = SingleImageDetector(with_gather_pooling(model)), torch.from_numpy(xs[0])
         axes = {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}}
         echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
     graph = trace_to_onnx(module, example, opset, meta.input_name, list(meta.output_names), axes,

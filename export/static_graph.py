@@ -10,8 +10,9 @@ the same inference with fixed sizes, reusing the trained sub-modules unchanged:
    masked (score -1), one ``NonMaxSuppression`` over ``[N, P, 4]`` with per-level coordinate
    offsets (``P = sum_l min(pre_nms_top_n, anchors_l) <= 5000``), selected indices scattered into a
    keep mask, ``TopK(post_nms_top_n)`` -> fixed ``[N, R, 4]`` proposals plus a validity mask;
-4. RoIAlign at every FPN level, the FPN level of each RoI (Lin et al. 2017, eq. 1, as torchvision's
-   ``LevelMapper``) chosen with ``Where``; box head and predictor;
+4. RoIAlign: the FPN level of each RoI (Lin et al. 2017, eq. 1, as torchvision's ``LevelMapper``),
+   one RoIAlign over the stacked pyramid (:func:`export.roi_pool.pyramid_roi_align`); box head
+   and predictor;
 5. softmax, per-class box decoding, clip, low-score/small/padded candidates masked, one
    ``NonMaxSuppression`` with per-class offsets, ``TopK(max_det)`` -> padded outputs.
 
@@ -24,12 +25,16 @@ only deviation: with more than 3840 class candidates per image, see :data:`MAX_C
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import nms, roi_align
+from torchvision.ops import nms
 from torchvision.ops.poolers import _setup_scales
+
+from export.roi_pool import pyramid_roi_align
 
 #: TensorRT's TopK needs ``K < 3840`` (onnx-tensorrt docs/operators.md, TensorRT 10.15).
 TOPK_LIMIT = 3840
@@ -129,7 +134,7 @@ class StaticFasterRCNN(nn.Module):
         rpn, heads = frcnn.rpn, frcnn.roi_heads
         with torch.no_grad():  # anchors and per-level sizes are constants of the fixed input size
             x = torch.zeros(1, 3, *self.padded)
-            fdict = frcnn.backbone(x)
+            fdict = self._backbone(x)
             feats = list(fdict.values())
             anchors = rpn.anchor_generator(ImageList(x, [self.imgsz]), feats)[0]
             objectness, _ = rpn.head(feats)
@@ -151,6 +156,20 @@ class StaticFasterRCNN(nn.Module):
         if max(self.pre_nms + [self.n_props, self.n_cand, self.max_det]) >= TOPK_LIMIT:
             raise ValueError(f"a TopK K exceeds TensorRT's limit {TOPK_LIMIT}: pre-NMS {self.pre_nms}, "
                              f"proposals {self.n_props}, detections {self.max_det}")
+
+    def _backbone(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Backbone feature maps by name, as ``GeneralizedRCNN.forward`` sees them.
+
+        A single-map backbone (mini-darknet, MobileNetV3-Small, SqueezeNet, EfficientNet, ConvNeXt
+        with their 1x1 neck) returns one ``Tensor [N, C, h, w]``; torchvision wraps it as
+        ``OrderedDict([("0", features)])`` (``torchvision/models/detection/generalized_rcnn.py``),
+        and so must this graph: calling ``.values()`` on a plain ``Tensor`` reaches the sparse-tensor
+        method and fails with "values expected sparse tensor layout but got Strided".
+        """
+        features = self.frcnn.backbone(x)
+        if isinstance(features, Tensor):
+            return OrderedDict([("0", features)])
+        return features
 
     def _proposals(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
         """RPN -> ``(proposals float32 [N, R, 4], valid bool [N, R])``."""
@@ -181,18 +200,13 @@ class StaticFasterRCNN(nn.Module):
                             boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
 
     def _roi_pool(self, features: dict[str, Tensor], props: Tensor) -> Tensor:
-        """Multi-scale RoIAlign of ``props`` ``[N, R, 4]`` -> ``[N*R, C, 7, 7]`` without ``NonZero``."""
+        """Multi-scale RoIAlign of ``props`` ``[N, R, 4]`` -> ``[N*R, C, 7, 7]`` without ``NonZero``:
+        one RoIAlign over the stacked pyramid (:func:`export.roi_pool.pyramid_roi_align`)."""
         pool, n, r = self.frcnn.roi_heads.box_roi_pool, self.batch, self.n_props
         flat = props.reshape(-1, 4)
         batch_idx = torch.arange(n, dtype=flat.dtype).repeat_interleave(r)[:, None]
-        rois = torch.cat([batch_idx, flat], 1)
-        levels = self.mapper([flat])
-        out = None
-        for level, (name, scale) in enumerate(zip(self.pool_names, self.scales)):
-            pooled = roi_align(features[name], rois, pool.output_size, scale, pool.sampling_ratio)
-            pick = (levels == level).to(pooled.dtype)[:, None, None, None]
-            out = pooled * pick if out is None else out + pooled * pick
-        return out
+        return pyramid_roi_align([features[k] for k in self.pool_names], torch.cat([batch_idx, flat], 1),
+                                 self.mapper([flat]), self.scales, pool.output_size, pool.sampling_ratio)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n, heads = self.batch, self.frcnn.roi_heads
@@ -200,7 +214,7 @@ class StaticFasterRCNN(nn.Module):
         ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
-        features = self.frcnn.backbone(x)
+        features = self._backbone(x)
         props, pvalid = self._proposals(list(features.values()))
         head = heads.box_head(self._roi_pool(features, props))
         logits, regression = heads.box_predictor(head)
