@@ -8,7 +8,11 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format
 
-from export.roi_pool import GatherMultiScaleRoIAlign, pyramid_roi_align, with_gather_pooling
+from export.roi_pool import (
+    GatherMultiScaleRoIAlign,
+    pyramid_roi_align,
+    with_gather_pooling,
+)
 
 NAMES, STRIDES, H, W = ["0", "1", "2", "3"], [4, 8, 16, 32], 320, 256
 

@@ -192,6 +192,85 @@ def test_stream_reconnects_with_backoff(monkeypatch: pytest.MonkeyPatch, caplog:
     assert sum(r.message.endswith("reconnected") for r in caplog.records) == 2
 
 
+class MjpegServer:
+    """A real HTTP MJPEG stream (``multipart/x-mixed-replace``, as IP cameras serve) on localhost.
+
+    Connection ``c`` sends ``frames`` JPEG frames of value ``40 * c``, then closes: the stream
+    drops and the client must reconnect.
+    """
+
+    def __init__(self, frames: int, interval_s: float = 0.02) -> None:
+        import http.server
+        import socketserver
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.connections += 1
+                jpg = cv2.imencode(".jpg", np.full((48, 64, 3), 40 * server.connections, np.uint8))[1].tobytes()
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for _ in range(frames):
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                                         % len(jpg) + jpg + b"\r\n")
+                        self.wfile.flush()
+                        time.sleep(interval_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.connections = 0
+        self.httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_real_http_stream_drops_and_reconnects(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """OpenCV's FFmpeg reads a real MJPEG-over-HTTP stream; when the server ends the connection the
+    source reconnects and carries on with the next connection's frames."""
+    from runtime import sources
+
+    monkeypatch.setattr(sources, "RECONNECT_BACKOFF_S", (0.05,))
+    server = MjpegServer(frames=4)
+    try:
+        src = sources.open_source(server.url)
+        assert src.info.live and (src.info.width, src.info.height) == (64, 48)
+        values = []
+        for _, _, frame in src:
+            values.append(int(np.round(frame.mean() / 40)))  # JPEG rounding: 40 * connection
+            if len(values) == 10:
+                src.close()
+    finally:
+        server.close()
+    assert values == [1] * 4 + [2] * 4 + [3] * 2 and src.reconnects == 2
+    assert sum(r.message.endswith("reconnected") for r in caplog.records) == 2
+
+
+def test_cli_on_a_real_http_stream(det: Path, tmp_path: Path) -> None:
+    server = MjpegServer(frames=100, interval_s=0.04)
+    try:
+        res = det_run([server.url, "--weights", str(det), "--max-frames", "3", "--save-json", "--project", ".",
+                       "--name", "h"], tmp_path)
+    finally:
+        server.close()
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    summary, lines = run_outputs(tmp_path / "h")
+    assert summary["frames"] == len(lines) == 3
+    assert len(video_frames(next((tmp_path / "h").glob("*.mp4")))) == 3
+
+
 def test_unopenable_camera_is_a_clear_error(det: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
