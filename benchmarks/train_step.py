@@ -54,14 +54,14 @@ def main(imgsz: int, batch: int, steps: int) -> None:
         model = build_model("fasterrcnn_mobilenet_v2_fpn", 1, **kw)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-        def step() -> None:
+        def step(model: torch.nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
             model.train()
             loss = sum(model(imgs, tg).values())
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-        def infer() -> None:
+        def infer(model: torch.nn.Module = model) -> None:
             model.eval()
             with torch.inference_mode():
                 model(imgs[:1])
