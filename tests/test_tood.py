@@ -209,3 +209,127 @@ def test_export_dynamo_opset19_with_parity(name: str, impl: str, tmp_path: Path)
     assert meta.extra["deform_impl"] == impl and meta.extra["exporter"] == "dynamo"
     report = check_parity(model, out, images)
     assert report.passed and report.n_ref_boxes > 0, report.summary()
+
+
+# --- static TensorRT-ready graph (export/static_tood.py; det-export --imgsz H W --batch N) ---------
+
+
+def _tiny_tood(impl: str = "deform_conv", **kwargs: object) -> torch.nn.Module:
+    """A small untrained 2-class TOOD (MobileNetV2, 32-channel FPN/head, 2 tower convs, GroupNorm(8):
+    GN(32) of 32 channels cannot normalise P7's 1x1 map of one image) with spread scores, so that
+    every image yields detections (up to max_det) to compare."""
+    torch.manual_seed(0)
+    model = build_model("tood_mobilenet_v2", 2, weights=None, channels=32, stacked_convs=2,
+                        gn_groups=8, deform_impl=impl, **kwargs)
+    _boost_scores(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("impl", ["deform_conv", "grid_sample"])
+@pytest.mark.parametrize("imgsz", [(80, 96), (32, 32)])  # 32x32: fewer candidates than max_det
+def test_static_tood_module_equals_pytorch(impl: str, imgsz: tuple[int, int]) -> None:
+    model = _tiny_tood(impl)
+    static = model.model.static_module(2, imgsz)
+    assert static.pre_nms == [min(1000, n) for n in static.level_sizes]
+    x = torch.rand(2, 3, *imgsz)
+    with torch.no_grad():
+        ref = model(x)
+        boxes, scores, labels, num_dets = static(x)
+    assert boxes.shape == (2, 100, 4) and scores.shape == labels.shape == (2, 100)
+    assert labels.dtype == num_dets.dtype == torch.int64 and num_dets.shape == (2,)
+    for i, r in enumerate(ref):
+        k = int(num_dets[i])
+        assert k == len(r["boxes"]) > 0
+        torch.testing.assert_close(boxes[i, :k], r["boxes"])
+        torch.testing.assert_close(scores[i, :k], r["scores"])
+        assert torch.equal(labels[i, :k], r["labels"]) and set(r["labels"].tolist()) <= {0, 1}
+        assert not boxes[i, k:].any() and not scores[i, k:].any() and not labels[i, k:].any()
+
+
+def test_static_tood_rejects_trt_limits() -> None:
+    from export.static_tood import StaticTOOD
+
+    # at 384x384 with 2 classes the levels hold 4608, 1152, 288, 72 and 18 (location, class) scores
+    tood = _tiny_tood().model
+    tood.pre_nms_top_n = 4000
+    with pytest.raises(ValueError, match="TopK"):  # K = 4000 >= 3840
+        tood.static_module(1, (384, 384))
+    tood.pre_nms_top_n = 3800
+    with pytest.raises(ValueError, match="5000"):  # 3800 + 1152 + 288 + 72 + 18 = 5330 boxes into NMS
+        tood.static_module(1, (384, 384))
+    tood.pre_nms_top_n = 3000
+    assert tood.static_module(1, (384, 384)).n_cand == 4530
+    with pytest.raises(ValueError, match="batch"):
+        tood.static_module(0, (384, 384))
+    with pytest.raises(TypeError):
+        StaticTOOD(torch.nn.Conv2d(3, 3, 1), 1, (64, 64))
+
+
+def test_deform_conv_legacy_symbolic_matches_torchvision(tmp_path: Path) -> None:
+    """DCNv2 with mask, stride 2, through the legacy exporter -> ONNX DeformConv -> onnxruntime."""
+    import onnxruntime as ort
+
+    from export.static_tood import DEFORM_CONV_OPSET, register_deform_conv_symbolic
+
+    register_deform_conv_symbolic()
+    torch.manual_seed(0)
+    dcn = ModulatedDeformConv2d(4, 6, 3, stride=2, padding=1).eval()
+    torch.nn.init.normal_(dcn.conv_offset.weight, std=0.5)
+    x = torch.randn(1, 4, 11, 9)
+    path = tmp_path / "dcn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(dcn, (x,), str(path), dynamo=False, opset_version=DEFORM_CONV_OPSET,
+                          input_names=["x"], output_names=["y"])
+        ref = dcn(x).numpy()
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("DeformConv") == 1
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_static_tood_export_trt_ready_with_parity(tmp_path: Path) -> None:
+    """export_onnx(static=True) through the TOOD hook: legacy exporter, fixed shapes, TensorRT
+    readiness, parity with PyTorch, and the runtime's ONNX backend reading the padded outputs."""
+    from export.onnx_export import STATIC_OUTPUTS, export_onnx
+    from export.trt_check import check_trt_readiness
+    from runtime.backends.onnx_backend import OnnxBackend
+    from runtime.meta import META_KEY, ModelMeta
+    from runtime.preprocess import letterbox, to_input
+    from train.checkpoint import make_checkpoint, save_atomic
+
+    paths = sorted(RACCOON_IMAGES.glob("*.jpg"))[:3]  # batch 2: the 3rd image goes in a zero-padded batch
+    if len(paths) < 3:
+        pytest.skip(f"raccoon images not found at {RACCOON_IMAGES}")
+    images = [cv2.imread(str(p)) for p in paths]
+    model = _tiny_tood()
+    ckpt = save_atomic(make_checkpoint(model, ["raccoon", "other"], 128), tmp_path / "m.pt")
+    log: list[str] = []
+    out = export_onnx(ckpt, tmp_path / "m.onnx", imgsz=(80, 96), static=True, batch=2, simplify=False,
+                      parity_images=images, echo=log.append)
+    graph = onnx.load(str(out))
+    io = {v.name: ([d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim],
+                   v.type.tensor_type.elem_type) for v in [*graph.graph.input, *graph.graph.output]}
+    f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    assert io == {"images": ([2, 3, 80, 96], f32), "boxes": ([2, 100, 4], f32), "scores": ([2, 100], f32),
+                  "labels": ([2, 100], i64), "num_dets": ([2], i64)}
+    meta = ModelMeta.from_json({p.key: p.value for p in graph.metadata_props}[META_KEY])
+    assert (meta.batch, meta.imgsz, meta.dynamic_hw, meta.max_det) == (2, (80, 96), False, 100)
+    assert meta.output_names == STATIC_OUTPUTS
+    assert (meta.extra["exporter"], meta.extra["deform_impl"], meta.extra["opset"]) == ("legacy", "deform_conv", 19)
+    ready = check_trt_readiness(graph)
+    assert ready.ready, ready.summary()
+    ops = ready.op_counts
+    assert ops["NonMaxSuppression"] == 1 and ops["DeformConv"] >= 1 and ops["TopK"] == 6
+    assert not {"If", "Loop", "Scan", "NonZero"} & set(ops)
+    table = "\n".join(log)
+    assert "result           PASS" in table and "readiness: PASS" in table, table
+    matched = int(table.split("matched")[1].split()[0])
+    assert matched > 100, table  # export_onnx's parity on the 3 images (check_parity, 99% at IoU 0.9)
+    # the runtime's static path (chunks of 2, padded rows dropped by num_dets) against PyTorch
+    xs = np.concatenate([to_input(letterbox(im[:, :, ::-1], (80, 96))[0]) for im in images])
+    dets = OnnxBackend(out).infer(xs)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(xs))
+    assert len(dets) == 3
+    for (b, s, lb), r in zip(dets, ref):
+        assert len(b) == len(r["boxes"]) and np.array_equal(lb, r["labels"].numpy())
+        np.testing.assert_allclose(b, r["boxes"].numpy(), atol=0.05)

@@ -122,6 +122,20 @@ class TOOD(nn.Module):
                 for i, hw in enumerate(batch.image_sizes)]
         return self.transform.postprocess(dets, batch.image_sizes, original_sizes)
 
+    def static_module(self, batch: int, imgsz: tuple[int, int]) -> nn.Module:
+        """The fixed-size TensorRT-ready deployment module (the hook of
+        :func:`export.onnx_export.static_module`): :class:`export.static_tood.StaticTOOD`, input
+        float32 ``[batch, 3, H, W]``, outputs ``boxes [batch, K, 4]``, ``scores [batch, K]``,
+        ``labels [batch, K]`` (0-based), ``num_dets [batch]``. Imported lazily: ``train`` needs
+        ``export`` only when exporting.
+
+        Raises:
+            ValueError: ``batch < 1`` or a fixed size breaks a TensorRT limit.
+        """
+        from export.static_tood import StaticTOOD
+
+        return StaticTOOD(self, batch, imgsz)
+
     def _forward_export(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Inference under ``torch.export`` with symbolic ``H, W``: the same normalise + zero-pad to
         a multiple of 32 as :class:`train.models.common.NoResizeTransform` (whose Python-float size

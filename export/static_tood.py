@@ -1,0 +1,188 @@
+"""Static-shape, branch-free TOOD graph for TensorRT (``det-export --imgsz H W --batch N``).
+
+TOOD (Feng et al., "TOOD: Task-aligned One-stage Object Detection", ICCV 2021) infers as
+:meth:`train.models.tood.model.TOOD.postprocess_image` (MMDetection ``TOODHead._predict_by_feat_single``):
+per FPN level the top ``pre_nms_top_n`` (location, class) scores, those ``> score_thresh`` kept,
+boxes clipped, class-aware NMS, the ``detections_per_img`` best. Its shapes depend on the data
+(the threshold filter, per-image NMS). :class:`StaticTOOD` computes the same detections with
+fixed sizes, reusing the trained backbone, FPN and T-Head unchanged:
+
+1. normalise (ImageNet mean/std), zero-pad to a multiple of 32 (as
+   :class:`train.models.common.NoResizeTransform`); the input size is fixed, so the anchor points
+   of every level (in the head) are constants of the graph after folding;
+2. backbone + FPN P3-P7 + T-Head -> per level scores ``[N, C, h, w]`` and ``xyxy`` boxes;
+3. per level one ``TopK`` with constant ``K_l = min(pre_nms_top_n, h*w*C)`` over the
+   location-major ``[N, h*w*C]`` scores (the dynamic path's order), box row ``idx // C`` and
+   class ``idx % C`` (integer ``Div``/``Mul``/``Sub``);
+4. clip to the input size, mask scores ``<= score_thresh`` with -1 instead of filtering them;
+5. one ``NonMaxSuppression`` over ``[N, P, 4]`` (``P = sum_l K_l <= 5000``) with per-class
+   coordinate offsets ``label * (pad_h + pad_w + 1)`` (the offsets of the dynamic path, so NMS is
+   class-aware exactly as there), survivors scattered into a keep mask, ``TopK(max_det)``
+   (:func:`export.static_graph.nms_topk`) -> padded outputs and ``num_dets``.
+
+Outputs (the contract of :mod:`export.static_graph` and :mod:`runtime.backends.outputs`):
+``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[N, K]``,
+``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64 ``[N]``; rows ``>= num_dets`` are zero,
+``K = detections_per_img``. Masked rows can never be selected, so the result equals the PyTorch
+model's up to float rounding.
+
+Deformable ops: the graph keeps the model's ``deform_impl``. ``"deform_conv"`` (the builders'
+default) becomes ONNX ``DeformConv`` (opset 19) through :func:`register_deform_conv_symbolic`
+(the legacy TorchScript exporter has no translation of ``torchvision::deform_conv2d``);
+``"grid_sample"`` becomes ``GridSample`` (opset >= 16). Both are in the onnx-tensorrt parser's
+supported list of TensorRT 10.15 (``export/data/trt_ops_10.15.txt``); the parser gained
+``DeformConv`` in TensorRT 10.1 (onnx/onnx-tensorrt PR #975, "ONNX-TensorRT 10.1 GA release":
+"Added support for DeformConv operation"), so for an older TensorRT train or switch the model to
+``"grid_sample"`` (:meth:`train.models.tood.model.TOOD.set_deform_impl`, same numbers) before
+exporting. Both forms export with the legacy exporter and run in onnxruntime >= 1.31 (the tests
+check parity for each).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.onnx import symbolic_helper
+
+from export.static_graph import NMS_LIMIT, TOPK_LIMIT, gather_rows, nms_topk
+
+#: ONNX opset of ``DeformConv`` (introduced in opset 19).
+DEFORM_CONV_OPSET = 19
+#: lowest opset with ``GridSample`` (opset 16).
+GRID_SAMPLE_OPSET = 16
+
+
+@symbolic_helper.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+def _deform_conv2d_symbolic(g: Any, x: Any, weight: Any, offset: Any, mask: Any, bias: Any,
+                            stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int,
+                            dil_w: int, groups: int, offset_groups: int, use_mask: bool) -> Any:
+    """``torchvision::deform_conv2d`` -> ONNX ``DeformConv`` (opset 19), as onnxscript's dynamo
+    translation (``torch_lib/ops/vision.py``): inputs ``X, W, offset, B[, mask]``; torchvision's
+    offset layout ``[N, 2*offset_groups*kh*kw, Ho, Wo]`` (``(dy, dx)`` per tap) is ONNX's."""
+    inputs = [x, weight, offset, bias] + ([mask] if use_mask else [])
+    return g.op("DeformConv", *inputs, dilations_i=[dil_h, dil_w], strides_i=[stride_h, stride_w],
+                pads_i=[pad_h, pad_w, pad_h, pad_w], group_i=groups, offset_group_i=offset_groups)
+
+
+def register_deform_conv_symbolic() -> None:
+    """Let the legacy exporter (``torch.onnx.export(..., dynamo=False)``) translate
+    ``torchvision::deform_conv2d`` to ONNX ``DeformConv`` at opset >= 19 (idempotent; torchvision
+    registers only ``roi_align``, ``roi_pool`` and ``nms``)."""
+    torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", _deform_conv2d_symbolic,
+                                           DEFORM_CONV_OPSET)
+
+
+class StaticTOOD(nn.Module):
+    """Fixed-size deployment graph of a :class:`train.models.tood.model.TOOD` (module docstring).
+
+    Args:
+        tood: the TOOD model, or a :class:`train.models.common.Detector` wrapping it (its
+            ``transform`` must be the no-resize one; its ``deform_impl`` is kept).
+        batch: images per call ``N`` (``>= 1``).
+        imgsz: ``(H, W)`` input size in pixels.
+
+    ``forward(images float32 [N, 3, H, W] RGB 0-1)`` -> ``(boxes float32 [N, K, 4] xyxy input
+    pixels, scores float32 [N, K], labels int64 [N, K] 0-based, num_dets int64 [N])`` with
+    ``K = detections_per_img``.
+
+    ``onnx_export`` tells :func:`export.onnx_export.export_onnx` to use the legacy exporter
+    (``dynamo: False``: :class:`export.static_graph.BatchedNMS` exports through its ``symbolic``)
+    at ``opset`` (19 for ``DeformConv``, 16 for ``GridSample``), and records ``deform_impl``.
+
+    Raises:
+        TypeError: ``tood`` is not a TOOD (no ``head``/``backbone``/``postprocess_image``).
+        ValueError: ``batch < 1``, or a fixed size would break a TensorRT limit (a ``TopK`` K
+            ``>= 3840``, more than 5000 boxes into ``NonMaxSuppression``).
+    """
+
+    def __init__(self, tood: nn.Module, batch: int, imgsz: tuple[int, int]) -> None:
+        super().__init__()
+        inner = getattr(tood, "model", tood)
+        if not all(hasattr(inner, a) for a in ("backbone", "head", "postprocess_image", "transform")):
+            raise TypeError(f"{type(inner).__name__}: StaticTOOD needs a train.models.tood TOOD model")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.tood = inner.eval()
+        self.batch, self.imgsz = int(batch), (int(imgsz[0]), int(imgsz[1]))
+        h, w = self.imgsz
+        self.padded = (-(-h // 32) * 32, -(-w // 32) * 32)
+        t = inner.transform
+        self.register_buffer("mean", torch.tensor(t.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(t.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.num_classes = int(inner.num_classes)
+        self.score_thresh, self.nms_thresh = float(inner.score_thresh), float(inner.nms_thresh)
+        self.max_det = int(inner.detections_per_img)
+        #: class offset of the dynamic path (``max_coord = pad_h + pad_w``, offset ``label * (max_coord + 1)``)
+        self.class_offset = float(self.padded[0] + self.padded[1] + 1)
+        with torch.no_grad():  # level sizes are constants of the fixed input size
+            feats = list(inner.backbone(torch.zeros(1, 3, *self.padded)).values())
+        #: locations ``h*w`` per level; reshapes use these constants, so that ONNX shape inference
+        #: sees static shapes into TopK/NMS even before onnxslim folds the head's shape arithmetic
+        self.level_locs = [int(f.shape[-2] * f.shape[-1]) for f in feats]
+        self.level_sizes = [hw * self.num_classes for hw in self.level_locs]
+        self.pre_nms = [min(int(inner.pre_nms_top_n), n) for n in self.level_sizes]
+        self.n_cand = sum(self.pre_nms)
+        if max(self.pre_nms + [self.max_det]) >= TOPK_LIMIT:
+            raise ValueError(f"a TopK K exceeds TensorRT's limit {TOPK_LIMIT}: pre-NMS {self.pre_nms}, "
+                             f"detections {self.max_det}")
+        if self.n_cand > NMS_LIMIT:
+            raise ValueError(f"NMS over {self.n_cand} candidates ({self.pre_nms} per level) exceeds "
+                             f"TensorRT's {NMS_LIMIT}; lower pre_nms_top_n or imgsz")
+        self.deform_impl = str(getattr(inner, "deform_impl", "deform_conv"))
+        uses_deform_conv = self.deform_impl == "deform_conv"
+        if uses_deform_conv:
+            register_deform_conv_symbolic()
+        self.onnx_export: dict[str, Any] = {
+            "dynamo": False, "opset": DEFORM_CONV_OPSET if uses_deform_conv else GRID_SAMPLE_OPSET,
+            "deform_impl": self.deform_impl}
+
+    def _clip(self, boxes: Tensor) -> Tensor:
+        h, w = self.imgsz
+        return torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
+                            boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
+
+    def _candidates(self, scores: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-level top-k -> ``(boxes float32 [N, P, 4], scores float32 [N, P], labels int64 [N, P])``.
+
+        ``scores``/``boxes``: per level float ``[N, C, h, w]`` / ``[N, 4, h, w]`` from the T-Head.
+        Scores are flattened location-major (``(y, x, class)``) as in ``postprocess_image``.
+        """
+        n, c = self.batch, self.num_classes
+        out_b, out_s, out_l = [], [], []
+        for s, b, k, hw in zip(scores, boxes, self.pre_nms, self.level_locs):
+            s = s.permute(0, 2, 3, 1).reshape(n, hw * c)  # [N, h*w*C]
+            b = b.permute(0, 2, 3, 1).reshape(n, hw, 4)  # [N, h*w, 4]
+            top, idx = s.topk(k, dim=1)
+            loc = torch.div(idx, c, rounding_mode="trunc") if c > 1 else idx  # idx >= 0: trunc == floor
+            out_s.append(top)
+            out_b.append(gather_rows(b, loc))
+            out_l.append(idx - loc * c)
+        return torch.cat(out_b, 1), torch.cat(out_s, 1), torch.cat(out_l, 1)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x = (images - self.mean) / self.std
+        ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        scores, boxes = self.tood.head(list(self.tood.backbone(x).values()))
+        boxes, scores, labels = self._candidates(scores, boxes)
+        boxes = self._clip(boxes)
+        scores = torch.where(scores > self.score_thresh, scores, torch.full_like(scores, -1.0))
+        if self.n_cand < self.max_det:  # tiny inputs: pad so that TopK(max_det) has enough rows
+            extra = self.max_det - self.n_cand
+            boxes = F.pad(boxes, (0, 0, 0, extra))
+            scores = F.pad(scores, (0, extra), value=-1.0)
+            labels = F.pad(labels, (0, extra))
+        offsets = labels.to(boxes.dtype) * self.class_offset
+        top_scores, top, valid = nms_topk(boxes, scores, offsets, self.nms_thresh, self.max_det)
+        mask = valid.to(boxes.dtype)
+        out_boxes = gather_rows(boxes, top) * mask[..., None]
+        out_scores = top_scores * mask
+        out_labels = labels.gather(1, top) * valid.to(torch.int64)
+        return out_boxes, out_scores, out_labels, valid.to(torch.int64).sum(1)
+
+
+__all__ = ["DEFORM_CONV_OPSET", "GRID_SAMPLE_OPSET", "StaticTOOD", "register_deform_conv_symbolic"]
