@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from export.embedder import export_embedder
+from export.fp16 import FP16_CONF, FP16_MIN_MATCH, FP16_SCORE_TOL
 from export.onnx_export import export_onnx
 from export.parity import ParityError, default_parity_images, load_images
 from export.trt_check import DEFAULT_TRT_VERSION
@@ -45,8 +46,12 @@ def _mib(path: Path) -> str:
 @click.option("--fp16", is_flag=True, default=False,
               help="Also write <name>_fp16.onnx from the static graph (implies --static; fp32 I/O, fragile "
                    "nodes fp32), checked against the fp32 graph (--fp16-min-match); with --trt, an FP16 engine.")
-@click.option("--fp16-min-match", type=click.FloatRange(0.0, 1.0), default=0.98, show_default=True,
+@click.option("--fp16-min-match", type=click.FloatRange(0.0, 1.0), default=FP16_MIN_MATCH, show_default=True,
               help="--fp16: minimum share of fp32 boxes the fp16 graph must reproduce.")
+@click.option("--fp16-conf", type=click.FloatRange(0.0, 1.0), default=FP16_CONF, show_default=True,
+              help="--fp16: compare boxes scoring at least this (det-run's default --conf; 0 = all).")
+@click.option("--fp16-score-tol", type=click.FloatRange(min=0.0), default=FP16_SCORE_TOL, show_default=True,
+              help="--fp16: maximum score difference of a matched fp16 box (see export/fp16.py).")
 @click.option("--trt", is_flag=True, default=False,
               help="Build a TensorRT engine (<name>.engine + .engine.json) from the static graph "
                    "(needs an NVIDIA GPU, tensorrt and cuda-python).")
@@ -59,7 +64,8 @@ def _mib(path: Path) -> str:
               help="TensorRT version whose supported-operator list the readiness check uses.")
 def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_images: str | None,
          iou_thr: float, score_tol: float, embedder: bool, imgsz: tuple[int, int] | None,
-         batch: int | None, static: bool, fp16: bool, fp16_min_match: float, trt: bool, int8: bool, calib: Path | None,
+         batch: int | None, static: bool, fp16: bool, fp16_min_match: float, fp16_conf: float,
+         fp16_score_tol: float, trt: bool, int8: bool, calib: Path | None,
          workspace: float, trt_version: str) -> None:
     """Export checkpoint WEIGHTS (.pt) to a self-describing ONNX detector.
 
@@ -86,8 +92,8 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
             from train.checkpoint import load_checkpoint
 
             imgs = images if images is not None else default_parity_images(load_checkpoint(weights), echo=click.echo)
-            fp16_path, _ = export_fp16(onnx_path, images=imgs, iou_thr=iou_thr, score_tol=score_tol,
-                                       min_match=fp16_min_match, echo=click.echo)
+            fp16_path, _ = export_fp16(onnx_path, images=imgs, iou_thr=iou_thr, score_tol=fp16_score_tol,
+                                       conf=fp16_conf, min_match=fp16_min_match, echo=click.echo)
         emb_path = export_embedder(onnx_path.parent / EMBEDDER_FILENAME, opset=opset,
                                    echo=click.echo) if embedder else None
         engine = None

@@ -46,13 +46,18 @@ class ParityReport:
         n_ref_boxes: PyTorch (reference) boxes counted.
         n_onnx_boxes: ONNX boxes counted.
         n_matched: reference boxes matched by an ONNX box (same label, IoU >= ``iou_thr``,
-            ``|score diff| <= score_tol``).
+            ``|score diff| <= score_tol``; or an NMS swap, see :func:`match_detections`).
+        n_swaps: how many of ``n_matched`` are NMS swaps (0 unless ``swap_iou`` is set).
         match_rate: ``n_matched / max(n_ref_boxes, n_onnx_boxes)`` (1.0 when both are 0), so missing
             and extra boxes both lower it.
         mean_iou: mean IoU of the matched pairs (0.0 when none).
         max_score_diff: largest ``|score diff|`` of the matched pairs.
         passed: ``match_rate >= min_match``.
         iou_thr, score_tol, min_match: the criteria used.
+        min_score: only boxes scoring ``>= min_score`` on their own side were compared (0: every
+            box the graph returns, i.e. down to its ``score_thresh``).
+        swap_iou: the NMS IoU threshold above which leftover pairs count as swaps (``None``: off).
+        ref_name, test_name: what the two sides are, for the printed lines.
     """
 
     n_images: int
@@ -66,27 +71,44 @@ class ParityReport:
     iou_thr: float
     score_tol: float
     min_match: float
+    min_score: float = 0.0
+    n_swaps: int = 0
+    swap_iou: float | None = None
+    ref_name: str = "torch"
+    test_name: str = "onnx"
+
+    def criterion(self) -> str:
+        """The matching rule in words, e.g. ``boxes >= 0.25, IoU >= 0.9, |score diff| <= 0.03``."""
+        scope = f"boxes scoring >= {self.min_score:g}" if self.min_score > 0 else "all boxes"
+        swaps = "" if self.swap_iou is None else f" (or an NMS swap: IoU > {self.swap_iou:g})"
+        return f"{scope}, same class, IoU >= {self.iou_thr:g}{swaps}, |score diff| <= {self.score_tol:g}"
 
     def summary(self) -> str:
         """One line: counts, rates and the verdict."""
         verdict = "PASS" if self.passed else "FAIL"
         note = " (no boxes to compare: parity not meaningful)" if self.n_ref_boxes == 0 else ""
-        return (f"parity {verdict}: {self.n_matched}/{self.n_ref_boxes} torch boxes matched "
-                f"({self.match_rate:.2%}, need {self.min_match:.0%}) on {self.n_images} images, "
-                f"mean IoU {self.mean_iou:.4f}, max |score diff| {self.max_score_diff:.5f}{note}")
+        return (f"parity {verdict}: {self.n_matched}/{self.n_ref_boxes} {self.ref_name} boxes matched "
+                f"({self.match_rate:.2%}, need {self.min_match:.0%}) on {self.n_images} images "
+                f"[{self.criterion()}], mean IoU {self.mean_iou:.4f}, max |score diff| "
+                f"{self.max_score_diff:.5f}{note}")
 
     def table(self) -> str:
         """Multi-line table of every figure, for the CLI."""
         rows = [
             ("images", f"{self.n_images}"),
-            ("torch boxes", f"{self.n_ref_boxes}"),
-            ("onnx boxes", f"{self.n_onnx_boxes}"),
-            ("matched", f"{self.n_matched} ({self.match_rate:.2%}, need >= {self.min_match:.0%})"),
+            (f"{self.ref_name} boxes", f"{self.n_ref_boxes}"),
+            (f"{self.test_name} boxes", f"{self.n_onnx_boxes}"),
+            ("matched", f"{self.n_matched} ({self.match_rate:.2%}, need >= {self.min_match:.0%})"
+                        + (f", {self.n_swaps} of them NMS swaps (IoU > {self.swap_iou:g})" if self.n_swaps else "")),
             ("mean IoU", f"{self.mean_iou:.4f} (match needs >= {self.iou_thr})"),
             ("max |score diff|", f"{self.max_score_diff:.5f} (match needs <= {self.score_tol})"),
             ("result", "PASS" if self.passed else "FAIL"),
         ]
-        return "parity, PyTorch vs onnxruntime CPU:\n" + "\n".join(f"  {k:<17}{v}" for k, v in rows)
+        if self.min_score > 0:
+            rows.insert(1, ("compared", f"boxes scoring >= {self.min_score:g}"))
+        head = ("parity, PyTorch vs onnxruntime CPU:" if self.ref_name == "torch"
+                else f"parity, {self.ref_name} vs {self.test_name} graph, onnxruntime CPU:")
+        return head + "\n" + "\n".join(f"  {k:<17}{v}" for k, v in rows)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,12 +125,18 @@ Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K,4] xyxy, scor
 
 
 def match_detections(ref: Detections, test: Detections, iou_thr: float, score_tol: float,
-                     cutoff: float) -> tuple[int, int, list[float], list[float]]:
+                     cutoff: float, swap_iou: float | None = None) -> tuple[int, int, list[float], list[float]]:
     """Greedily match one image's reference detections to test detections, per class.
 
     Reference boxes are visited by descending score; each takes the unmatched test box of its label
     with the highest IoU, and counts as matched if IoU >= ``iou_thr`` and ``|score diff| <=
-    score_tol``. Unmatched boxes of either side scoring below ``cutoff + score_tol`` are not counted.
+    score_tol``. With ``swap_iou`` (the model's NMS IoU threshold), a second pass pairs the
+    reference and test boxes left over: same label, IoU > ``swap_iou`` and ``|score diff| <=
+    score_tol`` also count as matched, as an *NMS swap*: two boxes overlapping more than the NMS
+    threshold cannot both survive NMS, so they are candidates for one object, and which of them a
+    graph keeps is decided by a score order that rounding flips when the scores are this close.
+    Swaps are the matched pairs whose IoU is ``< iou_thr``. Unmatched boxes of either side scoring
+    below ``cutoff + score_tol`` are not counted.
 
     Returns:
         ``(n_ref_counted, n_test_counted, matched_ious, matched_score_diffs)``.
@@ -118,7 +146,8 @@ def match_detections(ref: Detections, test: Detections, iou_thr: float, score_to
     ref_hit, test_hit = np.zeros(len(rb), bool), np.zeros(len(tb), bool)
     ious: list[float] = []
     diffs: list[float] = []
-    for i in np.argsort(-rs, kind="stable"):
+    order = np.argsort(-rs, kind="stable")
+    for i in order:
         cand = np.flatnonzero((tl == rl[i]) & ~test_hit)
         if not len(cand):
             continue
@@ -128,6 +157,15 @@ def match_detections(ref: Detections, test: Detections, iou_thr: float, score_to
             ref_hit[i] = test_hit[j] = True
             ious.append(float(iou[i, j]))
             diffs.append(diff)
+    if swap_iou is not None:
+        for i in order[~ref_hit[order]]:
+            ok = np.flatnonzero((tl == rl[i]) & ~test_hit & (iou[i] > swap_iou)
+                                & (np.abs(ts - rs[i]) <= score_tol))
+            if len(ok):
+                j = ok[np.argmax(iou[i, ok])]
+                ref_hit[i] = test_hit[j] = True
+                ious.append(float(iou[i, j]))
+                diffs.append(abs(float(rs[i]) - float(ts[j])))
     edge = cutoff + score_tol
     n_ref = int(ref_hit.sum() + (~ref_hit & (rs >= edge)).sum())
     n_test = int(test_hit.sum() + (~test_hit & (ts >= edge)).sum())
@@ -164,8 +202,9 @@ def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.nda
                       meta.batch)
 
 
-def _compare(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou_thr: float,
-             score_tol: float, min_match: float, min_score: float = 0.0) -> ParityReport:
+def compare_detections(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou_thr: float,
+                       score_tol: float, min_match: float, min_score: float = 0.0,
+                       names: tuple[str, str] = ("torch", "onnx"), swap_iou: float | None = None) -> ParityReport:
     """Match ``test`` against ``ref`` image by image (see :class:`ParityReport`); only boxes
     scoring ``>= min_score`` take part (the cut-off then is ``max(score_thresh, min_score)``)."""
     n_ref = n_test = 0
@@ -178,7 +217,7 @@ def _compare(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou
         for _, scores, _ in (r_det, t_det):
             if len(scores) >= meta.max_det:
                 cutoff = max(cutoff, float(scores.min()))
-        r, t, i, d = match_detections(r_det, t_det, iou_thr, score_tol, cutoff)
+        r, t, i, d = match_detections(r_det, t_det, iou_thr, score_tol, cutoff, swap_iou)
         n_ref, n_test = n_ref + r, n_test + t
         ious += i
         diffs += d
@@ -188,8 +227,12 @@ def _compare(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou
         n_images=len(ref), n_ref_boxes=n_ref, n_onnx_boxes=n_test, n_matched=len(ious),
         match_rate=rate, mean_iou=float(np.mean(ious)) if ious else 0.0,
         max_score_diff=max(diffs, default=0.0), passed=rate >= min_match,
-        iou_thr=iou_thr, score_tol=score_tol, min_match=min_match,
+        iou_thr=iou_thr, score_tol=score_tol, min_match=min_match, min_score=min_score,
+        n_swaps=sum(v < iou_thr for v in ious), swap_iou=swap_iou, ref_name=names[0], test_name=names[1],
     )
+
+
+_compare = compare_detections  # the earlier private name (tests/test_trt.py)
 
 
 def _inputs(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:
@@ -240,17 +283,16 @@ def check_parity(
     for x in xs:
         out = model(torch.from_numpy(x))[0]
         ref.append(tuple(out[k].numpy() for k in ("boxes", "scores", "labels")))
-    return _compare(ref, onnx_detections(sess, meta, xs), meta, iou_thr, score_tol, min_match)
+    return compare_detections(ref, onnx_detections(sess, meta, xs), meta, iou_thr, score_tol, min_match)
 
 
-def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | Path | onnx.ModelProto,
-                      images: list[np.ndarray], iou_thr: float = 0.9, score_tol: float = 0.01,
-                      min_match: float = 0.98, min_score: float = 0.0) -> ParityReport:
-    """Compare two ONNX graphs of one model in onnxruntime CPU (e.g. FP16 against FP32).
+def onnx_pair_detections(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | Path | onnx.ModelProto,
+                         images: list[np.ndarray]) -> tuple[list[Detections], list[Detections], ModelMeta]:
+    """Run two ONNX graphs of one model in onnxruntime CPU on the same inputs.
 
-    Both are fed the letterbox of ``ref_onnx``'s metadata; criteria as :func:`check_parity`
-    (the report's "torch" side is ``ref_onnx``), restricted to boxes scoring ``>= min_score``
-    (e.g. a deployment confidence threshold; 0 compares everything the graphs return).
+    Both get the letterbox of ``ref_onnx``'s metadata (BGR ``uint8`` ``images`` -> float32
+    ``[1, 3, H, W]``). Returns ``(ref detections, test detections, ref metadata)``, one
+    ``(boxes [K, 4] xyxy input pixels, scores [K], labels [K])`` per image.
 
     Raises:
         runtime.meta.MetadataError: a graph has no det-toolkit metadata.
@@ -259,8 +301,26 @@ def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | P
     ref_sess, meta = _onnx_session(ref_onnx)
     test_sess, test_meta = _onnx_session(test_onnx)
     xs = _inputs(images, meta)
-    return _compare(onnx_detections(ref_sess, meta, xs), onnx_detections(test_sess, test_meta, xs),
-                    meta, iou_thr, score_tol, min_match, min_score)
+    return onnx_detections(ref_sess, meta, xs), onnx_detections(test_sess, test_meta, xs), meta
+
+
+def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | Path | onnx.ModelProto,
+                      images: list[np.ndarray], iou_thr: float = 0.9, score_tol: float = 0.01,
+                      min_match: float = 0.98, min_score: float = 0.0,
+                      names: tuple[str, str] = ("fp32", "fp16"), swap_iou: float | None = None) -> ParityReport:
+    """Compare two ONNX graphs of one model in onnxruntime CPU (e.g. FP16 against FP32).
+
+    Both are fed the letterbox of ``ref_onnx``'s metadata; criteria as :func:`check_parity`,
+    restricted to boxes scoring ``>= min_score`` (e.g. a deployment confidence threshold; 0
+    compares everything the graphs return). ``names`` label the two sides in the report;
+    ``swap_iou`` enables NMS swaps (:func:`match_detections`).
+
+    Raises:
+        runtime.meta.MetadataError: a graph has no det-toolkit metadata.
+        ValueError: ``images`` is empty.
+    """
+    ref, test, meta = onnx_pair_detections(ref_onnx, test_onnx, images)
+    return compare_detections(ref, test, meta, iou_thr, score_tol, min_match, min_score, names, swap_iou)
 
 
 def read_image(path: str | Path) -> np.ndarray:

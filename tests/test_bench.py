@@ -75,10 +75,16 @@ def test_bench_torch_row_and_unavailable_trt(ckpt: Path, data: Path, tmp_path: P
 
 def test_report_shows_skipped_rows(tmp_path: Path) -> None:
     rows = [Row(model="m", format="onnx", size_mib=1.5, map=0.4, ap50=0.8, p50_ms=10.0, p95_ms=12.0,
-                throughput=100.0, extra={"fp16_match_rate": 0.97}),
+                throughput=100.0, extra={"fp16_match_rate": 0.97, "fp16_n_matched": 97, "fp16_n_ref_boxes": 100,
+                                         "fp16_n_images": 40, "fp16_criterion": "boxes scoring >= 0.25",
+                                         "fp16_strict_match_rate": 0.9}),
+            Row(model="m", format="onnx-fp16", extra={"fp16_match_rate": 0.99}),
             Row(model="m", format="trt", status="skipped", note="no GPU")]
     md = write_report(rows, machine_info(), tmp_path, "r")["md"].read_text()
-    assert "skipped: no GPU" in md and "FP16 vs FP32 boxes matched 97.0%" in md
+    assert "skipped: no GPU" in md
+    assert ("FP16 vs FP32 boxes matched 97.0% (97/100 on 40 val images) [boxes scoring >= 0.25], FAIL at 98%; "
+            r"all boxes at \|score diff\| <= 0.01: 90.0%") in md  # pipes escaped in the table
+    assert "| FP16 vs FP32 boxes matched 99.0% |" in md  # older metadata without the criterion
 
 
 def test_cli_errors(tmp_path: Path) -> None:
