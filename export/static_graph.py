@@ -18,9 +18,13 @@ the same inference with fixed sizes, reusing the trained sub-modules unchanged:
 
 Outputs: ``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[N, K]``,
 ``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64 ``[N]``; rows ``>= num_dets`` are zero.
-``K = max_det``. Masking with a negative score instead of removing rows keeps every shape static;
-the masked rows can never be selected, so results equal torchvision's up to float rounding (the
-only deviation: with more than 3840 class candidates per image, see :data:`MAX_CANDIDATES`).
+``K = max_det`` (``roi_heads.detections_per_img``, or the number of class candidates ``R * C``
+when an input is so small that it is lower; likewise ``R`` is at most the number of RPN
+candidates). Masking with a negative score instead of removing rows keeps every shape static; the
+masked rows can never be selected, so results equal torchvision's up to float rounding (the
+deviations: with more than 3840 class candidates per image, see :data:`MAX_CANDIDATES`, and RoIs
+thinner than one feature pixel at the right/bottom border, see
+:func:`export.roi_pool.pyramid_roi_align`).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ class StaticFasterRCNN(nn.Module):
         imgsz: ``(H, W)`` input size in pixels.
 
     ``forward(images float32 [N, 3, H, W] RGB 0-1)`` -> ``(boxes [N, K, 4], scores [N, K],
-    labels int64 [N, K], num_dets int64 [N])`` with ``K = roi_heads.detections_per_img``.
+    labels int64 [N, K], num_dets int64 [N])`` with ``K = max_det`` (see the module docstring).
 
     Raises:
         TypeError: the detector is not a torchvision ``FasterRCNN``.
@@ -141,10 +145,12 @@ class StaticFasterRCNN(nn.Module):
         self.register_buffer("anchors", anchors)
         self.level_sizes = [int(o.shape[1] * o.shape[2] * o.shape[3]) for o in objectness]
         self.pre_nms = [min(int(rpn._pre_nms_top_n["testing"]), n) for n in self.level_sizes]
-        self.n_props = int(rpn._post_nms_top_n["testing"])
+        # a small input can have fewer candidates than the budgets: torchvision then keeps all of
+        # them, and a TopK K larger than its input is an error (found by tests/test_zoo.py at 128 px)
+        self.n_props = min(int(rpn._post_nms_top_n["testing"]), sum(self.pre_nms))
         self.num_classes = int(heads.box_predictor.cls_score.out_features) - 1
         self.n_cand = min(self.n_props * self.num_classes, MAX_CANDIDATES)
-        self.max_det = int(heads.detections_per_img)
+        self.max_det = min(int(heads.detections_per_img), self.n_cand)
         pool = heads.box_roi_pool
         self.pool_names = [k for k in fdict if k in pool.featmap_names]  # as torchvision's _filter_input
         pooled = [fdict[k] for k in self.pool_names]
