@@ -36,6 +36,13 @@ supported list of TensorRT 10.15 (``export/data/trt_ops_10.15.txt``); the parser
 ``"grid_sample"`` (:meth:`train.models.tood.model.TOOD.set_deform_impl`, same numbers) before
 exporting. Both forms export with the legacy exporter and run in onnxruntime >= 1.31 (the tests
 check parity for each).
+
+Measured (CPU, onnxruntime 1.31, ``det-export --imgsz 256 256 --batch N``, onnxslim on): a
+``tood_mobilenet_v2`` trained 6 epochs on raccoon, N = 1 and 2: 896/896 boxes matched on the 40
+val images, mean IoU 1.0000, max score difference 0.00000, readiness PASS (709 nodes), det-eval
+AP50 0.7518 for the checkpoint and both graphs; ``tood_resnet101_dcn`` (random weights, perturbed
+DCN offsets), N = 1 and 2 with ``DeformConv`` and N = 1 with ``GridSample``: 400/400 boxes on 4 val
+images, readiness PASS (975 and 1785 nodes); ``tood_resnet50`` N = 2: 42/42, PASS.
 """
 
 from __future__ import annotations
