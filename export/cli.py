@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import onnx
 
 from export.embedder import export_embedder
 from export.fp16 import FP16_CONF, FP16_MIN_MATCH, FP16_SCORE_TOL
@@ -102,7 +103,9 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
     except (FileNotFoundError, ValueError, ParityError, ImportError, RuntimeError) as e:
         # CheckpointError, MetadataError: ValueError; TrtBuildError: RuntimeError
         raise click.ClickException(str(e)) from e
-    click.echo(f"detector: {onnx_path} ({_mib(onnx_path)}, opset {opset})")
+    graph_opset = next((o.version for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
+                        if o.domain in ("", "ai.onnx")), opset)  # TOOD raises it to 19
+    click.echo(f"detector: {onnx_path} ({_mib(onnx_path)}, opset {graph_opset})")
     if fp16_path is not None:
         click.echo(f"fp16: {fp16_path} ({_mib(fp16_path)})")
     if emb_path is not None:
