@@ -5,7 +5,7 @@ file size (MiB), COCO mAP@[.5:.95] and AP50 on the data config's val split (thro
 :func:`train.cli.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
 latency p50/p95 (ms per ``Backend.infer`` call on a batch of letterboxed val images, after warm-up;
 the backends return host arrays, so GPU timings include the device synchronisation), throughput
-(images/s at that batch), peak resident memory of a fresh process (MiB, ``ru_maxrss``) and the
+(images/s at that batch), peak resident memory of a fresh process (MiB, ``VmHWM``) and the
 end-to-end ``det-run`` FPS on a video clip (decode -> detect -> draw -> encode, from its
 ``summary.json``). Every format runs in its own subprocess, so memory figures do not mix.
 Missing artifacts are exported first (beside the weights); a format that cannot run here is a
@@ -82,8 +82,8 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
     from export.parity import read_image, val_image_paths
     from train.checkpoint import load_checkpoint
 
-    # exports made here verify parity on up to 8 val images (det-export's default is 50)
-    imgs = [read_image(p) for p in val_image_paths(load_checkpoint(weights).get("data") or {})[:8]] or None
+    # exports made here verify parity on up to 50 val images, as det-export does
+    imgs = [read_image(p) for p in val_image_paths(load_checkpoint(weights).get("data") or {})[:50]] or None
     try:
         if fmt == "onnx":
             p = Path(f"{stem}.onnx")
@@ -96,7 +96,7 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
         if fmt == "onnx-fp16":
             src = static  # FP16 variant of the static graph (the dynamic one has If subgraphs)
             p = src.with_name(f"{src.stem}_fp16.onnx")
-            if not p.is_file():  # gate off: the measured FP16 match rate is reported instead
+            if not p.is_file():  # gate off: the measured FP16 match rate (and pass/fail) is reported
                 from export.parity import synthetic_images
 
                 export_fp16(src, p, images=imgs or synthetic_images(), min_match=0.0, echo=echo)
@@ -111,8 +111,6 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
 
 def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: str) -> dict[str, Any]:
     """Worker body (own process): latency, throughput, accuracy and peak RSS of one artifact."""
-    import resource
-
     import cv2
     import numpy as np
 
@@ -140,11 +138,41 @@ def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: s
             "throughput": float(len(x) * 1e3 / ms.mean()), "map": float(result.stats["mAP"]),
             "ap50": float(result.stats["AP50"]), "backend": backend.name,
             "eval_ms_per_image": float(info["ms_per_image"]),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB: ``VmHWM`` of ``/proc/self/status`` (Linux).
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux a forked child's memory map starts with its
+    parent's high-water mark and ``execve`` keeps that peak (getrusage(2): usage is preserved across
+    execve), so every worker started by a grown det-bench process reported the parent's peak
+    (measured: 1564.4 MiB on six rows in a row). ``VmHWM`` belongs to the exec'd process's own map.
+    ``ru_maxrss`` remains the fallback where ``/proc`` is unavailable.
+    """
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+#: Environment of every measuring subprocess (a value already set in the environment wins).
+#: ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's OpenMP workers sleep instead of spin-waiting, as the ONNX
+#: Runtime sessions of :mod:`runtime.backends.onnx_backend` do (``session.intra_op.allow_spinning=0``).
+#: With spinning, a CPU shared with another job slowed the PyTorch rows 10-20x (measured on this
+#: 2-core machine beside a training run: 2.0-7.1 s instead of 0.44-0.51 s per 416 px forward of the
+#: default model) while ONNX Runtime was unaffected, so the rows would not compare.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _subprocess(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**WORKER_ENV, **os.environ,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False,
                           env=env, cwd=str(ROOT))
 
@@ -202,6 +230,7 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
             "load_avg_1_5_15": [round(v, 2) for v in os.getloadavg()], "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
+            "worker_env": {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()},
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 
 
@@ -238,9 +267,11 @@ def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | N
 
                 props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
                 fp = ModelMeta.from_json(props[META_KEY]).extra.get("fp16_parity", {})
-                row.extra["fp16_match_rate"] = fp.get("match_rate")
+                row.extra.update({f"fp16_{k}": fp.get(k) for k in (
+                    "match_rate", "n_matched", "n_ref_boxes", "criterion", "strict_match_rate", "n_images")})
             if fmt in ("onnx", "onnx-fp16", "torch") and batch > 1:
                 row.note = "batch-1 graph: images run one by one"
+            row.extra["load_avg_1m_before"] = round(os.getloadavg()[0], 2)  # other jobs on this CPU
             proc = _subprocess(["-m", "benchmarks.bench", "--worker", json.dumps(
                 [str(path), data, batch, warmup, iters, device])], timeout=3600)
             if proc.returncode != 0:
@@ -261,6 +292,25 @@ def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | N
     return rows
 
 
+def fp16_note(extra: dict[str, Any]) -> str:
+    """The report note of an ``onnx-fp16`` row from its ``fp16_*`` extras (see :func:`run_bench`):
+    match rate against the FP32 graph with the criterion, the verdict against the 98% gate, and the
+    strict all-boxes figure when recorded."""
+    rate = extra["fp16_match_rate"]
+    note = f"FP16 vs FP32 boxes matched {rate:.1%}"
+    if extra.get("fp16_n_ref_boxes") is not None:
+        note += f" ({extra.get('fp16_n_matched')}/{extra['fp16_n_ref_boxes']}"
+        note += f" on {extra['fp16_n_images']} val images)" if extra.get("fp16_n_images") else ")"
+    if extra.get("fp16_criterion"):
+        from export.fp16 import FP16_MIN_MATCH
+
+        note += f" [{extra['fp16_criterion']}], {'PASS' if rate >= FP16_MIN_MATCH else 'FAIL'}"
+        note += f" at {FP16_MIN_MATCH:.0%}"
+    if extra.get("fp16_strict_match_rate") is not None:
+        note += f"; all boxes at |score diff| <= 0.01: {extra['fp16_strict_match_rate']:.1%}"
+    return note
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) and v < 1 else f"{v}"
 
@@ -278,18 +328,23 @@ def write_report(rows: list[Row], info: dict[str, Any], out_dir: Path, name: str
              (f"- CPU: {info['cpu']} ({info['cpu_count']} logical cores, load average "
               f"{info.get('load_avg_1_5_15', '?')} when the report was written); GPU: {info['gpu']}"),
              f"- Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
-             *([f"- command: `{command}`"] if command else []), "", head,
+             *([f"- command: `{command}`"] if command else []),
+             *([f"- measuring processes: {' '.join(f'{k}={v}' for k, v in info['worker_env'].items())}"]
+               if info.get("worker_env") else []), "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         note = r.note if r.status == "ok" else f"{r.status}: {r.note}"
         if r.extra.get("fp16_match_rate") is not None:
-            note = f"FP16 vs FP32 boxes matched {r.extra['fp16_match_rate']:.1%}" + (f"; {note}" if note else "")
+            note = fp16_note(r.extra) + (f"; {note}" if note else "")
+        note = note.replace("|", "\\|")  # a literal pipe inside a Markdown table cell
         lines.append("| " + " | ".join(_fmt(v) for v in (
             r.model, r.format, r.size_mib, r.params_m, r.gflops, r.map, r.ap50, r.p50_ms, r.p95_ms,
-            r.throughput, r.batch, r.peak_rss_mib, r.video_fps)) + f" | {note.replace('|', '/')} |")
+            r.throughput, r.batch, r.peak_rss_mib, r.video_fps)) + f" | {note} |")
     legend = ("Latency: one `Backend.infer` call on `batch` letterboxed val images after warm-up; "
               "mAP/AP50: COCO on the val split at conf 0.001 (det-eval); det-run FPS: decode to encode "
-              "on the video clip; peak RSS: the measuring process.")
+              "on the video clip; peak RSS: the measuring process. The JSON has the 1-minute load "
+              "average before each row (`extra.load_avg_1m_before`): on a shared CPU, other jobs move "
+              "the timings.")
     lines += ["", legend, f"![mAP vs latency]({paths['png'].name})", ""]
     paths["md"].write_text("\n".join(lines))
     _plot(rows, paths["png"])

@@ -68,6 +68,7 @@ def test_bench_torch_row_and_unavailable_trt(ckpt: Path, data: Path, tmp_path: P
     paths = write_report(rows, machine_info(), tmp_path / "reports", "t", command="det-bench test")
     md = paths["md"].read_text()
     assert "| fasterrcnn_mobilenet_v2_fpn | torch |" in md and "CPU:" in md and "onnxruntime" in md
+    assert "measuring processes: OMP_WAIT_POLICY=" in md  # PyTorch's workers do not spin (see WORKER_ENV)
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(paths["json"].read_text())
     assert saved["machine"]["versions"]["torch"] and len(saved["rows"]) == len(rows)
