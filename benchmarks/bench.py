@@ -351,22 +351,33 @@ def write_report(rows: list[Row], info: dict[str, Any], out_dir: Path, name: str
     return paths
 
 
+MARKERS = {"torch": "o", "onnx": "s", "onnx-static": "^", "onnx-fp16": "D", "trt": "*"}
+
+
 def _plot(rows: list[Row], path: Path) -> None:
+    """mAP vs p50 latency: one colour per model (legend), one marker per format (labelled)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        if r.p50_ms is not None and r.map is not None:
-            ax.scatter(r.p50_ms, r.map)
-            ax.annotate(f"{r.model}\n{r.format}", (r.p50_ms, r.map), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    models = list(dict.fromkeys(r.model for r in rows))
+    colours = plt.get_cmap("tab10")
+    for m, model in enumerate(models):
+        done = [r for r in rows if r.model == model and r.p50_ms is not None and r.map is not None]
+        for k, r in enumerate(sorted(done, key=lambda r: r.p50_ms)):
+            ax.scatter(r.p50_ms, r.map, color=colours(m % 10), marker=MARKERS.get(r.format, "o"),
+                       label=model if k == 0 else None)
+            ax.annotate(r.format, (r.p50_ms, r.map), fontsize=7, textcoords="offset points",
+                        xytext=(5, 6 + 9 * (k % 3)))
+    ax.margins(x=0.08, y=0.15)
     ax.set_xlabel("latency p50 (ms per batch)")
     ax.set_ylabel("mAP@[.5:.95] (val)")
     ax.set_title("accuracy vs latency")
     ax.grid(alpha=0.3)
+    if models:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
