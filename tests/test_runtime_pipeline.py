@@ -59,7 +59,10 @@ def test_sigint_leaves_a_playable_video(det: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", str(VIDEO), "--weights", str(det),
                              "--project", str(tmp_path), "--name", "int"], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            # a runner started in the background (`cmd &`) ignores SIGINT and its
+                            # children inherit that: give det-run the default disposition
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     jsonl = tmp_path / "int/predictions.jsonl"
     # wait for the frame loop itself (written frames), not just the output files: under load the
