@@ -67,3 +67,21 @@ def make_synthetic(root: Path, n_train: int = 8, n_val: int = 4, size: int = 128
 def synthetic(tmp_path: Path) -> Path:
     """Path of a tiny synthetic VOC data config."""
     return make_synthetic(tmp_path / "synth")
+
+
+def no_torch_script(entry: str) -> str:
+    """Python source for ``python -c``: block torch/torchvision/train imports (an edge box without the
+    training stack), run ``entry``'s click ``main`` on ``sys.argv[1:]``, then assert none was imported."""
+    return f"""
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {{"torch", "torchvision", "train"}}:
+            raise ImportError(f"{{name}} is blocked: edge box without torch")
+sys.meta_path.insert(0, NoTorch())
+from {entry} import main
+try:
+    main(sys.argv[1:])
+finally:
+    assert not {{m.partition(".")[0] for m in sys.modules}} & {{"torch", "torchvision", "train"}}
+"""

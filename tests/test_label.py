@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import no_torch_script
 from click.testing import CliRunner
 
 from runtime.label import HogTeacher, LabelError, label_source, main
@@ -137,19 +138,7 @@ def test_hog_teacher_finds_walkers() -> None:
         assert iou.max(initial=0) <= 0.3 + 1e-6  # NMS at IoU 0.3 (before the same shrink for all)
 
 
-NO_TORCH = """
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"torch", "torchvision", "train"}:
-            raise ImportError(f"{name} is blocked: edge box without torch")
-sys.meta_path.insert(0, NoTorch())
-from runtime.label import main
-try:
-    main(sys.argv[1:])
-finally:
-    assert not {m.partition(".")[0] for m in sys.modules} & {"torch", "torchvision", "train"}
-"""
+NO_TORCH = no_torch_script("runtime.label")
 
 
 @need_video

