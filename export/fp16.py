@@ -8,7 +8,8 @@ selection here is structural and conservative (:func:`dense_nodes`):
 
 * float16 ("dense"): backbone, FPN, the RPN head's shared convolution and the RoI box head
   (``Conv``, ``Gemm``, activations, pooling, residual ``Add``...), found by propagating from the
-  graph input and from every ``RoiAlign`` output through dense ops;
+  graph input and from every RoI pooling output (``RoiAlign``, or the matrix-product pooling
+  under a ``box_roi_pool`` scope, :data:`POOL_SCOPE`) through dense ops;
 * float32, inside that region: the *input stem* (ImageNet normalisation and the first
   convolution, which sees raw pixels) and the *prediction layers*, i.e. every dense ``Conv``/
   ``Gemm`` whose output leaves the region (RPN objectness and box deltas, the box predictor's
@@ -17,7 +18,8 @@ selection here is structural and conservative (:func:`dense_nodes`):
 * float32, everything else: anchor/box decoding (``Exp`` of the size deltas, offsets of up to
   several thousand pixels, areas and ``Sqrt``/``Log`` of the FPN level mapping: values past
   float16's 65504 or its 0.25-1 px spacing above 256), softmax/sigmoid scores, ``TopK``,
-  ``NonMaxSuppression`` and ``RoiAlign`` inputs, and all index arithmetic.
+  ``NonMaxSuppression``, RoI pooling (sample positions, interpolation weights and the pooling
+  itself, as before the switch from ``RoiAlign``), and all index arithmetic.
 
 Graph inputs and outputs stay float32, so the runtime contract (:mod:`runtime.meta`) is unchanged.
 onnxconverter-common leaves a lossy ``Cast(float16) -> Cast(float)`` pair between any two float32
@@ -86,10 +88,17 @@ DATA_INPUTS = {"Resize": (0,), "Pad": (0,), "Clip": (0,), "Conv": (0,), "ConvTra
                "Gemm": (0,), "BatchNormalization": (0,), "ReduceMean": (0,)}
 #: Ops whose outputs seed the dense region (feature maps pooled per RoI).
 SEED_OPS = frozenset({"RoiAlign"})
+#: Node-name scope of RoI pooling built from other ops (:func:`export.roi_pool.separable_roi_align`
+#: in ``roi_heads.box_roi_pool`` or the static graph's ``box_roi_pool``): kept float32 as a whole,
+#: like ``RoiAlign``, its outputs seed the dense region.
+POOL_SCOPE = "/box_roi_pool/"
 #: Weighted layers: the first one is the stem, those whose output leaves the region predict.
 LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-#: Consumers that do not end the dense region (they read feature maps, as its seeds).
-FEATURE_READERS = SEED_OPS
+
+
+def _is_pooling(node: onnx.NodeProto) -> bool:
+    """A RoI pooling node: ``RoiAlign`` or any node in the :data:`POOL_SCOPE` scope."""
+    return node.op_type in SEED_OPS or POOL_SCOPE in node.name
 
 #: The FP16 parity criterion (see the module docstring).
 FP16_CONF = 0.25
@@ -106,7 +115,7 @@ def dense_nodes(model: onnx.ModelProto, *, fp32_stem: bool = True, fp32_predicti
         fp32_stem: keep the normalisation and the first weighted layer reached from the graph
             input in float32.
         fp32_predictions: keep in float32 every weighted layer whose output is read outside the
-            dense region (other than by ``RoiAlign``) or is a graph output.
+            dense region (other than by RoI pooling, :func:`_is_pooling`) or is a graph output.
 
     Raises:
         ValueError: a node has no name.
@@ -118,7 +127,7 @@ def dense_nodes(model: onnx.ModelProto, *, fp32_stem: bool = True, fp32_predicti
     for n in g.node:  # ONNX graphs are topologically sorted
         if not n.name:
             raise ValueError(f"unnamed {n.op_type} node; name every node before converting")
-        if n.op_type in SEED_OPS:
+        if _is_pooling(n):
             dense_tensors.update(n.output)
             continue
         if n.op_type not in DENSE_OPS:
@@ -137,7 +146,7 @@ def dense_nodes(model: onnx.ModelProto, *, fp32_stem: bool = True, fp32_predicti
     if fp32_predictions:
         outside = {o.name for o in g.output}
         for n in g.node:
-            if n.name not in chosen and n.op_type not in FEATURE_READERS:
+            if n.name not in chosen and not _is_pooling(n):
                 outside.update(n.input)
         drop.update(name for name, n in chosen.items()
                     if n.op_type in LAYER_OPS and any(o in outside for o in n.output))

@@ -229,7 +229,8 @@ def export_onnx(
         echo(f"tracing the static graph of {meta.model}: input [{batch}, 3, {meta.imgsz[0]}, "
              f"{meta.imgsz[1]}], outputs padded to max_det={meta.max_det}, opset {opset}")
     else:
-        module, example = SingleImageDetector(with_gather_pooling(model)), torch.from_numpy(xs[0])
+        example = torch.from_numpy(xs[0])
+        module = SingleImageDetector(with_gather_pooling(model, example[0]))
         axes = {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}}
         echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
     graph = trace_to_onnx(module, example, opset, meta.input_name, list(meta.output_names), axes,

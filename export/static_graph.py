@@ -10,9 +10,10 @@ the same inference with fixed sizes, reusing the trained sub-modules unchanged:
    masked (score -1), one ``NonMaxSuppression`` over ``[N, P, 4]`` with per-level coordinate
    offsets (``P = sum_l min(pre_nms_top_n, anchors_l) <= 5000``), selected indices scattered into a
    keep mask, ``TopK(post_nms_top_n)`` -> fixed ``[N, R, 4]`` proposals plus a validity mask;
-4. RoIAlign: the FPN level of each RoI (Lin et al. 2017, eq. 1, as torchvision's ``LevelMapper``),
-   one RoIAlign over the stacked pyramid (:func:`export.roi_pool.pyramid_roi_align`); box head
-   and predictor;
+4. RoIAlign (:class:`export.roi_pool.StaticRoIPool`): the FPN level of each RoI (Lin et al. 2017,
+   eq. 1, as torchvision's ``LevelMapper``); small maps pooled as two matrix products
+   (:func:`export.roi_pool.separable_roi_align`), larger ones with one RoIAlign over the stacked
+   pyramid (:func:`export.roi_pool.pyramid_roi_align`); box head and predictor;
 5. softmax, per-class box decoding, clip, low-score/small/padded candidates masked, one
    ``NonMaxSuppression`` with per-class offsets, ``TopK(max_det)`` -> padded outputs.
 
@@ -34,11 +35,12 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 from torchvision.ops.poolers import _setup_scales
 
-from export.roi_pool import pyramid_roi_align
+from export.roi_pool import StaticRoIPool, bins_first_head
 
 #: TensorRT's TopK needs ``K < 3840`` (onnx-tensorrt docs/operators.md, TensorRT 10.15).
 TOPK_LIMIT = 3840
@@ -107,6 +109,33 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
+class NormalizePad(nn.Module):
+    """Input stage of the static graphs, as ``GeneralizedRCNNTransform`` without resizing:
+    ``(x - mean) / std`` (the model's ``transform.image_mean/std``), then zero padding on the
+    right/bottom to a multiple of 32.
+
+    Args:
+        transform: the detector's ``GeneralizedRCNNTransform`` (``image_mean``, ``image_std``).
+        imgsz: ``(H, W)`` input size in pixels.
+
+    Attributes:
+        padded: ``(H, W)`` rounded up to multiples of 32.
+    """
+
+    def __init__(self, transform: nn.Module, imgsz: tuple[int, int]) -> None:
+        super().__init__()
+        self.imgsz = (int(imgsz[0]), int(imgsz[1]))
+        self.padded = (-(-self.imgsz[0] // 32) * 32, -(-self.imgsz[1] // 32) * 32)
+        self.register_buffer("mean", torch.tensor(transform.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(transform.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """float32 ``[N, 3, H, W]`` RGB in ``[0, 1]`` -> float32 ``[N, 3, *padded]``."""
+        x = (images - self.mean) / self.std
+        ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
 class StaticFasterRCNN(nn.Module):
     """Fixed-size deployment graph of a torchvision ``FasterRCNN`` (see the module docstring).
 
@@ -130,11 +159,8 @@ class StaticFasterRCNN(nn.Module):
             raise TypeError(f"{type(frcnn).__name__}: the static graph supports torchvision FasterRCNN only")
         self.frcnn = frcnn.eval()
         self.batch, self.imgsz = int(batch), (int(imgsz[0]), int(imgsz[1]))
-        h, w = self.imgsz
-        self.padded = (-(-h // 32) * 32, -(-w // 32) * 32)
-        t = frcnn.transform
-        self.register_buffer("mean", torch.tensor(t.image_mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(t.image_std).view(1, 3, 1, 1))
+        self.prep = NormalizePad(frcnn.transform, self.imgsz)
+        self.padded = self.prep.padded
         rpn, heads = frcnn.rpn, frcnn.roi_heads
         with torch.no_grad():  # anchors and per-level sizes are constants of the fixed input size
             x = torch.zeros(1, 3, *self.padded)
@@ -154,8 +180,13 @@ class StaticFasterRCNN(nn.Module):
         pool = heads.box_roi_pool
         self.pool_names = [k for k in fdict if k in pool.featmap_names]  # as torchvision's _filter_input
         pooled = [fdict[k] for k in self.pool_names]
-        self.scales, self.mapper = _setup_scales(pooled, [self.imgsz], pool.canonical_scale,
-                                                 pool.canonical_level)
+        scales, mapper = _setup_scales(pooled, [self.imgsz], pool.canonical_scale, pool.canonical_level)
+        self.box_roi_pool = StaticRoIPool([tuple(p.shape[-2:]) for p in pooled], scales, mapper,
+                                          pool.output_size, pool.sampling_ratio)
+        self.box_head = heads.box_head
+        if self.box_roi_pool.separable and type(heads.box_head) is TwoMLPHead:  # no pooled-feature transpose
+            self.box_head = bins_first_head(heads.box_head, pooled[0].shape[1], pool.output_size)
+            self.box_roi_pool.bins_first = True
         if sum(self.pre_nms) > NMS_LIMIT or self.n_cand > NMS_LIMIT:
             raise ValueError(f"NMS over {sum(self.pre_nms)} proposals / {self.n_cand} candidates "
                              f"exceeds TensorRT's {NMS_LIMIT}; lower rpn_pre_nms_top_n_test or imgsz")
@@ -205,24 +236,11 @@ class StaticFasterRCNN(nn.Module):
         return torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
                             boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
 
-    def _roi_pool(self, features: dict[str, Tensor], props: Tensor) -> Tensor:
-        """Multi-scale RoIAlign of ``props`` ``[N, R, 4]`` -> ``[N*R, C, 7, 7]`` without ``NonZero``:
-        one RoIAlign over the stacked pyramid (:func:`export.roi_pool.pyramid_roi_align`)."""
-        pool, n, r = self.frcnn.roi_heads.box_roi_pool, self.batch, self.n_props
-        flat = props.reshape(-1, 4)
-        batch_idx = torch.arange(n, dtype=flat.dtype).repeat_interleave(r)[:, None]
-        return pyramid_roi_align([features[k] for k in self.pool_names], torch.cat([batch_idx, flat], 1),
-                                 self.mapper([flat]), self.scales, pool.output_size, pool.sampling_ratio)
-
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n, heads = self.batch, self.frcnn.roi_heads
-        x = (images - self.mean) / self.std
-        ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        features = self._backbone(x)
+        features = self._backbone(self.prep(images))
         props, pvalid = self._proposals(list(features.values()))
-        head = heads.box_head(self._roi_pool(features, props))
+        head = self.box_head(self.box_roi_pool([features[k] for k in self.pool_names], props))
         logits, regression = heads.box_predictor(head)
         c = self.num_classes
         probs = F.softmax(logits, -1).view(n, self.n_props, c + 1)[..., 1:]

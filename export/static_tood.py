@@ -54,7 +54,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx import symbolic_helper
 
-from export.static_graph import NMS_LIMIT, TOPK_LIMIT, gather_rows, nms_topk
+from export.static_graph import (
+    NMS_LIMIT,
+    TOPK_LIMIT,
+    NormalizePad,
+    gather_rows,
+    nms_topk,
+)
 
 #: ONNX opset of ``DeformConv`` (introduced in opset 19).
 DEFORM_CONV_OPSET = 19
@@ -114,11 +120,8 @@ class StaticTOOD(nn.Module):
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.tood = inner.eval()
         self.batch, self.imgsz = int(batch), (int(imgsz[0]), int(imgsz[1]))
-        h, w = self.imgsz
-        self.padded = (-(-h // 32) * 32, -(-w // 32) * 32)
-        t = inner.transform
-        self.register_buffer("mean", torch.tensor(t.image_mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(t.image_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.prep = NormalizePad(inner.transform, self.imgsz)
+        self.padded = self.prep.padded
         self.num_classes = int(inner.num_classes)
         self.score_thresh, self.nms_thresh = float(inner.score_thresh), float(inner.nms_thresh)
         self.max_det = int(inner.detections_per_img)
@@ -170,11 +173,7 @@ class StaticTOOD(nn.Module):
         return torch.cat(out_b, 1), torch.cat(out_s, 1), torch.cat(out_l, 1)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = (images - self.mean) / self.std
-        ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        scores, boxes = self.tood.head(list(self.tood.backbone(x).values()))
+        scores, boxes = self.tood.head(list(self.tood.backbone(self.prep(images)).values()))
         boxes, scores, labels = self._candidates(scores, boxes)
         boxes = self._clip(boxes)
         scores = torch.where(scores > self.score_thresh, scores, torch.full_like(scores, -1.0))

@@ -9,8 +9,12 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format
 
 from export.roi_pool import (
+    SEPARABLE_MAX_CELLS,
     GatherMultiScaleRoIAlign,
+    bins_first_head,
     pyramid_roi_align,
+    separable_roi_align,
+    use_separable,
     with_gather_pooling,
 )
 
@@ -64,17 +68,92 @@ def test_pyramid_equals_per_level_roi_align_at_the_border() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_export_copy_keeps_reference_and_graph_has_no_scatter() -> None:
+def test_export_copy_keeps_reference_and_pools_without_roialign() -> None:
+    """The dynamic export of the MobileNetV2-FPN detector at 256 px (maps 16x16 + 8x8): the copy
+    pools by matrix products into a bins-first box head, the reference model is untouched, and the
+    graph has neither ScatterElements nor RoiAlign; its pooling nodes carry the ``box_roi_pool``
+    scope the FP16 converter keeps in float32."""
     from benchmarks.artifacts import cached_detector
+    from export.fp16 import POOL_SCOPE
     from train.checkpoint import load_checkpoint, model_from_checkpoint
 
     pt, onnx_path = cached_detector(256, 8)
     model = model_from_checkpoint(load_checkpoint(pt))
-    copy = with_gather_pooling(model)
+    image = torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0))
+    copy = with_gather_pooling(model, image)
     assert type(model.model.roi_heads.box_roi_pool) is MultiScaleRoIAlign  # the reference is untouched
-    assert isinstance(copy.model.roi_heads.box_roi_pool, GatherMultiScaleRoIAlign)
-    ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
-    assert "RoiAlign" in ops and "ScatterElements" not in ops, sorted(ops)
+    pool = copy.model.roi_heads.box_roi_pool
+    assert isinstance(pool, GatherMultiScaleRoIAlign) and pool.separable and pool.bins_first
+    assert not torch.equal(copy.model.roi_heads.box_head.fc6.weight, model.model.roi_heads.box_head.fc6.weight)
+    with torch.no_grad():
+        ref, ours = model(image[None])[0], copy(image[None])[0]
+    assert len(ref["boxes"]) == 8
+    torch.testing.assert_close(ours["boxes"], ref["boxes"], rtol=0, atol=1e-3)
+    torch.testing.assert_close(ours["scores"], ref["scores"], rtol=0, atol=1e-4)
+    nodes = onnx.load(str(onnx_path)).graph.node
+    ops = {n.op_type for n in nodes}
+    assert "RoiAlign" not in ops and "ScatterElements" not in ops, sorted(ops)
+    assert sum(n.op_type == "MatMul" and POOL_SCOPE in n.name for n in nodes) >= 2
+
+
+def _grid_boxes(n: int, r: int, h: int, w: int, stride: int, seed: int) -> torch.Tensor:
+    """``[n, r, 4]`` boxes in input pixels of an ``h x w``-cell map: random sizes, plus RoIs thinner
+    than one cell at the right/bottom border (where RoIAlign samples past the map and reads zeros),
+    the whole image and a degenerate box."""
+    g = torch.Generator().manual_seed(seed)
+    size = torch.tensor([w * stride, h * stride], dtype=torch.float32)
+    xy = torch.rand(n, r, 2, generator=g) * size
+    b = torch.cat([xy, torch.minimum(xy + torch.rand(n, r, 2, generator=g) * size * 0.7, size)], -1)
+    b[:, 0] = torch.stack([size[0] - 3, size[1] - 40, size[0], size[1]])
+    b[:, 1] = torch.stack([size[0] - 50, size[1] - 2, size[0], size[1]])
+    b[:, 2] = torch.cat([torch.zeros(2), size])
+    b[:, 3] = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    return b
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(1, 10, 10), (3, 7, 13), (2, 1, 5)])
+def test_separable_equals_roi_align(n: int, h: int, w: int) -> None:
+    """Every RoI of every image, border slivers included (unlike the pyramid, no deviation there)."""
+    stride, r = 32, 40
+    f = torch.randn(n, 6, h, w, generator=torch.Generator().manual_seed(1))
+    boxes = _grid_boxes(n, r, h, w, stride, seed=n)
+    rois = torch.cat([torch.arange(n, dtype=torch.float32).repeat_interleave(r)[:, None], boxes.reshape(-1, 4)], 1)
+    ref = roi_align(f, rois, [7, 7], 1 / stride, 2)
+    sliver = ref[::r]  # RoIAlign widens it to one cell: samples past the map's edge read zeros
+    assert (sliver == 0).any() and (sliver != 0).any()
+    ours = separable_roi_align([f], boxes, None, [1 / stride], (7, 7), 2)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    bins_first = separable_roi_align([f], boxes, None, [1 / stride], (7, 7), 2, bins_first=True)
+    assert torch.equal(bins_first.permute(0, 2, 1, 3), ours)
+
+
+def test_separable_multi_level_and_threshold() -> None:
+    """Levels as torchvision's mapper assigns them (RoIs of two images); the size rule."""
+    names, strides = ["0", "1"], [16, 32]
+    g = torch.Generator().manual_seed(2)
+    x = {k: torch.randn(2, 4, 832 // s, 640 // s, generator=g) for k, s in zip(names, strides)}
+    boxes = [_grid_boxes(1, 60, 26, 20, 32, seed=s)[0] for s in (3, 4)]
+    pool = MultiScaleRoIAlign(names, 7, 2)
+    ref = pool(x, boxes, [(832, 640)] * 2)
+    levels = pool.map_levels(boxes).view(2, -1)
+    assert set(levels.unique().tolist()) == {0, 1}
+    ours = separable_roi_align(list(x.values()), torch.stack(boxes), levels, pool.scales, (7, 7), 2)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert use_separable([(26, 20), (13, 10)], 2) and not use_separable([(26, 20), (13, 10)], 0)
+    assert not use_separable([(SEPARABLE_MAX_CELLS + 1, 1)], 2)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        separable_roi_align(list(x.values()), torch.stack(boxes), levels, pool.scales, (7, 7), 0)
+
+
+def test_bins_first_head_equals_head() -> None:
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    torch.manual_seed(0)
+    head = TwoMLPHead(6 * 7 * 5, 32)
+    pooled = torch.randn(9, 6, 7, 5)
+    twin = bins_first_head(head, 6, (7, 5))
+    torch.testing.assert_close(twin(pooled.permute(0, 2, 1, 3).contiguous()), head(pooled), rtol=1e-5, atol=1e-5)
+    assert head.fc6.weight.data_ptr() != twin.fc6.weight.data_ptr()
 
 
 @pytest.mark.parametrize("n", [1, 3])
