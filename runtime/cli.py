@@ -112,6 +112,9 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
               "0-based ids, comma separated (e.g. 'raccoon' or '0,2').")
 @click.option("--imgsz", default=None, type=click.IntRange(32), show_default="the model's",
               help="Letterbox size in pixels (square); only for models exported with dynamic H/W.")
+@click.option("--rect/--square", "rect", default=False, show_default="square",
+              help="Rectangular inputs (frame scaled to fit --imgsz, padded only to the model's stride; "
+              "dynamic H/W graphs only) or letterboxed to the full square. --sahi is always square.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]),
               help="Inference device; auto picks CUDA when available.")
 @click.option("--track", is_flag=True, default=False, show_default="off",
@@ -163,7 +166,8 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
               help="SAHI: overlap above which detections are merged/suppressed.")
 @click.option("--sahi-class-agnostic", is_flag=True, default=False, show_default="off",
               help="SAHI: merge detections of different classes too.")
-def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, device: str,
+def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
+         device: str,
          track: bool, tracker_cfg: Path, embedder: Path | None, project: Path, name: str, save: bool,
          save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None, sahi: bool, slice_size: int | None, slice_height: int | None,
          slice_width: int | None, overlap: float, overlap_height: float | None,
@@ -181,7 +185,10 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
     try:  # everything that can fail on bad input fails here, before any output is written
         backend = load_backend(weights, device)
         names = backend.meta.class_names
-        predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz)
+        if sahi and rect:
+            raise ValueError("--rect does not apply to --sahi: tiles and the full frame are letterboxed square")
+        predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz,
+                              rect=rect)
         if sahi:
             from runtime.tiling import SliceConfig, TiledPredictor
 

@@ -42,22 +42,34 @@ class Predictor:
         classes: 0-based class ids to keep; ``None`` keeps all.
         imgsz: letterbox size override, ``N`` or ``(H, W)`` pixels; only for graphs with
             ``meta.dynamic_hw``. Default ``meta.imgsz``.
+        rect: rectangular inference, for graphs with dynamic H/W only: frames scaled to fit
+            ``imgsz`` and not padded to it (the graph pads to its stride, as training's batches
+            are; :func:`letterbox` ``rect``). On a 768x576 frame at 320 px the input is 320x240
+            instead of 320x320. Off by default, so every format of a model (PyTorch, dynamic and
+            static ONNX, TensorRT) sees the same input as the export's parity check; the README
+            gives its measured effect on accuracy (model-dependent, either sign).
 
     Attributes:
         imgsz: ``(H, W)`` letterbox size in pixels.
+        rect: whether inputs are rectangular (see ``rect``).
         times_ms: wall time in ms of the last call's stages, keys :data:`STAGES`.
 
     Raises:
-        ValueError: ``imgsz`` differs from a fixed-size graph's, or ``classes`` holds an unknown id.
+        ValueError: ``imgsz`` differs from a fixed-size graph's, ``rect`` is asked of one, or
+            ``classes`` holds an unknown id.
     """
 
     def __init__(self, backend: Backend, conf: float = 0.25, classes: Sequence[int] | None = None,
-                 imgsz: int | tuple[int, int] | None = None) -> None:
+                 imgsz: int | tuple[int, int] | None = None, rect: bool = False) -> None:
         meta = backend.meta
         size = meta.imgsz if imgsz is None else (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
         if tuple(size) != tuple(meta.imgsz) and not meta.dynamic_hw:
             raise ValueError(f"imgsz {size} requested but the model's graph is fixed at {meta.imgsz}; "
                              "re-export with dynamic H/W or drop --imgsz")
+        if rect and not meta.dynamic_hw:
+            raise ValueError(f"rectangular inputs need a graph with dynamic H/W; {backend.name}'s is fixed "
+                             f"at {meta.imgsz} (use square letterboxing)")
+        self.rect = bool(rect)
         bad = [c for c in classes or () if not 0 <= c < len(meta.class_names)]
         if bad:
             raise ValueError(f"class ids {bad} out of range for {len(meta.class_names)} classes")
@@ -78,7 +90,8 @@ class Predictor:
         """
         t0 = time.perf_counter()
         # letterbox in BGR (pad colour reversed), then flip to RGB inside to_input's single copy
-        padded, info = letterbox(frame_bgr, self.imgsz, self._pad_bgr, out=self._buf)
+        padded, info = letterbox(frame_bgr, self.imgsz, self._pad_bgr, out=self._buf, rect=self.rect)
+        self._buf = padded  # our own buffer: reused while frames keep their size
         x = to_input(padded[:, :, ::-1])
         t1 = time.perf_counter()
         raw = self.backend.infer(x)[0]
@@ -95,7 +108,9 @@ class Predictor:
 
         The backend decides how many run per forward pass (all at once for batched graphs and
         PyTorch, one by one for a batch-1 ONNX graph). Each image is letterboxed exactly as
-        :meth:`__call__` does (same input values), straight into one reused float32 batch buffer.
+        :meth:`__call__` does (same input values), straight into one reused float32 batch buffer;
+        with :attr:`rect`, images of different shapes are padded (mean colour, right/bottom) to
+        the largest height and width among them.
 
         Args:
             images_bgr: uint8 ``[H_i, W_i, 3]`` BGR images (sizes may differ; views are fine).
@@ -106,11 +121,24 @@ class Predictor:
         """
         t0 = time.perf_counter()
         n = len(images_bgr)
-        if n > len(self._batch):
-            self._batch = np.empty((n, 3, *self.imgsz), np.float32)
+        if self.rect:
+            sized = [letterbox(img, self.imgsz, self._pad_bgr, rect=True) for img in images_bgr]
+            hw = (max(p.shape[0] for p, _ in sized), max(p.shape[1] for p, _ in sized))
+        else:
+            hw = self.imgsz
+        if n > len(self._batch) or self._batch.shape[2:] != hw:
+            self._batch = np.empty((n, 3, *hw), np.float32)
         batch, infos, inv255 = self._batch[:n], [], np.float32(1.0 / 255.0)
         for i, img in enumerate(images_bgr):
-            padded, info = letterbox(img, self.imgsz, self._pad_bgr, out=self._buf)
+            if self.rect:
+                padded, info = sized[i]
+                if padded.shape[:2] != hw:
+                    canvas = np.empty((*hw, 3), np.uint8)
+                    canvas[:] = self._pad_bgr
+                    canvas[:padded.shape[0], :padded.shape[1]] = padded
+                    padded = canvas
+            else:
+                padded, info = letterbox(img, self.imgsz, self._pad_bgr, out=self._buf)
             np.multiply(padded[:, :, ::-1].transpose(2, 0, 1), inv255, out=batch[i])  # == to_input
             infos.append(info)
         t1 = time.perf_counter()

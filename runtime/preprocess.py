@@ -55,6 +55,7 @@ def letterbox(
     imgsz: tuple[int, int],
     pad_value: tuple[int, int, int] = PAD_VALUE,
     out: np.ndarray | None = None,
+    rect: bool = False,
 ) -> tuple[np.ndarray, LetterboxInfo]:
     """Fit ``img`` into ``imgsz`` keeping aspect ratio, padding right/bottom.
 
@@ -62,10 +63,16 @@ def letterbox(
         img: ``uint8 [H, W, 3]`` frame, same channel order as ``pad_value``.
         imgsz: ``(H, W)`` of the model input in pixels.
         pad_value: padding colour.
-        out: optional preallocated ``uint8 [H, W, 3]`` buffer reused across frames.
+        out: optional preallocated buffer reused across frames (used when its shape is the
+            output's; the returned array is always a buffer of this function's, never ``img``).
+        rect: no padding: return the resized image itself (``resized_hw``), for graphs with
+            dynamic H/W, which pad to their stride with the mean colour themselves, exactly as in
+            training (``GeneralizedRCNNTransform``); a landscape 4:3 frame at 320 is 320x240
+            instead of 320x320.
 
     Returns:
-        ``(padded uint8 [imgsz[0], imgsz[1], 3], LetterboxInfo)``.
+        ``(padded uint8 [imgsz[0], imgsz[1], 3], LetterboxInfo)``; with ``rect``, uint8
+        ``[*resized_hw, 3]``.
 
     Raises:
         ValueError: ``img`` is not a non-empty 3-channel image.
@@ -81,6 +88,8 @@ def letterbox(
         resized = cv2.resize(img, (nw, nh), interpolation=interp)
     else:
         resized = img
+    if rect:
+        th, tw = nh, nw
     if out is None or out.shape != (th, tw, 3):
         out = np.empty((th, tw, 3), dtype=np.uint8)
     out[:nh, :nw] = resized

@@ -148,8 +148,13 @@ class TiledPredictor:
     """SAHI sliced detection with one batched backend call per frame; a drop-in for :class:`Predictor`.
 
     Args:
-        predictor: letterbox size, ``conf`` and ``classes`` of each tile's detection.
+        predictor: letterbox size, ``conf`` and ``classes`` of each tile's detection; square
+            letterboxing (``rect=False``), so tiles and the full frame share one batch shape and
+            ``get_sliced_prediction`` on the same predictor sees the same inputs.
         config: slicing and merging settings.
+
+    Raises:
+        ValueError: ``predictor.rect`` is on.
 
     Attributes:
         times_ms: last frame's stage times in ms, keys :data:`runtime.predictor.STAGES`
@@ -158,6 +163,8 @@ class TiledPredictor:
     """
 
     def __init__(self, predictor: Predictor, config: SliceConfig = SliceConfig()) -> None:
+        if predictor.rect:
+            raise ValueError("SAHI tiling needs square letterboxing: Predictor(..., rect=False)")
         self.predictor = predictor
         self.config = config
         self.imgsz = predictor.imgsz

@@ -106,6 +106,11 @@ def test_predictor_input_filters_and_mapping() -> None:
     assert Predictor(backend, imgsz=320).imgsz == (320, 320)
     with pytest.raises(ValueError, match="fixed"):
         Predictor(StubBackend(boxes, np.ones(3), np.zeros(3), dynamic_hw=False), imgsz=320)
+    with pytest.raises(ValueError, match="dynamic H/W"):
+        Predictor(StubBackend(boxes, np.ones(3), np.zeros(3), dynamic_hw=False), rect=True)
+    rect = Predictor(backend, conf=0.25, rect=True)
+    np.testing.assert_allclose(rect(frame).boxes, dets.boxes, rtol=1e-5)  # same scale, no border
+    assert backend.seen.shape == (1, 3, 154, 256)  # 300x500 at 256: not padded to 256x256
     with pytest.raises(ValueError, match="out of range"):
         Predictor(backend, classes=[5])
 
@@ -126,13 +131,16 @@ def test_onnx_predictor_on_real_images(models: Path) -> None:
 
 
 @needs_images
-def test_torch_backend_matches_onnx(models: Path) -> None:
+@pytest.mark.parametrize("rect", [False, True])
+def test_torch_backend_matches_onnx(models: Path, rect: bool) -> None:
+    """Square letterbox, and rectangular inputs (raccoon-1 is 650x417: a 256x164 input that the
+    dynamic graph pads to 256x192 itself, with RoI pooling sized from the input's shape)."""
     frame = cv2.imread(str(IMAGES / "raccoon-1.jpg"))
-    onnx_dets = Predictor(load_backend(models / "det.onnx", "cpu"), conf=0.0)(frame)
+    onnx_dets = Predictor(load_backend(models / "det.onnx", "cpu"), conf=0.0, rect=rect)(frame)
     torch_backend = load_backend(models / "det.pt", "cpu")
     assert torch_backend.name == "torch[cpu]" and torch_backend.meta.imgsz == (IMGSZ, IMGSZ)
-    torch_dets = Predictor(torch_backend, conf=0.0)(frame)
-    assert len(torch_dets) == len(onnx_dets)
+    torch_dets = Predictor(torch_backend, conf=0.0, rect=rect)(frame)
+    assert len(torch_dets) == len(onnx_dets) == 8
     dist = np.abs(onnx_dets.boxes[:, None] - torch_dets.boxes[None]).max(-1).min(1)  # order-free match
     assert dist.max() < 0.5
 
@@ -293,6 +301,7 @@ def test_clear_errors(models: Path, tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 1000)
     assert f"cannot open {junk} as a video" in _run([str(junk), "--weights", det], tmp_path)
     assert "did you mean 'raccoon'" in _run([img, "--weights", det, "--classes", "racoon"], tmp_path)
+    assert "--rect does not apply to --sahi" in _run([img, "--weights", det, "--rect", "--sahi"], tmp_path)
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "det.onnx").symlink_to(models / "det.onnx")

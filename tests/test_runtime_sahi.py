@@ -15,7 +15,7 @@ from conftest import no_torch_script
 
 from benchmarks.common import match_count, read_frames
 from runtime.backends import Backend, load_backend
-from runtime.meta import ModelMeta
+from runtime.meta import PAD_VALUE, ModelMeta
 from runtime.predictor import Predictor
 from runtime.preprocess import letterbox, to_input
 from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
@@ -74,6 +74,8 @@ def test_slice_config_validation() -> None:
 
 
 def test_predict_batch_equals_single_calls() -> None:
+    """Square: every image's input is __call__'s. Rect: each image's own resized input, padded with
+    the mean colour to the batch's largest height and width; alone it is exactly __call__'s."""
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, s, np.uint8) for s in ((300, 500, 3), (256, 256, 3), (90, 40, 3))]
 
@@ -82,10 +84,26 @@ def test_predict_batch_equals_single_calls() -> None:
             self.seen = x.copy()
             return super().infer(x)
 
-    p = Predictor(Echo(IMGSZ), conf=0.0)
+    p = Predictor(Echo(IMGSZ), conf=0.0, rect=False)
     p.predict_batch(imgs)
     for i, img in enumerate(imgs):  # the exact input __call__ builds
         np.testing.assert_array_equal(p.backend.seen[i], to_input(letterbox(img[:, :, ::-1], (IMGSZ, IMGSZ))[0])[0])
+
+    assert not Predictor(Echo(IMGSZ)).rect  # square by default
+    p = Predictor(Echo(IMGSZ), conf=0.0, rect=True)
+    p.predict_batch(imgs)
+    assert p.backend.seen.shape == (3, 3, IMGSZ, IMGSZ)  # 300x500 -> 154x256, 256x256, 90x40 -> 256x114
+    first = to_input(letterbox(imgs[0][:, :, ::-1], (IMGSZ, IMGSZ), rect=True)[0])[0]
+    assert first.shape == (3, 154, 256)
+    np.testing.assert_array_equal(p.backend.seen[0, :, :154], first)
+    np.testing.assert_array_equal(p.backend.seen[0, :, 154:], np.broadcast_to(
+        (np.array(PAD_VALUE, np.float32) * np.float32(1 / 255))[:, None, None], (3, IMGSZ - 154, IMGSZ)))
+    p(imgs[0])
+    np.testing.assert_array_equal(p.backend.seen, first[None])
+    p.predict_batch(imgs[:1])
+    np.testing.assert_array_equal(p.backend.seen, first[None])
+    with pytest.raises(ValueError, match="square"):
+        TiledPredictor(p)
 
 
 @pytest.fixture(scope="module")

@@ -164,11 +164,14 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
               help="score threshold of the confusion matrix and prediction samples")
 @click.option("--imgsz", default=None, type=int, show_default="the model's",
               help="input size override (dynamic graphs only)")
+@click.option("--rect/--square", "rect", default=False, show_default="square",
+              help="rectangular inputs padded only to the model's stride (dynamic H/W graphs) "
+              "or letterboxed to the full square (as every format's parity check)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
 @click.option("--project", default="runs/eval", show_default=True, help="parent of the run folder")
 @click.option("--name", default="exp", show_default=True, help="run folder name (incremented)")
 def eval_cli(weights: str, data: str, split: str, conf: float, iou: float, plot_conf: float,
-             imgsz: int | None, device: str, project: str, name: str) -> None:
+             imgsz: int | None, rect: bool, device: str, project: str, name: str) -> None:
     """COCO mAP@[.5:.95], AP50 and per-class AP of a .pt or .onnx model on a dataset split.
 
     Both formats run through the runtime's backends (letterbox pre-processing, same as det-run),
@@ -176,7 +179,7 @@ def eval_cli(weights: str, data: str, split: str, conf: float, iou: float, plot_
     val_predictions.jpg to the run folder.
     """
     try:
-        result, info, samples, preds = evaluate_weights(weights, data, split, conf, imgsz, device)
+        result, info, samples, preds = evaluate_weights(weights, data, split, conf, imgsz, device, rect)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(e)
     click.echo(result.table())
@@ -193,7 +196,7 @@ def eval_cli(weights: str, data: str, split: str, conf: float, iou: float, plot_
 
 
 def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 0.001,
-                     imgsz: int | None = None, device: str = "auto"):
+                     imgsz: int | None = None, device: str = "auto", rect: bool = False):
     """Evaluate an artifact on a split through :mod:`runtime` backends.
 
     Returns ``(CocoResult, info, samples, predictions)`` with ``info`` = weights, backend, split,
@@ -218,7 +221,7 @@ def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 
     if list(backend.meta.class_names) != list(names):
         raise ValueError(f"{weights}: model classes {backend.meta.class_names} differ from "
                          f"{data} names {names}")
-    pred = Predictor(backend, conf=conf, imgsz=imgsz)
+    pred = Predictor(backend, conf=conf, imgsz=imgsz, rect=rect)
     preds, elapsed, n_timed = {}, 0.0, 0
     for i, s in enumerate(samples):
         try:
@@ -234,6 +237,6 @@ def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 
         preds[i] = (d.boxes, d.scores, d.labels)
     result = evaluate_coco(samples, preds, names, cat_ids)
     info = {"weights": str(weights), "backend": backend.name, "split": split,
-            "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed),
+            "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed), "rect": pred.rect,
             "class_names": names, "category_ids": cat_ids}
     return result, info, samples, preds
