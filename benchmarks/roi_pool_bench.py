@@ -1,13 +1,19 @@
-"""RoI pooling in exported graphs: ONNX ``RoiAlign`` against the separable matrix-product pooling.
+"""RoI pooling in exported graphs: ONNX ``RoiAlign``, separable matrix products, folded box head.
 
-Exports one checkpoint twice with the same code, once with separable pooling switched off
-(``export.roi_pool.SEPARABLE_MAX_CELLS = 0``: every level through ``RoiAlign``, as before it
-existed) and once as ``det-export`` does now (both parity-checked on the checkpoint's val images,
-as ``det-export`` does), for each graph kind asked for (the dynamic batch-1
-graph, static graphs at ``--batch`` sizes). Then runs both versions interleaved, frame by frame, on
-video frames letterboxed as ``det-run`` does, and prints the median ms per image and, for each
-graph, the fraction of the PyTorch checkpoint's boxes (score >= ``--conf``) it reproduces (same
-class, IoU >= 0.95).
+Exports one checkpoint three times with the same code (each parity-checked on the checkpoint's
+val images, as ``det-export`` does), for each graph kind asked for (the dynamic batch-1 graph,
+static graphs at ``--batch`` sizes):
+
+* ``RoiAlign``: separable pooling switched off (``export.roi_pool.SEPARABLE_MAX_CELLS = 0``), every
+  level through ONNX ``RoiAlign``, as before it existed;
+* ``separable``: pooling as two matrix products into a bins-first box head, the head's first layer
+  kept apart (``export.roi_pool.FOLD_HEAD = False``);
+* ``det-export``: as ``det-export`` does now (the box head's first layer folded into the pooling
+  where that is cheaper, :class:`export.roi_pool.FoldedRoILinear`).
+
+Then runs the versions interleaved, frame by frame, on video frames letterboxed as ``det-run``
+does, and prints the median ms per image and, for each graph, the fraction of the PyTorch
+checkpoint's boxes (score >= ``--conf``) it reproduces (same class, IoU >= 0.95).
 
     PYTHONPATH=. python -m benchmarks.roi_pool_bench --weights runs/train/nano/weights/best.pt --batch 1 --batch 5
 
@@ -26,17 +32,22 @@ import click
 from benchmarks.common import VTEST, match_count, read_frames
 
 
-def _export(ckpt: Path, out: Path, batch: int | None, separable: bool) -> Path:
-    """det-export of ``ckpt`` (parity on its dataset's val images) with or without separable pooling."""
+#: the exports compared: column name, ``SEPARABLE_MAX_CELLS`` switched off, ``FOLD_HEAD``
+VARIANTS = [("RoiAlign", True, False), ("separable", False, False), ("det-export", False, True)]
+
+
+def _export(ckpt: Path, out: Path, batch: int | None, no_separable: bool, fold: bool) -> Path:
+    """det-export of ``ckpt`` (parity on its dataset's val images) with the pooling switches set."""
     from export import roi_pool
     from export.onnx_export import export_onnx
 
-    saved = roi_pool.SEPARABLE_MAX_CELLS
-    roi_pool.SEPARABLE_MAX_CELLS = saved if separable else 0
+    saved = roi_pool.SEPARABLE_MAX_CELLS, roi_pool.FOLD_HEAD
+    roi_pool.SEPARABLE_MAX_CELLS = 0 if no_separable else saved[0]
+    roi_pool.FOLD_HEAD = fold
     try:
         return export_onnx(ckpt, out, static=batch is not None, batch=batch or 1, echo=lambda _: None)
     finally:
-        roi_pool.SEPARABLE_MAX_CELLS = saved
+        roi_pool.SEPARABLE_MAX_CELLS, roi_pool.FOLD_HEAD = saved
 
 
 @click.command(context_settings={"show_default": True})
@@ -48,7 +59,7 @@ def _export(ckpt: Path, out: Path, batch: int | None, separable: bool) -> Path:
 @click.option("--frames", default=10, type=click.IntRange(1), help="Frames timed per graph (after 2 warm-ups).")
 @click.option("--conf", default=0.25, type=float, help="Boxes compared: score >= conf.")
 def main(weights: Path, batches: tuple[int, ...], video: Path, frames: int, conf: float) -> None:
-    """Print ms/image of RoiAlign vs separable pooling graphs of WEIGHTS and their box agreement."""
+    """Print ms/image of WEIGHTS' graphs with each RoI pooling variant and their box agreement."""
     from runtime.backends import load_backend
     from runtime.predictor import Predictor
 
@@ -60,13 +71,13 @@ def main(weights: Path, batches: tuple[int, ...], video: Path, frames: int, conf
     rows = []
     for batch in kinds:
         tag = "dynamic b1" if batch is None else f"static b{batch}"
-        paths = [_export(weights, Path(tmp.name) / f"{tag.replace(' ', '_')}_{s}.onnx", batch, s)
-                 for s in (False, True)]
+        paths = [_export(weights, Path(tmp.name) / f"{tag.replace(' ', '_')}_{name}.onnx", batch, off, fold)
+                 for name, off, fold in VARIANTS]
         preds = [Predictor(load_backend(p, "cpu"), conf) for p in paths]
         n = batch or 1
         groups = [[(i + j) % len(imgs) for j in range(n)] for i in range(frames + 2)]
-        ms: list[list[float]] = [[], []]
-        counts = [[0, 0], [0, 0]]
+        ms: list[list[float]] = [[] for _ in VARIANTS]
+        counts = [[0, 0] for _ in VARIANTS]
         for i, group in enumerate(groups):
             for k, pred in enumerate(preds):
                 t = time.perf_counter()
@@ -78,15 +89,17 @@ def main(weights: Path, batches: tuple[int, ...], video: Path, frames: int, conf
                     m, c = match_count(d.boxes, ref.boxes, d.labels, ref.labels)
                     counts[k][0] += m
                     counts[k][1] += c
-        rows.append((tag, statistics.median(ms[0]), statistics.median(ms[1]), counts))
+        rows.append((tag, [statistics.median(m) for m in ms], counts))
     ref = load_backend(paths[0], "cpu")
     click.echo(f"\n{weights.name}: {ref.meta.model}, imgsz {ref.meta.imgsz}, {frames} {video.name} frames, "
                f"ONNX Runtime CPU, median ms per image (input letterboxing included)")
-    click.echo(f"{'graph':<14}{'RoiAlign':>10}{'separable':>11}{'speed-up':>10}"
-               f"{'PyTorch boxes: RoiAlign':>26}{'separable':>14}")
-    for tag, a, b, counts in rows:
+    names = [name for name, _, _ in VARIANTS]
+    click.echo(f"{'graph':<14}" + "".join(f"{n:>12}" for n in names) + f"{'speed-up':>10}  PyTorch boxes reproduced ("
+               + ", ".join(names) + ")")
+    for tag, times, counts in rows:
         cells = [f"{m}/{c} = {m / max(c, 1):.1%}" for m, c in counts]
-        click.echo(f"{tag:<14}{a:>10.1f}{b:>11.1f}{a / b:>9.2f}x{cells[0]:>26}  {cells[1]:>14}")
+        click.echo(f"{tag:<14}" + "".join(f"{t:>12.1f}" for t in times) + f"{times[0] / times[-1]:>9.2f}x  "
+                   + ", ".join(cells))
     tmp.cleanup()
 
 

@@ -35,12 +35,11 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 from torchvision.ops.poolers import _setup_scales
 
-from export.roi_pool import StaticRoIPool, bins_first_head
+from export.roi_pool import StaticRoIPool
 
 #: TensorRT's TopK needs ``K < 3840`` (onnx-tensorrt docs/operators.md, TensorRT 10.15).
 TOPK_LIMIT = 3840
@@ -183,10 +182,7 @@ class StaticFasterRCNN(nn.Module):
         scales, mapper = _setup_scales(pooled, [self.imgsz], pool.canonical_scale, pool.canonical_level)
         self.box_roi_pool = StaticRoIPool([tuple(p.shape[-2:]) for p in pooled], scales, mapper,
                                           pool.output_size, pool.sampling_ratio)
-        self.box_head = heads.box_head
-        if self.box_roi_pool.separable and type(heads.box_head) is TwoMLPHead:  # no pooled-feature transpose
-            self.box_head = bins_first_head(heads.box_head, pooled[0].shape[1], pool.output_size)
-            self.box_roi_pool.bins_first = True
+        self.box_head = self.box_roi_pool.adapt_head(heads.box_head, pooled[0].shape[1], self.n_props)
         if sum(self.pre_nms) > NMS_LIMIT or self.n_cand > NMS_LIMIT:
             raise ValueError(f"NMS over {sum(self.pre_nms)} proposals / {self.n_cand} candidates "
                              f"exceeds TensorRT's {NMS_LIMIT}; lower rpn_pre_nms_top_n_test or imgsz")

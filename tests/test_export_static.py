@@ -117,7 +117,9 @@ def test_fp16_variant(graph: Path, export: Result) -> None:
     dtype = {n.name: weight.get(n.input[1]) for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
     first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
     assert dtype[first_conv] == TensorProto.FLOAT  # the stem sees raw pixels: float32
-    assert dtype["/box_head/fc6/Gemm"] == TensorProto.FLOAT16  # backbone, FPN, box head: float16
+    assert dtype["/box_head/fc7/Gemm"] == TensorProto.FLOAT16  # backbone, FPN, box head: float16
+    # at this size the pooling absorbs fc6 (export.roi_pool.FoldedRoILinear): float32, as pooling
+    assert "/box_head/fc6/Gemm" not in dtype and weight["box_roi_pool.fold.weight"] == TensorProto.FLOAT
     assert sum(d == TensorProto.FLOAT16 for d in dtype.values()) > 40
     for name in ("/box_predictor/cls_score/Gemm", "/box_predictor/bbox_pred/Gemm", "/head/cls_logits/Conv",
                  "/head/bbox_pred/Conv"):  # prediction layers (logits, deltas before Exp): float32
@@ -129,7 +131,7 @@ def test_fp16_variant(graph: Path, export: Result) -> None:
     assert "FP16 vs FP32 graph" in export.output and "strict:" in export.output and f"fp16: {path}" in export.output
     assert check_trt_readiness(model).ready
     dense = dense_nodes(onnx.load(str(graph)))  # RoI pooling float32, as RoiAlign was; its reader float16
-    assert "/box_head/fc6/Gemm" in dense and not any(POOL_SCOPE in n for n in dense)
+    assert "/box_head/fc7/Gemm" in dense and not any(POOL_SCOPE in n for n in dense)
 
 
 def _coarsen(model: onnx.ModelProto, mantissa_bits: int) -> onnx.ModelProto:

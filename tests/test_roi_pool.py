@@ -8,10 +8,14 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format
 
+from export import roi_pool
 from export.roi_pool import (
     SEPARABLE_MAX_CELLS,
+    FoldedRoILinear,
     GatherMultiScaleRoIAlign,
     bins_first_head,
+    fold_is_cheaper,
+    folded_head,
     pyramid_roi_align,
     separable_roi_align,
     use_separable,
@@ -68,23 +72,33 @@ def test_pyramid_equals_per_level_roi_align_at_the_border() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_export_copy_keeps_reference_and_pools_without_roialign() -> None:
-    """The dynamic export of the MobileNetV2-FPN detector at 256 px (maps 16x16 + 8x8): the copy
-    pools by matrix products into a bins-first box head, the reference model is untouched, and the
-    graph has neither ScatterElements nor RoiAlign; its pooling nodes carry the ``box_roi_pool``
-    scope the FP16 converter keeps in float32."""
+@pytest.mark.parametrize("fold", [True, False])
+def test_export_copy_keeps_reference_and_pools_without_roialign(fold: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dynamic export's copy of the MobileNetV2-FPN detector at 256 px (two 8x8 maps pooled):
+    its pooling absorbs the box head's fc6 (``fold``, what the export does there) or feeds a
+    bins-first fc6 (``FOLD_HEAD`` off); either way the reference model is untouched and the copy
+    gives its detections. The exported graph has neither ScatterElements nor RoiAlign; its pooling
+    nodes carry the ``box_roi_pool`` scope the FP16 converter keeps in float32."""
     from benchmarks.artifacts import cached_detector
     from export.fp16 import POOL_SCOPE
     from train.checkpoint import load_checkpoint, model_from_checkpoint
 
+    monkeypatch.setattr(roi_pool, "FOLD_HEAD", fold)
     pt, onnx_path = cached_detector(256, 8)
     model = model_from_checkpoint(load_checkpoint(pt))
     image = torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0))
     copy = with_gather_pooling(model, image)
     assert type(model.model.roi_heads.box_roi_pool) is MultiScaleRoIAlign  # the reference is untouched
-    pool = copy.model.roi_heads.box_roi_pool
-    assert isinstance(pool, GatherMultiScaleRoIAlign) and pool.separable and pool.bins_first
-    assert not torch.equal(copy.model.roi_heads.box_head.fc6.weight, model.model.roi_heads.box_head.fc6.weight)
+    assert type(model.model.roi_heads.box_head.fc6) is torch.nn.Linear
+    pool, head = copy.model.roi_heads.box_roi_pool, copy.model.roi_heads.box_head
+    assert isinstance(pool, GatherMultiScaleRoIAlign) and pool.separable
+    if fold:
+        assert isinstance(pool.fold, FoldedRoILinear) and not pool.bins_first
+        assert isinstance(head.fc6, torch.nn.Identity) and "fold.weight" in dict(pool.named_buffers())
+    else:
+        assert pool.fold is None and pool.bins_first
+        assert not torch.equal(head.fc6.weight, model.model.roi_heads.box_head.fc6.weight)
+    assert not hasattr(model.model.roi_heads.box_roi_pool, "fold")  # registries not shared
     with torch.no_grad():
         ref, ours = model(image[None])[0], copy(image[None])[0]
     assert len(ref["boxes"]) == 8
@@ -94,6 +108,7 @@ def test_export_copy_keeps_reference_and_pools_without_roialign() -> None:
     ops = {n.op_type for n in nodes}
     assert "RoiAlign" not in ops and "ScatterElements" not in ops, sorted(ops)
     assert sum(n.op_type == "MatMul" and POOL_SCOPE in n.name for n in nodes) >= 2
+    assert any(POOL_SCOPE + "fold/" in n.name for n in nodes)  # the artifact is the folded one
 
 
 def _grid_boxes(n: int, r: int, h: int, w: int, stride: int, seed: int) -> torch.Tensor:
@@ -154,6 +169,42 @@ def test_bins_first_head_equals_head() -> None:
     twin = bins_first_head(head, 6, (7, 5))
     torch.testing.assert_close(twin(pooled.permute(0, 2, 1, 3).contiguous()), head(pooled), rtol=1e-5, atol=1e-5)
     assert head.fc6.weight.data_ptr() != twin.fc6.weight.data_ptr()
+
+
+@pytest.mark.parametrize(("n", "image", "strides"), [(1, (320, 320), [32]), (2, (224, 416), [32]),
+                                                   (2, (832, 640), [16, 32])])
+def test_folded_linear_equals_pool_then_fc(n: int, image: tuple[int, int], strides: list[int]) -> None:
+    """fc6(RoIAlign) of torchvision's pooling equals the folded map, border slivers, degenerate
+    boxes and two FPN levels (as torchvision's mapper assigns them) included; the head without fc6
+    finishes it like the whole head."""
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    torch.manual_seed(0)
+    c, r = 6, 40
+    names = [str(i) for i in range(len(strides))]
+    g = torch.Generator().manual_seed(5)
+    x = {k: torch.randn(n, c, image[0] // s, image[1] // s, generator=g) for k, s in zip(names, strides)}
+    boxes = _grid_boxes(n, r, image[0] // 32, image[1] // 32, 32, seed=n)
+    pool = MultiScaleRoIAlign(names, (7, 5), 2)
+    head = TwoMLPHead(c * 7 * 5, 16)
+    ref = pool(x, list(boxes), [image] * n)
+    levels = pool.map_levels(list(boxes)).view(n, r) if len(strides) > 1 else None
+    if levels is not None:
+        assert set(levels.unique().tolist()) == {0, 1}
+    fold = FoldedRoILinear(head.fc6, c, (7, 5), 2)
+    ours = fold(list(x.values()), boxes, levels, pool.scales)
+    assert ours.shape == (n * r, 16)
+    torch.testing.assert_close(ours, head.fc6(ref.flatten(1)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded_head(head)(ours), head(ref), rtol=1e-5, atol=1e-5)
+    assert isinstance(head.fc6, torch.nn.Linear)  # the head itself is left as it was
+
+
+def test_fold_cost_rule() -> None:
+    """The multiply-add rule at the sizes the docstring quotes: mini-darknet at 320 px folds, the
+    MobileNetV2 FPN at 416 px does not; fewer RoIs make folding (a per-image cost) less worthwhile."""
+    assert fold_is_cheaper([(10, 10)], 256, 128, 300, (7, 7))
+    assert not fold_is_cheaper([(26, 26), (13, 13)], 256, 1024, 300, (7, 7))
+    assert not fold_is_cheaper([(10, 10)], 256, 128, 20, (7, 7))
 
 
 @pytest.mark.parametrize("n", [1, 3])
