@@ -69,7 +69,6 @@ def _axis_weights(lo: Tensor, hi: Tensor, size: int, bins: int, samples: int, ce
     Args:
         lo, hi: float32 ``[...]`` RoI start and end on this axis, feature-map cells.
         size: map cells on this axis.
-
         cells_first: return the transpose, ``[..., size, bins]``, built in that layout (an ONNX
             ``Transpose`` of it costs more than building it).
 
@@ -203,8 +202,8 @@ class FoldedRoILinear(nn.Module):
     ``[H*W, C] @ [C, ow*J]`` (one per bin row ``p``, giving rows ordered ``(p, h, w, q)`` without a
     transpose), then one ``[R, oh*H*W*ow] @ [.., J]`` product with the RoIs' outer products
     ``A_y[p,h] A_x[q,w]`` (a two-axis broadcast ``Mul``, fast in ONNX Runtime where a six-axis
-    one was not). Exact algebra; only the summation order differs
-    from pooling and then ``fc``. The pooled features are never formed.
+    one was not). Exact algebra; only the summation order differs from pooling and then ``fc``.
+    The pooled features are never formed.
 
     Args:
         fc: the box head's first layer, ``in_features = C * oh * ow`` in ``(c, p, q)`` order
@@ -250,14 +249,24 @@ def folded_head(head: TwoMLPHead) -> TwoMLPHead:
     return out
 
 
-def _folded_pool(head: nn.Module, sizes: list[tuple[int, int]], channels: int, rois: int,
-                 output_size: tuple[int, int] | list[int], sampling_ratio: int) -> FoldedRoILinear | None:
-    """A :class:`FoldedRoILinear` of ``head.fc6`` where ``head`` is a ``TwoMLPHead`` and
-    :func:`fold_is_cheaper` says so; else ``None``."""
-    if not FOLD_HEAD or type(head) is not TwoMLPHead or not fold_is_cheaper(sizes, channels, head.fc6.out_features, rois,
-                                                           output_size):
-        return None
-    return FoldedRoILinear(head.fc6, channels, output_size, sampling_ratio)
+def separable_head(head: nn.Module, sizes: list[tuple[int, int]], channels: int, rois: int,
+                   output_size: tuple[int, int] | list[int],
+                   sampling_ratio: int) -> tuple[nn.Module, FoldedRoILinear | None, bool]:
+    """The box head to put after separable pooling of maps ``sizes``, and how the pool feeds it.
+
+    For a ``TwoMLPHead``: its ``fc6`` folded into the pooling (:func:`folded_head`, a
+    :class:`FoldedRoILinear`) where :data:`FOLD_HEAD` and :func:`fold_is_cheaper` for ``rois`` RoIs
+    per image, else a :func:`bins_first_head`. Any other head is returned as it is. ``head`` itself
+    is left unchanged.
+
+    Returns:
+        ``(box_head, fold or None, bins_first)``.
+    """
+    if type(head) is not TwoMLPHead:
+        return head, None, False
+    if FOLD_HEAD and fold_is_cheaper(sizes, channels, head.fc6.out_features, rois, output_size):
+        return folded_head(head), FoldedRoILinear(head.fc6, channels, output_size, sampling_ratio), False
+    return bins_first_head(head, channels, output_size), None, True
 
 
 class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
@@ -346,15 +355,10 @@ def with_gather_pooling(detector: nn.Module, example: Tensor | None = None) -> n
         pooled = [f for k, f in feats.items() if k in pool.featmap_names]
         sizes = [tuple(f.shape[-2:]) for f in pooled]
         new.separable = use_separable(sizes, pool.sampling_ratio)
-        if new.separable and type(heads.box_head) is TwoMLPHead:
-            rois = int(frcnn.rpn._post_nms_top_n["testing"])
-            new.fold = _folded_pool(heads.box_head, sizes, pooled[0].shape[1], rois, pool.output_size,
-                                    pool.sampling_ratio)
-            if new.fold is not None:
-                heads.box_head = folded_head(heads.box_head)
-            else:
-                heads.box_head = bins_first_head(heads.box_head, pooled[0].shape[1], pool.output_size)
-                new.bins_first = True
+        if new.separable:
+            heads.box_head, new.fold, new.bins_first = separable_head(
+                heads.box_head, sizes, pooled[0].shape[1], int(frcnn.rpn._post_nms_top_n["testing"]),
+                pool.output_size, pool.sampling_ratio)
     return out
 
 
@@ -428,16 +432,13 @@ class StaticRoIPool(nn.Module):
         self.sizes = [(int(h), int(w)) for h, w in sizes]
 
     def adapt_head(self, head: nn.Module, channels: int, rois: int) -> nn.Module:
-        """The box head to use after this pool: for separable pooling into a ``TwoMLPHead``, a
-        :func:`folded_head` (its ``fc6`` moved into this module, where :func:`fold_is_cheaper` for
-        ``rois`` RoIs per image) or a :func:`bins_first_head`; otherwise ``head`` itself."""
-        if not self.separable or type(head) is not TwoMLPHead:
+        """The box head to use after this pool (:func:`separable_head` when pooling is separable,
+        which may move the head's ``fc6`` into this module; otherwise ``head`` itself)."""
+        if not self.separable:
             return head
-        self.fold = _folded_pool(head, self.sizes, channels, rois, self.output_size, self.sampling_ratio)
-        if self.fold is not None:
-            return folded_head(head)
-        self.bins_first = True
-        return bins_first_head(head, channels, self.output_size)
+        head, self.fold, self.bins_first = separable_head(head, self.sizes, channels, rois, self.output_size,
+                                                          self.sampling_ratio)
+        return head
 
     def forward(self, features: list[Tensor], props: Tensor) -> Tensor:
         """``features`` ``L`` x float32 ``[N, C, H_l, W_l]``, ``props`` float32 ``[N, R, 4]``
