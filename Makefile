@@ -40,10 +40,10 @@ people-demo: setup
 	$(BIN)/det-train --data $(PEOPLE)/data/data.yaml --imgsz 448 --epochs 16 --workers 0 --anchors auto --aug-set scale=0.75:1.0 --rpn-post-nms-train 300 --roi-batch 64 --project $(PEOPLE)/runs --name people
 	$(BIN)/det-export $(PEOPLE)/runs/people/weights/best.pt
 	$(BIN)/det-eval --weights $(PEOPLE)/runs/people/weights/best.onnx --data $(PEOPLE)/data/data.yaml --split val --project $(PEOPLE)/eval --name people
-	$(BIN)/python -m benchmarks.people_demo clip $(VIDEO) $(PEOPLE)/unseen.avi --start 500
+	$(BIN)/python -m det_toolkit.benchmarks.people_demo clip $(VIDEO) $(PEOPLE)/unseen.avi --start 500
 	$(BIN)/det-run $(PEOPLE)/unseen.avi --weights $(PEOPLE)/runs/people/weights/best.onnx --track --project $(PEOPLE)/run --name unseen
-	$(BIN)/python -m benchmarks.people_demo tracks $(PEOPLE)/run/unseen/predictions.jsonl
-	$(BIN)/python -m benchmarks.people_demo gif $(PEOPLE)/run/unseen/unseen.mp4 $(PEOPLE)/run/unseen/predictions.jsonl benchmarks/reports/vtest_people.gif
+	$(BIN)/python -m det_toolkit.benchmarks.people_demo tracks $(PEOPLE)/run/unseen/predictions.jsonl
+	$(BIN)/python -m det_toolkit.benchmarks.people_demo gif $(PEOPLE)/run/unseen/unseen.mp4 $(PEOPLE)/run/unseen/predictions.jsonl benchmarks/reports/vtest_people.gif
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -64,9 +64,9 @@ def make_detector(out: Path, imgsz: int = 256, max_det: int = 8, seed: int = 0,
     """
     import torch
 
-    from export.onnx_export import export_onnx
-    from train.checkpoint import make_checkpoint, save_atomic
-    from train.models import build_model
+    from det_toolkit.export.onnx_export import export_onnx
+    from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+    from det_toolkit.train.models import build_model
 
     torch.manual_seed(seed)
     det = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.0,
@@ -85,13 +85,13 @@ def export_batched(ckpt: Path, batch: int, out: Path, parity_images: list[np.nda
     Input ``images`` float32 ``[batch, 3, H, W]`` (``H, W`` = the checkpoint's imgsz, fixed);
     outputs ``boxes`` float32 ``[batch, max_det, 4]``, ``scores`` float32 ``[batch, max_det]``,
     ``labels`` int64 ``[batch, max_det]`` (zero-padded past ``num_dets``), ``num_dets`` int64
-    ``[batch]`` (:mod:`export.static_graph`); parity with PyTorch is checked on ``parity_images``
+    ``[batch]`` (:mod:`det_toolkit.export.static_graph`); parity with PyTorch is checked on ``parity_images``
     (default: noise), the TensorRT readiness check must pass.
 
     Returns:
         ``out``.
     """
-    from export.onnx_export import export_onnx
+    from det_toolkit.export.onnx_export import export_onnx
 
     if parity_images is None:
         parity_images = [np.random.default_rng(i).integers(0, 255, (480, 640, 3), np.uint8) for i in range(2)]

@@ -2,7 +2,7 @@
 
 Per model and format (``torch``, ``onnx``, ``onnx-fp16``, ``onnx-static``, ``trt``) the report has:
 file size (MiB), COCO mAP@[.5:.95] and AP50 on the data config's val split (through
-:func:`train.cli.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
+:func:`det_toolkit.train.cli.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
 latency p50/p95 (ms per ``Backend.infer`` call on a batch of letterboxed val images, after warm-up;
 the backends return host arrays, so GPU timings include the device synchronisation), throughput
 (images/s at that batch), peak resident memory of a fresh process (MiB, ``VmHWM``) and the
@@ -70,17 +70,17 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
     size = f"_{imgsz}" if imgsz else ""
     stem = weights.with_name(weights.stem + size)
     if fmt == "trt":
-        from export.trt_build import TrtBuildError, require_tensorrt
+        from det_toolkit.export.trt_build import TrtBuildError, require_tensorrt
 
         try:
             require_tensorrt()
         except TrtBuildError as e:
             raise Unavailable(str(e).split(";")[0]) from e
-    from export.fp16 import export_fp16
-    from export.onnx_export import export_onnx
+    from det_toolkit.export.fp16 import export_fp16
+    from det_toolkit.export.onnx_export import export_onnx
     hw = (imgsz, imgsz) if imgsz else None
-    from export.parity import read_image, val_image_paths
-    from train.checkpoint import load_checkpoint
+    from det_toolkit.export.parity import read_image, val_image_paths
+    from det_toolkit.train.checkpoint import load_checkpoint
 
     # exports made here verify parity on up to 50 val images, as det-export does
     imgs = [read_image(p) for p in val_image_paths(load_checkpoint(weights).get("data") or {})[:50]] or None
@@ -97,11 +97,11 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
             src = static  # FP16 variant of the static graph (the dynamic one has If subgraphs)
             p = src.with_name(f"{src.stem}_fp16.onnx")
             if not p.is_file():  # gate off: the measured FP16 match rate (and pass/fail) is reported
-                from export.parity import synthetic_images
+                from det_toolkit.export.parity import synthetic_images
 
                 export_fp16(src, p, images=imgs or synthetic_images(), min_match=0.0, echo=echo)
             return p
-        from export.trt_build import build_engine
+        from det_toolkit.export.trt_build import build_engine
 
         engine = static.with_suffix(".engine")
         return engine if engine.is_file() else build_engine(static, engine, fp16=True, echo=echo)
@@ -114,11 +114,11 @@ def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: s
     import cv2
     import numpy as np
 
-    from runtime.backends import load_backend
-    from runtime.preprocess import letterbox, to_input
-    from train.cli import evaluate_weights
-    from train.config import load_data_config
-    from train.data.formats import read_split
+    from det_toolkit.runtime.backends import load_backend
+    from det_toolkit.runtime.preprocess import letterbox, to_input
+    from det_toolkit.train.cli import evaluate_weights
+    from det_toolkit.train.config import load_data_config
+    from det_toolkit.train.data.formats import read_split
 
     backend = load_backend(path, device=device)
     samples = read_split(load_data_config(data), "val")[0]
@@ -163,7 +163,7 @@ def peak_rss_mib() -> float:
 
 #: Environment of every measuring subprocess (a value already set in the environment wins).
 #: ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's OpenMP workers sleep instead of spin-waiting, as the ONNX
-#: Runtime sessions of :mod:`runtime.backends.onnx_backend` do (``session.intra_op.allow_spinning=0``).
+#: Runtime sessions of :mod:`det_toolkit.runtime.backends.onnx_backend` do (``session.intra_op.allow_spinning=0``).
 #: With spinning, a CPU shared with another job slowed the PyTorch rows 10-20x (measured on this
 #: 2-core machine beside a training run: 2.0-7.1 s instead of 0.44-0.51 s per 416 px forward of the
 #: default model) while ONNX Runtime was unaffected, so the rows would not compare.
@@ -184,7 +184,7 @@ def video_fps(path: Path, video: Path, frames: int, device: str, workdir: Path) 
         RuntimeError: det-run failed (its output is in the message).
     """
     name = f"{path.name}-{time.time_ns()}"
-    proc = _subprocess(["-m", "runtime.cli", str(video), "--weights", str(path), "--device", device,
+    proc = _subprocess(["-m", "det_toolkit.runtime.cli", str(video), "--weights", str(path), "--device", device,
                         "--max-frames", str(frames), "--project", str(workdir), "--name", name,
                         "--conf", "0.25"], timeout=1800)
     summary = workdir / name / "summary.json"
@@ -195,8 +195,8 @@ def video_fps(path: Path, video: Path, frames: int, device: str, workdir: Path) 
 
 def model_stats(weights: Path, imgsz: int | None) -> tuple[str, float, float]:
     """``(model name, parameters in millions, GFLOPs at imgsz)`` of a checkpoint."""
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
-    from train.models.common import count_parameters, gflops
+    from det_toolkit.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from det_toolkit.train.models.common import count_parameters, gflops
 
     ck = load_checkpoint(weights)
     model = model_from_checkpoint(ck)
@@ -263,7 +263,7 @@ def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | N
             if fmt == "onnx-fp16":
                 import onnx
 
-                from runtime.meta import META_KEY, ModelMeta
+                from det_toolkit.runtime.meta import META_KEY, ModelMeta
 
                 props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
                 fp = ModelMeta.from_json(props[META_KEY]).extra.get("fp16_parity", {})
@@ -272,7 +272,7 @@ def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | N
             if fmt in ("onnx", "onnx-fp16", "torch") and batch > 1:
                 row.note = "batch-1 graph: images run one by one"
             row.extra["load_avg_1m_before"] = round(os.getloadavg()[0], 2)  # other jobs on this CPU
-            proc = _subprocess(["-m", "benchmarks.bench", "--worker", json.dumps(
+            proc = _subprocess(["-m", "det_toolkit.benchmarks.bench", "--worker", json.dumps(
                 [str(path), data, batch, warmup, iters, device])], timeout=3600)
             if proc.returncode != 0:
                 row.status, row.note = "failed", (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
@@ -302,7 +302,7 @@ def fp16_note(extra: dict[str, Any]) -> str:
         note += f" ({extra.get('fp16_n_matched')}/{extra['fp16_n_ref_boxes']}"
         note += f" on {extra['fp16_n_images']} val images)" if extra.get("fp16_n_images") else ")"
     if extra.get("fp16_criterion"):
-        from export.fp16 import FP16_MIN_MATCH
+        from det_toolkit.export.fp16 import FP16_MIN_MATCH
 
         note += f" [{extra['fp16_criterion']}], {'PASS' if rate >= FP16_MIN_MATCH else 'FAIL'}"
         note += f" at {FP16_MIN_MATCH:.0%}"

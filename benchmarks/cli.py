@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.bench import FORMATS, ROOT, machine_info, run_bench, write_report
+from det_toolkit.benchmarks.bench import FORMATS, ROOT, machine_info, run_bench, write_report
 
 VTEST = ROOT.parent / "shared" / "videos" / "vtest.avi"
 
@@ -21,9 +21,9 @@ def _model_weights(spec: str, data: str, imgsz: int | None, workdir: Path) -> Pa
         if not p.is_file():
             raise click.BadParameter(f"{p} not found", param_hint="--models")
         return p
-    from train.checkpoint import make_checkpoint, save_atomic
-    from train.config import load_data_config
-    from train.models import build_model, check_model_name
+    from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+    from det_toolkit.train.config import load_data_config
+    from det_toolkit.train.models import build_model, check_model_name
 
     try:
         check_model_name(spec)

@@ -1,6 +1,6 @@
 """CPU latency of every model in PyTorch eager mode, beside its parameters and GFLOPs.
 
-    python -m benchmarks.model_latency [--imgsz 416] [--runs 5] [--models a,b]
+    python -m det_toolkit.benchmarks.model_latency [--imgsz 416] [--runs 5] [--models a,b]
 
 Prints, per model (1 class, random weights, ``box_score_thresh`` 0.05): parameters (M), forward
 GFLOPs at ``imgsz x imgsz`` (``torch.utils.flop_counter``; RoIAlign, NMS and deformable convolutions
@@ -16,8 +16,8 @@ import time
 import click
 import torch
 
-from train.models import MODELS, build_model
-from train.models.common import count_parameters, gflops
+from det_toolkit.train.models import MODELS, build_model
+from det_toolkit.train.models.common import count_parameters, gflops
 
 
 @click.command()

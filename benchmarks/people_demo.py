@@ -1,9 +1,9 @@
 """Helpers of ``make people-demo`` (HOG-labelled pedestrians on ``vtest.avi``): cut the unseen part of a
 video into a clip, summarise det-run's tracks, and turn det-run's annotated video into a short GIF.
 
-    python -m benchmarks.people_demo clip VIDEO OUT.avi --start 500
-    python -m benchmarks.people_demo tracks RUN_DIR/predictions.jsonl
-    python -m benchmarks.people_demo gif RUN_DIR/clip.mp4 RUN_DIR/predictions.jsonl OUT.gif
+    python -m det_toolkit.benchmarks.people_demo clip VIDEO OUT.avi --start 500
+    python -m det_toolkit.benchmarks.people_demo tracks RUN_DIR/predictions.jsonl
+    python -m det_toolkit.benchmarks.people_demo gif RUN_DIR/clip.mp4 RUN_DIR/predictions.jsonl OUT.gif
 
 NumPy, OpenCV and Pillow only (no torch).
 """

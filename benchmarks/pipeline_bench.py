@@ -2,14 +2,14 @@
 
 Three runs on the first ``--frames`` frames of the video, same ONNX artifact, CPU:
 
-1. model only: :class:`runtime.predictor.Predictor` (letterbox + ONNX Runtime + filtering) on
+1. model only: :class:`det_toolkit.runtime.predictor.Predictor` (letterbox + ONNX Runtime + filtering) on
    frames decoded beforehand -> model FPS;
 2. pipeline without tracking (decode, detect, draw + encode mp4 in threads) -> end-to-end FPS,
    target >= 0.85x the model FPS;
 3. pipeline with Deep SORT (ONNX embedder) -> end-to-end FPS, target >= 0.85x of
    1 / (sum of the measured per-frame stage times).
 
-Every figure is printed with per-stage ms (means after :data:`runtime.pipeline.WARMUP_FRAMES`
+Every figure is printed with per-stage ms (means after :data:`det_toolkit.runtime.pipeline.WARMUP_FRAMES`
 warm-up frames), plus the embedder's batched cost per crop. Without ``--weights`` a random-head
 detector and the Deep SORT embedder are exported first (needs torch; cached in the temp dir).
 
@@ -27,14 +27,14 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import VTEST, read_frames
-from runtime.backends import load_backend
-from runtime.embedder import EMBEDDER_FILENAME, OnnxEmbedder
-from runtime.pipeline import WARMUP_FRAMES, run_pipeline
-from runtime.predictor import Predictor
-from runtime.sources import open_source
-from runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
-from runtime.writers import RunOutputs
+from det_toolkit.benchmarks.common import VTEST, read_frames
+from det_toolkit.runtime.backends import load_backend
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, OnnxEmbedder
+from det_toolkit.runtime.pipeline import WARMUP_FRAMES, run_pipeline
+from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.sources import open_source
+from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
+from det_toolkit.runtime.writers import RunOutputs
 
 
 def stages(summary: dict) -> str:
@@ -61,8 +61,8 @@ def pipeline(weights: Path, frames: int, conf: float, tracker: Tracker | None, o
 def main(frames: int, weights: Path | None, tracker_cfg: Path, conf: float) -> None:
     """Print model-only FPS, end-to-end FPS with and without Deep SORT, and per-stage ms."""
     if weights is None:
-        from benchmarks.artifacts import cached_detector
-        from export.embedder import export_embedder
+        from det_toolkit.benchmarks.artifacts import cached_detector
+        from det_toolkit.export.embedder import export_embedder
 
         weights = cached_detector(256, 8)[1]
         if not (weights.parent / EMBEDDER_FILENAME).is_file():

@@ -4,18 +4,18 @@ Exports one checkpoint three times with the same code (each parity-checked on th
 val images, as ``det-export`` does), for each graph kind asked for (the dynamic batch-1 graph,
 static graphs at ``--batch`` sizes):
 
-* ``RoiAlign``: separable pooling switched off (``export.roi_pool.SEPARABLE_MAX_CELLS = 0``), every
+* ``RoiAlign``: separable pooling switched off (``det_toolkit.export.roi_pool.SEPARABLE_MAX_CELLS = 0``), every
   level through ONNX ``RoiAlign``, as before it existed;
 * ``separable``: pooling as two matrix products into a bins-first box head, the head's first layer
-  kept apart (``export.roi_pool.FOLD_HEAD = False``);
+  kept apart (``det_toolkit.export.roi_pool.FOLD_HEAD = False``);
 * ``det-export``: as ``det-export`` does now (the box head's first layer folded into the pooling
-  where that is cheaper, :class:`export.roi_pool.FoldedRoILinear`).
+  where that is cheaper, :class:`det_toolkit.export.roi_pool.FoldedRoILinear`).
 
 Then runs the versions interleaved, frame by frame, on video frames letterboxed as ``det-run``
 does, and prints the median ms per image and, for each graph, the fraction of the PyTorch
 checkpoint's boxes (score >= ``--conf``) it reproduces (same class, IoU >= 0.95).
 
-    PYTHONPATH=. python -m benchmarks.roi_pool_bench --weights runs/train/nano/weights/best.pt --batch 1 --batch 5
+    PYTHONPATH=. python -m det_toolkit.benchmarks.roi_pool_bench --weights runs/train/nano/weights/best.pt --batch 1 --batch 5
 
 Needs torch (it exports). A figure printer, not a test.
 """
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.common import VTEST, match_count, read_frames
-
+from det_toolkit.benchmarks.common import VTEST, match_count, read_frames
 
 #: the exports compared: column name, ``SEPARABLE_MAX_CELLS`` switched off, ``FOLD_HEAD``
 VARIANTS = [("RoiAlign", True, False), ("separable", False, False), ("det-export", False, True)]
@@ -38,8 +37,8 @@ VARIANTS = [("RoiAlign", True, False), ("separable", False, False), ("det-export
 
 def _export(ckpt: Path, out: Path, batch: int | None, no_separable: bool, fold: bool) -> Path:
     """det-export of ``ckpt`` (parity on its dataset's val images) with the pooling switches set."""
-    from export import roi_pool
-    from export.onnx_export import export_onnx
+    from det_toolkit.export import roi_pool
+    from det_toolkit.export.onnx_export import export_onnx
 
     saved = roi_pool.SEPARABLE_MAX_CELLS, roi_pool.FOLD_HEAD
     roi_pool.SEPARABLE_MAX_CELLS = 0 if no_separable else saved[0]
@@ -60,8 +59,8 @@ def _export(ckpt: Path, out: Path, batch: int | None, no_separable: bool, fold: 
 @click.option("--conf", default=0.25, type=float, help="Boxes compared: score >= conf.")
 def main(weights: Path, batches: tuple[int, ...], video: Path, frames: int, conf: float) -> None:
     """Print ms/image of WEIGHTS' graphs with each RoI pooling variant and their box agreement."""
-    from runtime.backends import load_backend
-    from runtime.predictor import Predictor
+    from det_toolkit.runtime.backends import load_backend
+    from det_toolkit.runtime.predictor import Predictor
 
     imgs = read_frames(video, frames + 2, 10)
     torch_pred = Predictor(load_backend(weights, "cpu"), conf)

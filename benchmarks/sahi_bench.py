@@ -7,7 +7,7 @@ For each frame of the video, these paths detect with the same weights and SAHI s
   -- the reference the boxes are matched against;
 * ``sahi-static``: the same with the static batch-1 graph (``det-export --batch 1``), to separate
   the graph's own speed from batching;
-* ``ours-loop``: :class:`runtime.tiling.TiledPredictor` on the dynamic batch-1 graph (one ORT call
+* ``ours-loop``: :class:`det_toolkit.runtime.tiling.TiledPredictor` on the dynamic batch-1 graph (one ORT call
   per tile);
 * ``ours-batched``: the same on the static graph with ``N`` = tiles per frame (one ORT call per
   frame), which is what ``det-run --sahi`` does with a ``--batch N`` artifact.
@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import VTEST, match_count, read_frames
-from runtime.backends import load_backend
-from runtime.predictor import Predictor
-from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
+from det_toolkit.benchmarks.common import VTEST, match_count, read_frames
+from det_toolkit.runtime.backends import load_backend
+from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
 
 
 @click.command(context_settings={"show_default": True})
@@ -65,7 +65,7 @@ def main(video: Path, frames: int, every: int, weights: Path | None, batch_weigh
     n_tiles = len(cfg.windows(*imgs[0].shape[:2])) + (1 if cfg.full_frame else 0)
     tmp = tempfile.TemporaryDirectory()
     if weights is None:
-        from benchmarks.artifacts import export_batched, make_detector
+        from det_toolkit.benchmarks.artifacts import export_batched, make_detector
 
         click.echo(f"building a random-head detector ({imgsz} px, max_det {max_det}) in {tmp.name}")
         pt, weights = make_detector(Path(tmp.name), imgsz, max_det, parity_image=imgs[0])

@@ -2,7 +2,7 @@
 
 The ``motmetrics`` wheel ships ``TUD-Campus`` and ``TUD-Stadtmitte`` ground truth (boxes only, no
 images). Their ground-truth boxes, jittered (Gaussian, ``jitter`` x box size) and with a fraction
-``drop`` of detections removed, are fed frame by frame through :class:`runtime.tracking.Tracker`,
+``drop`` of detections removed, are fed frame by frame through :class:`det_toolkit.runtime.tracking.Tracker`,
 and the confirmed tracks are scored with motmetrics (IoU >= 0.5 matches): MOTA, IDF1, ID switches.
 
 Appearance, since no images ship:
@@ -31,9 +31,9 @@ if not hasattr(np, "asfarray"):  # motmetrics 1.4 calls np.asfarray, removed in 
 
 import motmetrics as mm
 
-from runtime.embedder import Embedder, OnnxEmbedder
-from runtime.predictor import Detections
-from runtime.tracking import Tracker, TrackerConfig
+from det_toolkit.runtime.embedder import Embedder, OnnxEmbedder
+from det_toolkit.runtime.predictor import Detections
+from det_toolkit.runtime.tracking import Tracker, TrackerConfig
 
 SEQUENCES = ("TUD-Campus", "TUD-Stadtmitte")
 FRAME_HW = (480, 640)

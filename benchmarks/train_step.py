@@ -1,7 +1,7 @@
 """Training-step and inference time of the default model with torchvision's COCO proposal/RoI
 budgets versus the toolkit's CPU defaults, measured in one run.
 
-    python -m benchmarks.train_step [--imgsz 416] [--batch 4] [--steps 5]
+    python -m det_toolkit.benchmarks.train_step [--imgsz 416] [--batch 4] [--steps 5]
 
 Prints seconds per SGD step (batch of ``--batch`` images) and ms per image at inference, median of
 ``--steps`` after one warm-up step. The two settings differ only in ``rpn_post_nms_top_n_train``
@@ -18,7 +18,7 @@ import time
 import click
 import torch
 
-from train.models import build_model
+from det_toolkit.train.models import build_model
 
 SETTINGS = {
     "torchvision COCO budgets": {"rpn_post_nms_top_n_train": 2000, "box_batch_size_per_image": 512,

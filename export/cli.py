@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 import onnx
 
-from export.embedder import export_embedder
-from export.fp16 import FP16_CONF, FP16_MIN_MATCH, FP16_SCORE_TOL
-from export.onnx_export import export_onnx
-from export.parity import ParityError, default_parity_images, load_images
-from export.trt_check import DEFAULT_TRT_VERSION
-from runtime.embedder import EMBEDDER_FILENAME
+from det_toolkit.export.embedder import export_embedder
+from det_toolkit.export.fp16 import FP16_CONF, FP16_MIN_MATCH, FP16_SCORE_TOL
+from det_toolkit.export.onnx_export import export_onnx
+from det_toolkit.export.parity import ParityError, default_parity_images, load_images
+from det_toolkit.export.trt_check import DEFAULT_TRT_VERSION
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
 
 
 def _mib(path: Path) -> str:
@@ -79,7 +79,7 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
         raise click.UsageError("--int8 needs --trt and --calib DIR")
     try:
         if trt:  # fail before any work when TensorRT cannot run here
-            from export.trt_build import require_tensorrt
+            from det_toolkit.export.trt_build import require_tensorrt
 
             require_tensorrt()
         images = load_images(parity_images) if parity_images else None
@@ -89,8 +89,8 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
                                 echo=click.echo)
         fp16_path = None
         if fp16:
-            from export.fp16 import export_fp16
-            from train.checkpoint import load_checkpoint
+            from det_toolkit.export.fp16 import export_fp16
+            from det_toolkit.train.checkpoint import load_checkpoint
 
             imgs = images if images is not None else default_parity_images(load_checkpoint(weights), echo=click.echo)
             fp16_path, _ = export_fp16(onnx_path, images=imgs, iou_thr=iou_thr, score_tol=fp16_score_tol,
@@ -117,15 +117,15 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
 def _build(onnx_path: Path, fp16_path: Path | None, fp16: bool, int8: bool, calib: Path | None,
            workspace: float) -> Path:
     """Build the engine; TensorRT >= 11 (strongly typed) builds FP16 from the FP16 ONNX."""
-    from export.trt_build import build_engine, import_tensorrt, trt_major
+    from det_toolkit.export.trt_build import build_engine, import_tensorrt, trt_major
 
     calib_inputs = None
     if int8 and calib is not None:
         import cv2
         import onnx
 
-        from runtime.meta import META_KEY, ModelMeta
-        from runtime.preprocess import letterbox, to_input
+        from det_toolkit.runtime.meta import META_KEY, ModelMeta
+        from det_toolkit.runtime.preprocess import letterbox, to_input
 
         props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
         meta = ModelMeta.from_json(props[META_KEY], str(onnx_path))

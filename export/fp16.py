@@ -21,7 +21,7 @@ selection here is structural and conservative (:func:`dense_nodes`):
   ``NonMaxSuppression``, RoI pooling (sample positions, interpolation weights and the pooling
   itself, as before the switch from ``RoiAlign``), and all index arithmetic.
 
-Graph inputs and outputs stay float32, so the runtime contract (:mod:`runtime.meta`) is unchanged.
+Graph inputs and outputs stay float32, so the runtime contract (:mod:`det_toolkit.runtime.meta`) is unchanged.
 onnxconverter-common leaves a lossy ``Cast(float16) -> Cast(float)`` pair between any two float32
 nodes; :func:`remove_roundtrip_casts` removes them, so the float32 part really is float32.
 
@@ -30,7 +30,7 @@ Runtime CPU on real images): boxes scoring ``>= FP16_CONF`` (0.25, ``det-run``'s
 ``--conf``) on their side, matched by class and IoU ``>= 0.9`` with ``|score diff| <=
 FP16_SCORE_TOL`` (0.03), or as an *NMS swap* (a leftover pair of the same class overlapping more
 than the graph's NMS IoU threshold, scores within 0.03: the two boxes are NMS competitors for one
-object and rounding decided which survived; :func:`export.parity.match_detections`); at least
+object and rounding decided which survived; :func:`det_toolkit.export.parity.match_detections`); at least
 ``FP16_MIN_MATCH`` (98%) of ``max(fp32 boxes, fp16 boxes)``. The PyTorch-vs-ONNX check of the FP32
 graph keeps the strict rule (every box, tolerance 0.01, no swaps): both sides compute in float32.
 
@@ -72,10 +72,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from runtime.meta import META_KEY, ModelMeta
+from det_toolkit.runtime.meta import META_KEY, ModelMeta
 
 if TYPE_CHECKING:
-    from export.parity import ParityReport
+    from det_toolkit.export.parity import ParityReport
 
 #: Ops computed in float16 when all their float inputs come from the dense region.
 DENSE_OPS = frozenset({
@@ -88,7 +88,7 @@ DATA_INPUTS = {"Resize": (0,), "Pad": (0,), "Clip": (0,), "Conv": (0,), "ConvTra
                "Gemm": (0,), "BatchNormalization": (0,), "ReduceMean": (0,)}
 #: Ops whose outputs seed the dense region (feature maps pooled per RoI).
 SEED_OPS = frozenset({"RoiAlign"})
-#: Node-name scope of RoI pooling built from other ops (:func:`export.roi_pool.separable_roi_align`
+#: Node-name scope of RoI pooling built from other ops (:func:`det_toolkit.export.roi_pool.separable_roi_align`
 #: in ``roi_heads.box_roi_pool`` or the static graph's ``box_roi_pool``): kept float32 as a whole,
 #: like ``RoiAlign``, its outputs seed the dense region.
 POOL_SCOPE = "/box_roi_pool/"
@@ -306,7 +306,7 @@ def _restore_float_outputs(model: onnx.ModelProto, original: onnx.ModelProto) ->
 
 def final_nms_iou(model: onnx.ModelProto) -> float | None:
     """IoU threshold of the graph's last ``NonMaxSuppression`` (the detections' NMS; the static graph
-    of :mod:`export.static_graph` has the RPN's first), or ``None`` if it has none or the threshold
+    of :mod:`det_toolkit.export.static_graph` has the RPN's first), or ``None`` if it has none or the threshold
     is not a constant (initializer or ``Constant`` node)."""
     from onnx import numpy_helper
 
@@ -331,7 +331,7 @@ def export_fp16(onnx_path: str | Path, out_path: str | Path | None = None, *,
     Both graphs run in onnxruntime CPU on ``images`` (BGR ``uint8``, letterboxed as the runtime
     does). The gate is the FP16 criterion of the module docstring: boxes scoring ``>= conf``,
     same class, IoU ``>= iou_thr`` (or an NMS swap at the graph's NMS IoU threshold,
-    :func:`export.parity.match_detections`), ``|score diff| <= score_tol``, match rate ``>= min_match``.
+    :func:`det_toolkit.export.parity.match_detections`), ``|score diff| <= score_tol``, match rate ``>= min_match``.
     The strict comparison (every box, ``|score diff| <= 0.01``) is computed and reported too.
     The metadata gains ``extra.precision = "fp16"``, ``extra.fp32_nodes``/``fp16_nodes`` counts and
     ``extra.fp16_parity`` (both figures with their criteria).
@@ -354,8 +354,8 @@ def export_fp16(onnx_path: str | Path, out_path: str | Path | None = None, *,
         ValueError: a dynamic graph (``If`` subgraphs), or no images.
         ParityError: below ``min_match`` (nothing is written).
     """
-    from export.onnx_export import finalize, save_onnx_atomic
-    from export.parity import ParityError, compare_detections, onnx_pair_detections
+    from det_toolkit.export.onnx_export import finalize, save_onnx_atomic
+    from det_toolkit.export.parity import ParityError, compare_detections, onnx_pair_detections
 
     src = Path(onnx_path)
     out = Path(out_path) if out_path else src.with_name(f"{src.stem}_fp16.onnx")

@@ -1,4 +1,4 @@
-"""Checkpoint -> self-describing ONNX detector graph (the contract in :mod:`runtime.meta`)."""
+"""Checkpoint -> self-describing ONNX detector graph (the contract in :mod:`det_toolkit.runtime.meta`)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import onnxslim
 import torch
 from torch import Tensor, nn
 
-from export.parity import ParityError, ParityReport, check_parity, default_parity_images
-from export.roi_pool import with_gather_pooling
-from export.trt_check import DEFAULT_TRT_VERSION, check_trt_readiness
-from runtime.preprocess import letterbox, to_input
-from train.checkpoint import (
+from det_toolkit.export.parity import ParityError, ParityReport, check_parity, default_parity_images
+from det_toolkit.export.roi_pool import with_gather_pooling
+from det_toolkit.export.trt_check import DEFAULT_TRT_VERSION, check_trt_readiness
+from det_toolkit.runtime.preprocess import letterbox, to_input
+from det_toolkit.train.checkpoint import (
     load_checkpoint,
     meta_from_checkpoint,
     model_from_checkpoint,
@@ -31,17 +31,17 @@ STATIC_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
 
 
 def static_module(model: nn.Module, batch: int, imgsz: tuple[int, int]) -> nn.Module:
-    """The fixed-size deployment module of a :class:`train.models.common.Detector`.
+    """The fixed-size deployment module of a :class:`det_toolkit.train.models.common.Detector`.
 
     A model whose inner module has ``static_module(batch, imgsz)`` provides its own (same outputs
-    as :class:`export.static_graph.StaticFasterRCNN`); torchvision Faster R-CNNs get
-    :class:`~export.static_graph.StaticFasterRCNN`.
+    as :class:`det_toolkit.export.static_graph.StaticFasterRCNN`); torchvision Faster R-CNNs get
+    :class:`~det_toolkit.export.static_graph.StaticFasterRCNN`.
 
     Raises:
         TypeError: neither applies.
         ValueError: the fixed sizes break a TensorRT limit.
     """
-    from export.static_graph import StaticFasterRCNN
+    from det_toolkit.export.static_graph import StaticFasterRCNN
 
     inner = getattr(model, "model", model)
     if hasattr(inner, "static_module"):
@@ -159,10 +159,10 @@ def export_onnx(
 ) -> Path:
     """Export a checkpoint's detector to ONNX, verify it against PyTorch, write it atomically.
 
-    Graph (see :mod:`runtime.meta`): input ``images`` float32 ``[1, 3, height, width]`` RGB in
+    Graph (see :mod:`det_toolkit.runtime.meta`): input ``images`` float32 ``[1, 3, height, width]`` RGB in
     ``[0, 1]`` (letterboxed, dynamic height/width); outputs ``boxes`` float32 ``[K, 4]`` ``xyxy``
     absolute input pixels, ``scores`` float32 ``[K]``, ``labels`` int64 ``[K]`` 0-based. The
-    :class:`runtime.meta.ModelMeta` (class names, imgsz, opset, torch version, ...) is stored in
+    :class:`det_toolkit.runtime.meta.ModelMeta` (class names, imgsz, opset, torch version, ...) is stored in
     ``metadata_props``. With ``simplify`` the onnxslim graph is kept only if it passes parity;
     the parity table is always echoed.
 
@@ -175,8 +175,8 @@ def export_onnx(
             checkpoint's.
         static: write the static TensorRT-ready graph instead: input ``[batch, 3, H, W]``, padded
             outputs ``boxes [batch, K, 4]``, ``scores [batch, K]``, ``labels [batch, K]``,
-            ``num_dets [batch]`` (``K = max_det``; :mod:`export.static_graph`), folded by onnxslim at
-            the fixed size; its TensorRT readiness (:mod:`export.trt_check`) must pass.
+            ``num_dets [batch]`` (``K = max_det``; :mod:`det_toolkit.export.static_graph`), folded by onnxslim at
+            the fixed size; its TensorRT readiness (:mod:`det_toolkit.export.trt_check`) must pass.
         batch: batch size ``N`` of the static graph.
         trt_version: supported-operator list the readiness check uses.
         parity_images: BGR ``uint8`` frames for the parity check; default: up to 8 val images of
@@ -189,7 +189,7 @@ def export_onnx(
         The path written.
 
     Raises:
-        FileNotFoundError, train.checkpoint.CheckpointError: unreadable checkpoint.
+        FileNotFoundError, det_toolkit.train.checkpoint.CheckpointError: unreadable checkpoint.
         ValueError: ``parity_images`` is empty.
         ParityError: the graph does not reproduce PyTorch's detections (nothing is written).
         TypeError: ``static`` for a model without a static graph.
@@ -206,7 +206,7 @@ def export_onnx(
         raise ValueError(f"batch must be >= 1, got {batch}")
     static_graph = static_module(model, batch, meta.imgsz) if static else None
     # exporter settings of the graph to trace: TOOD's dynamic graph asks for dynamo at opset 19, its
-    # static graph (export.static_tood.StaticTOOD) for the legacy exporter; Faster R-CNN has none
+    # static graph (det_toolkit.export.static_tood.StaticTOOD) for the legacy exporter; Faster R-CNN has none
     export_cfg = getattr(static_graph if static_graph is not None else getattr(model, "model", model),
                          "onnx_export", {})
     if export_cfg:

@@ -1,7 +1,7 @@
 """Parity between a PyTorch detector and its ONNX export, on real (or, failing that, synthetic) images.
 
-Both sides see exactly the runtime's pre-processing (BGR -> RGB, :func:`runtime.preprocess.letterbox`
-to the artifact's ``imgsz``, :func:`runtime.preprocess.to_input`); boxes are compared in letterboxed
+Both sides see exactly the runtime's pre-processing (BGR -> RGB, :func:`det_toolkit.runtime.preprocess.letterbox`
+to the artifact's ``imgsz``, :func:`det_toolkit.runtime.preprocess.to_input`); boxes are compared in letterboxed
 input pixels, greedily per class by IoU.
 """
 
@@ -20,13 +20,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from runtime.backends.onnx_backend import session_metadata
-from runtime.backends.outputs import run_chunks
-from runtime.meta import META_KEY, ModelMeta
-from runtime.preprocess import letterbox, to_input
-from train.checkpoint import model_from_checkpoint
-from train.config import ConfigError, DataConfig, from_dict
-from train.data.formats import IMAGE_EXTS, DatasetError, list_split_images, read_split
+from det_toolkit.runtime.backends.onnx_backend import session_metadata
+from det_toolkit.runtime.backends.outputs import run_chunks
+from det_toolkit.runtime.meta import META_KEY, ModelMeta
+from det_toolkit.runtime.preprocess import letterbox, to_input
+from det_toolkit.train.checkpoint import model_from_checkpoint
+from det_toolkit.train.config import ConfigError, DataConfig, from_dict
+from det_toolkit.train.data.formats import IMAGE_EXTS, DatasetError, list_split_images, read_split
 
 
 class ParityError(RuntimeError):
@@ -188,7 +188,7 @@ def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.nda
     Args:
         sess: an open session of a det-toolkit graph.
         meta: its :class:`ModelMeta` (``batch``, ``output_names``; ``num_dets`` marks the padded
-            batched outputs of :mod:`runtime.backends.outputs`).
+            batched outputs of :mod:`det_toolkit.runtime.backends.outputs`).
         xs: float32 ``[1, 3, H, W]`` inputs, one per image.
 
     Returns:
@@ -259,9 +259,9 @@ def check_parity(
     (``num_dets`` output) are fed in chunks of ``meta.batch`` (the last one zero-padded).
 
     Args:
-        ckpt_or_model: checkpoint dict or path, or a :class:`train.models.common.Detector`.
+        ckpt_or_model: checkpoint dict or path, or a :class:`det_toolkit.train.models.common.Detector`.
         onnx_path: the exported ``.onnx`` file (or an in-memory ``onnx.ModelProto``) carrying
-            :class:`runtime.meta.ModelMeta` metadata; its ``imgsz`` and ``pad_value`` drive the
+            :class:`det_toolkit.runtime.meta.ModelMeta` metadata; its ``imgsz`` and ``pad_value`` drive the
             letterbox.
         images: BGR ``uint8 [H, W, 3]`` frames of any size.
         iou_thr: minimum IoU of a matched pair.
@@ -269,8 +269,8 @@ def check_parity(
         min_match: minimum ``match_rate`` to pass.
 
     Raises:
-        FileNotFoundError, train.checkpoint.CheckpointError: bad checkpoint path.
-        runtime.meta.MetadataError: the ONNX model has no det-toolkit metadata.
+        FileNotFoundError, det_toolkit.train.checkpoint.CheckpointError: bad checkpoint path.
+        det_toolkit.runtime.meta.MetadataError: the ONNX model has no det-toolkit metadata.
         ValueError: ``images`` is empty or holds a non-3-channel image.
     """
     if not images:
@@ -295,7 +295,7 @@ def onnx_pair_detections(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str 
     ``(boxes [K, 4] xyxy input pixels, scores [K], labels [K])`` per image.
 
     Raises:
-        runtime.meta.MetadataError: a graph has no det-toolkit metadata.
+        det_toolkit.runtime.meta.MetadataError: a graph has no det-toolkit metadata.
         ValueError: ``images`` is empty.
     """
     ref_sess, meta = _onnx_session(ref_onnx)
@@ -316,7 +316,7 @@ def check_onnx_parity(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | P
     ``swap_iou`` enables NMS swaps (:func:`match_detections`).
 
     Raises:
-        runtime.meta.MetadataError: a graph has no det-toolkit metadata.
+        det_toolkit.runtime.meta.MetadataError: a graph has no det-toolkit metadata.
         ValueError: ``images`` is empty.
     """
     ref, test, meta = onnx_pair_detections(ref_onnx, test_onnx, images)
@@ -349,7 +349,7 @@ def load_images(spec: str | Path) -> list[np.ndarray]:
 def val_image_paths(data: dict[str, Any]) -> list[Path]:
     """Existing validation image files of a checkpoint's data config (``ckpt["data"]``).
 
-    ``data`` is a :class:`train.config.DataConfig` as a dict; the split is resolved exactly as
+    ``data`` is a :class:`det_toolkit.train.config.DataConfig` as a dict; the split is resolved exactly as
     training resolves it (list file, folder or COCO JSON). Returns ``[]`` when it cannot be.
     """
     try:

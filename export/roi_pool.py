@@ -330,7 +330,7 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
 def with_gather_pooling(detector: nn.Module, example: Tensor | None = None) -> nn.Module:
     """A deep copy of ``detector`` whose RoI heads pool with :class:`GatherMultiScaleRoIAlign`.
 
-    ``detector`` (a :class:`train.models.common.Detector` or a torchvision ``FasterRCNN``) is left
+    ``detector`` (a :class:`det_toolkit.train.models.common.Detector` or a torchvision ``FasterRCNN``) is left
     unchanged, so it stays the PyTorch reference of the export's parity check. Models without a
     ``roi_heads.box_roi_pool`` of torchvision's type are returned as they are.
 
@@ -409,7 +409,7 @@ class StaticRoIPool(nn.Module):
 
     Small maps (:func:`use_separable` at the export size) pool with :func:`separable_roi_align`,
     larger ones with :func:`pyramid_roi_align`. The graph's nodes carry this module's scope
-    (``/box_roi_pool/``), which the FP16 converter keeps in float32 (:mod:`export.fp16`).
+    (``/box_roi_pool/``), which the FP16 converter keeps in float32 (:mod:`det_toolkit.export.fp16`).
 
     Args:
         sizes: ``(H_l, W_l)`` of the pooled maps at the export size.

@@ -10,10 +10,10 @@ the same inference with fixed sizes, reusing the trained sub-modules unchanged:
    masked (score -1), one ``NonMaxSuppression`` over ``[N, P, 4]`` with per-level coordinate
    offsets (``P = sum_l min(pre_nms_top_n, anchors_l) <= 5000``), selected indices scattered into a
    keep mask, ``TopK(post_nms_top_n)`` -> fixed ``[N, R, 4]`` proposals plus a validity mask;
-4. RoIAlign (:class:`export.roi_pool.StaticRoIPool`): the FPN level of each RoI (Lin et al. 2017,
+4. RoIAlign (:class:`det_toolkit.export.roi_pool.StaticRoIPool`): the FPN level of each RoI (Lin et al. 2017,
    eq. 1, as torchvision's ``LevelMapper``); small maps pooled as two matrix products
-   (:func:`export.roi_pool.separable_roi_align`), larger ones with one RoIAlign over the stacked
-   pyramid (:func:`export.roi_pool.pyramid_roi_align`); box head and predictor;
+   (:func:`det_toolkit.export.roi_pool.separable_roi_align`), larger ones with one RoIAlign over the stacked
+   pyramid (:func:`det_toolkit.export.roi_pool.pyramid_roi_align`); box head and predictor;
 5. softmax, per-class box decoding, clip, low-score/small/padded candidates masked, one
    ``NonMaxSuppression`` with per-class offsets, ``TopK(max_det)`` -> padded outputs.
 
@@ -25,7 +25,7 @@ candidates). Masking with a negative score instead of removing rows keeps every 
 masked rows can never be selected, so results equal torchvision's up to float rounding (the
 deviations: with more than 3840 class candidates per image, see :data:`MAX_CANDIDATES`, and RoIs
 thinner than one feature pixel at the right/bottom border, see
-:func:`export.roi_pool.pyramid_roi_align`).
+:func:`det_toolkit.export.roi_pool.pyramid_roi_align`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 from torchvision.ops.poolers import _setup_scales
 
-from export.roi_pool import StaticRoIPool
+from det_toolkit.export.roi_pool import StaticRoIPool
 
 #: TensorRT's TopK needs ``K < 3840`` (onnx-tensorrt docs/operators.md, TensorRT 10.15).
 TOPK_LIMIT = 3840
@@ -139,7 +139,7 @@ class StaticFasterRCNN(nn.Module):
     """Fixed-size deployment graph of a torchvision ``FasterRCNN`` (see the module docstring).
 
     Args:
-        detector: a :class:`train.models.common.Detector` wrapping a torchvision ``FasterRCNN``.
+        detector: a :class:`det_toolkit.train.models.common.Detector` wrapping a torchvision ``FasterRCNN``.
         batch: images per call ``N``.
         imgsz: ``(H, W)`` input size in pixels.
 

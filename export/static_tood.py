@@ -1,14 +1,14 @@
 """Static-shape, branch-free TOOD graph for TensorRT (``det-export --imgsz H W --batch N``).
 
 TOOD (Feng et al., "TOOD: Task-aligned One-stage Object Detection", ICCV 2021) infers as
-:meth:`train.models.tood.model.TOOD.postprocess_image` (MMDetection ``TOODHead._predict_by_feat_single``):
+:meth:`det_toolkit.train.models.tood.model.TOOD.postprocess_image` (MMDetection ``TOODHead._predict_by_feat_single``):
 per FPN level the top ``pre_nms_top_n`` (location, class) scores, those ``> score_thresh`` kept,
 boxes clipped, class-aware NMS, the ``detections_per_img`` best. Its shapes depend on the data
 (the threshold filter, per-image NMS). :class:`StaticTOOD` computes the same detections with
 fixed sizes, reusing the trained backbone, FPN and T-Head unchanged:
 
 1. normalise (ImageNet mean/std), zero-pad to a multiple of 32 (as
-   :class:`train.models.common.NoResizeTransform`); the input size is fixed, so the anchor points
+   :class:`det_toolkit.train.models.common.NoResizeTransform`); the input size is fixed, so the anchor points
    of every level (in the head) are constants of the graph after folding;
 2. backbone + FPN P3-P7 + T-Head -> per level scores ``[N, C, h, w]`` and ``xyxy`` boxes;
 3. per level one ``TopK`` with constant ``K_l = min(pre_nms_top_n, h*w*C)`` over the
@@ -18,9 +18,9 @@ fixed sizes, reusing the trained backbone, FPN and T-Head unchanged:
 5. one ``NonMaxSuppression`` over ``[N, P, 4]`` (``P = sum_l K_l <= 5000``) with per-class
    coordinate offsets ``label * (pad_h + pad_w + 1)`` (the offsets of the dynamic path, so NMS is
    class-aware exactly as there), survivors scattered into a keep mask, ``TopK(max_det)``
-   (:func:`export.static_graph.nms_topk`) -> padded outputs and ``num_dets``.
+   (:func:`det_toolkit.export.static_graph.nms_topk`) -> padded outputs and ``num_dets``.
 
-Outputs (the contract of :mod:`export.static_graph` and :mod:`runtime.backends.outputs`):
+Outputs (the contract of :mod:`det_toolkit.export.static_graph` and :mod:`det_toolkit.runtime.backends.outputs`):
 ``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[N, K]``,
 ``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64 ``[N]``; rows ``>= num_dets`` are zero,
 ``K = detections_per_img``. Masked rows can never be selected, so the result equals the PyTorch
@@ -33,7 +33,7 @@ default) becomes ONNX ``DeformConv`` (opset 19) through :func:`register_deform_c
 supported list of TensorRT 10.15 (``export/data/trt_ops_10.15.txt``); the parser gained
 ``DeformConv`` in TensorRT 10.1 (onnx/onnx-tensorrt PR #975, "ONNX-TensorRT 10.1 GA release":
 "Added support for DeformConv operation"), so for an older TensorRT train or switch the model to
-``"grid_sample"`` (:meth:`train.models.tood.model.TOOD.set_deform_impl`, same numbers) before
+``"grid_sample"`` (:meth:`det_toolkit.train.models.tood.model.TOOD.set_deform_impl`, same numbers) before
 exporting. Both forms export with the legacy exporter and run in onnxruntime >= 1.31 (the tests
 check parity for each).
 
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx import symbolic_helper
 
-from export.static_graph import (
+from det_toolkit.export.static_graph import (
     NMS_LIMIT,
     TOPK_LIMIT,
     NormalizePad,
@@ -89,10 +89,10 @@ def register_deform_conv_symbolic() -> None:
 
 
 class StaticTOOD(nn.Module):
-    """Fixed-size deployment graph of a :class:`train.models.tood.model.TOOD` (module docstring).
+    """Fixed-size deployment graph of a :class:`det_toolkit.train.models.tood.model.TOOD` (module docstring).
 
     Args:
-        tood: the TOOD model, or a :class:`train.models.common.Detector` wrapping it (its
+        tood: the TOOD model, or a :class:`det_toolkit.train.models.common.Detector` wrapping it (its
             ``transform`` must be the no-resize one; its ``deform_impl`` is kept).
         batch: images per call ``N`` (``>= 1``).
         imgsz: ``(H, W)`` input size in pixels.
@@ -101,8 +101,8 @@ class StaticTOOD(nn.Module):
     pixels, scores float32 [N, K], labels int64 [N, K] 0-based, num_dets int64 [N])`` with
     ``K = detections_per_img``.
 
-    ``onnx_export`` tells :func:`export.onnx_export.export_onnx` to use the legacy exporter
-    (``dynamo: False``: :class:`export.static_graph.BatchedNMS` exports through its ``symbolic``)
+    ``onnx_export`` tells :func:`det_toolkit.export.onnx_export.export_onnx` to use the legacy exporter
+    (``dynamo: False``: :class:`det_toolkit.export.static_graph.BatchedNMS` exports through its ``symbolic``)
     at ``opset`` (19 for ``DeformConv``, 16 for ``GridSample``), and records ``deform_impl``.
 
     Raises:
@@ -115,7 +115,7 @@ class StaticTOOD(nn.Module):
         super().__init__()
         inner = getattr(tood, "model", tood)
         if not all(hasattr(inner, a) for a in ("backbone", "head", "postprocess_image", "transform")):
-            raise TypeError(f"{type(inner).__name__}: StaticTOOD needs a train.models.tood TOOD model")
+            raise TypeError(f"{type(inner).__name__}: StaticTOOD needs a det_toolkit.train.models.tood TOOD model")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.tood = inner.eval()

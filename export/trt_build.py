@@ -9,9 +9,9 @@ and no precision flags are set.
 
 ``tensorrt`` and ``cuda-python`` are imported lazily; without them (or without a CUDA device)
 :func:`require_tensorrt` fails at once saying what to install. The engine's metadata is written as
-a sidecar JSON (``best.engine.json``): the :class:`runtime.meta.ModelMeta` of the ONNX plus the
+a sidecar JSON (``best.engine.json``): the :class:`det_toolkit.runtime.meta.ModelMeta` of the ONNX plus the
 TensorRT version, GPU name and compute capability it was built for (see
-:func:`runtime.backends.trt_backend.engine_meta_path`).
+:func:`det_toolkit.runtime.backends.trt_backend.engine_meta_path`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.trt_backend import (
+from det_toolkit.runtime.backends.trt_backend import (
     engine_meta_path,
     gpu_info,
     import_cuda,
     import_tensorrt,
 )
-from runtime.meta import META_KEY, ModelMeta
+from det_toolkit.runtime.meta import META_KEY, ModelMeta
 
 INSTALL_HINT = ("install TensorRT and cuda-python on a machine with an NVIDIA GPU and driver: "
                 "pip install 'det-toolkit[gpu]' (tensorrt>=10 from NVIDIA's index "
@@ -133,7 +133,7 @@ def build_engine(
     Raises:
         TrtBuildError: TensorRT/CUDA missing, parser errors (all printed: node, op, description),
             unsupported option for this TensorRT version, or a failed build.
-        runtime.meta.MetadataError: the ONNX has no det-toolkit metadata.
+        det_toolkit.runtime.meta.MetadataError: the ONNX has no det-toolkit metadata.
     """
     import onnx
 

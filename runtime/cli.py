@@ -1,7 +1,7 @@
 """``det-run``: detect (and track) objects in images, folders, globs and videos.
 
 Everything here runs on ``onnxruntime`` alone for ``.onnx`` weights; torch is imported only for
-``.pt`` checkpoints (see :mod:`runtime.backends`).
+``.pt`` checkpoints (see :mod:`det_toolkit.runtime.backends`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import click
 import cv2
 import numpy as np
 
-from runtime.backends import load_backend
-from runtime.backends.onnx_backend import providers_for
-from runtime.embedder import EMBEDDER_FILENAME, Embedder, OnnxEmbedder
-from runtime.pipeline import run_pipeline
-from runtime.predictor import Predictor
-from runtime.sources import open_source
-from runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
-from runtime.writers import RunOutputs
+from det_toolkit.runtime.backends import load_backend
+from det_toolkit.runtime.backends.onnx_backend import providers_for
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder, OnnxEmbedder
+from det_toolkit.runtime.pipeline import run_pipeline
+from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.sources import open_source
+from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
+from det_toolkit.runtime.writers import RunOutputs
 
 
 def increment_path(path: str | Path) -> Path:
@@ -84,7 +84,7 @@ def load_embedder(weights: Path, embedder: Path | None, device: str, config: Tra
         raise click.UsageError(f"--track needs the appearance embedder {path}, which is missing; "
                                f"run `det-export WEIGHTS` (it writes {EMBEDDER_FILENAME} beside the "
                                "detector ONNX) or pass --embedder PATH")
-    from runtime.backends.torch_backend import TorchEmbedder
+    from det_toolkit.runtime.backends.torch_backend import TorchEmbedder
 
     return TorchEmbedder(device, config.embedder_input_size)
 
@@ -190,7 +190,7 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz,
                               rect=rect)
         if sahi:
-            from runtime.tiling import SliceConfig, TiledPredictor
+            from det_toolkit.runtime.tiling import SliceConfig, TiledPredictor
 
             sh, sw = slice_height or slice_size, slice_width or slice_size
             if (sh is None) != (sw is None):  # one axis given: the other defaults to it

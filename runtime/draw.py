@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from runtime.predictor import Detections
-from runtime.tracking import Track
+from det_toolkit.runtime.predictor import Detections
+from det_toolkit.runtime.tracking import Track
 
 #: 20 well-separated colours (BGR); a track id or class id always maps to the same one.
 PALETTE: tuple[tuple[int, int, int], ...] = tuple(

@@ -17,9 +17,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from runtime.backends.base import BackendError
-from runtime.backends.onnx_backend import create_session, session_metadata
-from runtime.meta import MetadataError
+from det_toolkit.runtime.backends.base import BackendError
+from det_toolkit.runtime.backends.onnx_backend import create_session, session_metadata
+from det_toolkit.runtime.meta import MetadataError
 
 EMBEDDER_META_KEY = "det_toolkit_embedder"
 EMBEDDER_FILENAME = "deepsort_embedder.onnx"
@@ -95,7 +95,7 @@ class CropBatcher:
         """
         bounds = crop_bounds(boxes_xyxy, frame_bgr.shape[:2])
         if ((bounds[:, 2] <= bounds[:, 0]) | (bounds[:, 3] <= bounds[:, 1])).any():
-            raise ValueError("empty crop: drop boxes that fail runtime.embedder.croppable() first")
+            raise ValueError("empty crop: drop boxes that fail det_toolkit.runtime.embedder.croppable() first")
         k = len(bounds)
         if k > len(self._batch):
             self._batch = np.empty((k, 3, self.size, self.size), np.float32)

@@ -10,7 +10,7 @@ Teachers:
 * :class:`HogTeacher`: OpenCV's HOG + linear SVM people detector (Dalal & Triggs 2005, trained on
   INRIA Person; ``cv2.HOGDescriptor_getDefaultPeopleDetector``), class ``person``, no download.
 * :class:`ArtifactTeacher`: any det-toolkit artifact (``.onnx``, ``.pt``, ``.engine``) through
-  :func:`runtime.backends.load_backend` and :class:`runtime.predictor.Predictor`.
+  :func:`det_toolkit.runtime.backends.load_backend` and :class:`det_toolkit.runtime.predictor.Predictor`.
 
 Dataset layout under ``--out`` (frames are ``images/<stem>.jpg``; video frames are named
 ``<video stem>_<frame index, 6 digits>``)::
@@ -48,10 +48,10 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from runtime.backends import Backend, load_backend
-from runtime.predictor import Detections, Predictor
-from runtime.sources import Source, open_source
-from runtime.writers import YoloTxtWriter
+from det_toolkit.runtime.backends import Backend, load_backend
+from det_toolkit.runtime.predictor import Detections, Predictor
+from det_toolkit.runtime.sources import Source, open_source
+from det_toolkit.runtime.writers import YoloTxtWriter
 
 FORMATS = ("voc", "yolo", "coco")
 ARTIFACT_SUFFIXES = (".onnx", ".pt", ".pth", ".engine")
@@ -79,7 +79,7 @@ class Teacher(Protocol):
         """Detect in ``frame_bgr`` (uint8 ``[H, W, 3]`` BGR).
 
         Returns:
-            :class:`~runtime.predictor.Detections`: boxes float32 ``[K, 4]`` ``xyxy`` absolute
+            :class:`~det_toolkit.runtime.predictor.Detections`: boxes float32 ``[K, 4]`` ``xyxy`` absolute
             frame pixels (clipped to the frame), scores float32 ``[K]``, labels int64 ``[K]``
             (0-based indices into ``class_names``).
         """
@@ -160,11 +160,11 @@ class ArtifactTeacher:
     """One of our detector artifacts as a teacher.
 
     Args:
-        backend: a loaded artifact (:func:`runtime.backends.load_backend`).
+        backend: a loaded artifact (:func:`det_toolkit.runtime.backends.load_backend`).
         conf: minimum score kept, in ``[0, 1]``.
         classes: 0-based class ids of the artifact to keep (``None``: all); the dataset's classes
             are these, in this order.
-        imgsz: letterbox size override in pixels (see :class:`~runtime.predictor.Predictor`).
+        imgsz: letterbox size override in pixels (see :class:`~det_toolkit.runtime.predictor.Predictor`).
 
     Attributes:
         class_names: the kept class names (from the artifact's metadata).
@@ -236,7 +236,7 @@ def voc_xml(frame: LabelledFrame, class_names: Sequence[str], folder: str = "ima
 
     Continuous ``xyxy`` boxes become 1-based inclusive integer pixels
     ``xmin = round(x1) + 1, ymin = round(y1) + 1, xmax = round(x2), ymax = round(y2)`` (the inverse of
-    the ``[xmin - 1, ymin - 1, xmax, ymax]`` reading in ``train.data.formats``); ``truncated`` is 1
+    the ``[xmin - 1, ymin - 1, xmax, ymax]`` reading in ``det_toolkit.train.data.formats``); ``truncated`` is 1
     for boxes touching the frame border, ``difficult`` 0.
     """
     root = ET.Element("annotation")
@@ -391,7 +391,7 @@ def select_frames(source: Source, every: int = 1, start: int = 0,
                   end: int | None = None) -> Iterator[tuple[int, str, np.ndarray]]:
     """The frames of ``source`` with index in ``[start, end)`` and ``(index - start) % every == 0``.
 
-    Yields ``(index, name, frame_bgr)`` as :class:`~runtime.sources.Source` does; stops reading at
+    Yields ``(index, name, frame_bgr)`` as :class:`~det_toolkit.runtime.sources.Source` does; stops reading at
     ``end`` (exclusive). Frames before ``start`` are decoded and dropped (sources cannot seek).
     """
     for index, name, frame in source:
@@ -407,7 +407,7 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
     """Label frames of ``source`` with ``teacher`` and write a dataset under ``out``.
 
     Args:
-        source: anything :func:`runtime.sources.open_source` opens (video file, folder, glob, list
+        source: anything :func:`det_toolkit.runtime.sources.open_source` opens (video file, folder, glob, list
             file, image, camera index, URL, ``-``).
         teacher: a :class:`Teacher`.
         out: dataset folder; created, must be empty or absent.
@@ -423,7 +423,7 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
         :class:`LabelSummary` (also written to ``out/label_summary.json``).
 
     Raises:
-        FileNotFoundError / runtime.sources.SourceError: ``source`` cannot be opened.
+        FileNotFoundError / det_toolkit.runtime.sources.SourceError: ``source`` cannot be opened.
         LabelError: bad arguments, ``out`` not empty, no frame in the range, a frame that cannot be
             saved, or a live source without ``end``.
     """
@@ -520,8 +520,8 @@ def make_teacher(spec: str, device: str = "auto", conf: float = 0.5, classes: st
 
     Raises:
         LabelError: ``spec`` is neither ``hog`` nor an artifact path.
-        FileNotFoundError, runtime.backends.BackendError, runtime.meta.MetadataError: the artifact
-            cannot be loaded (see :func:`runtime.backends.load_backend`).
+        FileNotFoundError, det_toolkit.runtime.backends.BackendError, det_toolkit.runtime.meta.MetadataError: the artifact
+            cannot be loaded (see :func:`det_toolkit.runtime.backends.load_backend`).
         click.BadParameter: an unknown class in ``classes``.
     """
     if spec.lower() == "hog":
@@ -529,7 +529,7 @@ def make_teacher(spec: str, device: str = "auto", conf: float = 0.5, classes: st
     if not is_artifact_spec(spec):
         raise LabelError(f"teacher '{spec}' is neither 'hog' nor a detector artifact "
                          f"({', '.join(ARTIFACT_SUFFIXES)})")
-    from runtime.cli import parse_classes
+    from det_toolkit.runtime.cli import parse_classes
 
     backend = load_backend(spec, device)
     ids = parse_classes(classes, backend.meta.class_names) if classes else None

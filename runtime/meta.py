@@ -8,7 +8,7 @@ them.
 Graph contract (format_version 1):
 
 * input ``images``: float32 ``[N, 3, H, W]``, RGB, values in ``[0, 1]``; the frame is letterboxed
-  by :func:`runtime.preprocess.letterbox` (aspect kept, top-left aligned, right/bottom padded with
+  by :func:`det_toolkit.runtime.preprocess.letterbox` (aspect kept, top-left aligned, right/bottom padded with
   :data:`PAD_VALUE`). ImageNet mean/std normalisation happens inside the graph.
 * outputs ``boxes`` float32 ``[K, 4]`` (``xyxy``, absolute pixels of the graph input), ``scores``
   float32 ``[K]`` in ``[0, 1]``, ``labels`` int64 ``[K]`` (0-based index into ``class_names``),
@@ -22,7 +22,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from runtime import __version__
+from det_toolkit import __version__
 
 META_KEY = "det_toolkit"
 FORMAT_VERSION = 1
@@ -73,7 +73,7 @@ class ModelMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<metadata>") -> "ModelMeta":
+    def from_dict(cls, d: dict[str, Any], source: str = "<metadata>") -> ModelMeta:
         """Build from a dict, checking required keys and the format version.
 
         Raises:
@@ -96,7 +96,7 @@ class ModelMeta:
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, s: str, source: str = "<metadata>") -> "ModelMeta":
+    def from_json(cls, s: str, source: str = "<metadata>") -> ModelMeta:
         """Parse :meth:`to_json` output. Raises :class:`MetadataError` on bad JSON."""
         try:
             d = json.loads(s)

@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from runtime.predictor import STAGES, Detections
-from runtime.sources import Source
-from runtime.tracking import Track, Tracker
-from runtime.writers import RunOutputs
+from det_toolkit.runtime.predictor import STAGES, Detections
+from det_toolkit.runtime.sources import Source
+from det_toolkit.runtime.tracking import Track, Tracker
+from det_toolkit.runtime.writers import RunOutputs
 
 #: Frames excluded from the FPS and per-stage means (graph optimisation, caches, allocations).
 WARMUP_FRAMES = 5
@@ -38,7 +38,7 @@ _END = object()
 
 
 class FramePredictor(Protocol):
-    """:class:`runtime.predictor.Predictor` or :class:`runtime.tiling.TiledPredictor`."""
+    """:class:`det_toolkit.runtime.predictor.Predictor` or :class:`det_toolkit.runtime.tiling.TiledPredictor`."""
 
     imgsz: tuple[int, int]
     times_ms: dict[str, float]

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.preprocess import LetterboxInfo, letterbox, to_input, unletterbox_boxes
+from det_toolkit.runtime.backends.base import Backend
+from det_toolkit.runtime.preprocess import LetterboxInfo, letterbox, to_input, unletterbox_boxes
 
 STAGES = ("preprocess", "inference", "postprocess")
 

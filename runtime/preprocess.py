@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from runtime.meta import PAD_VALUE
+from det_toolkit.runtime.meta import PAD_VALUE
 
 
 @dataclass(frozen=True)

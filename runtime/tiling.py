@@ -30,7 +30,7 @@ from sahi.postprocess.combine import (
 from sahi.prediction import ObjectPrediction
 from sahi.slicing import get_slice_bboxes
 
-from runtime.predictor import STAGES, Detections, Predictor
+from det_toolkit.runtime.predictor import STAGES, Detections, Predictor
 
 set_postprocess_backend("numpy")
 
@@ -157,7 +157,7 @@ class TiledPredictor:
         ValueError: ``predictor.rect`` is on.
 
     Attributes:
-        times_ms: last frame's stage times in ms, keys :data:`runtime.predictor.STAGES`
+        times_ms: last frame's stage times in ms, keys :data:`det_toolkit.runtime.predictor.STAGES`
             (``preprocess``: slicing + letterboxing; ``postprocess``: mapping + sahi merge).
         tiles: number of detector inputs of the last frame (tiles, plus the full frame).
     """

@@ -1,7 +1,7 @@
-"""Deep SORT multi-object tracking on top of :class:`runtime.predictor.Detections`.
+"""Deep SORT multi-object tracking on top of :class:`det_toolkit.runtime.predictor.Detections`.
 
 Wraps ``deep_sort_realtime``'s ``DeepSort`` with its own embedder switched off: appearance vectors
-come from an :class:`runtime.embedder.Embedder` (ONNX on the edge), computed for all boxes of a
+come from an :class:`det_toolkit.runtime.embedder.Embedder` (ONNX on the edge), computed for all boxes of a
 frame in one batch.
 """
 
@@ -24,10 +24,11 @@ import numpy as np
 import yaml
 from deep_sort_realtime.deepsort_tracker import DeepSort
 
-from runtime.embedder import Embedder, croppable
-from runtime.predictor import Detections
+from det_toolkit.configs import config_path
+from det_toolkit.runtime.embedder import Embedder, croppable
+from det_toolkit.runtime.predictor import Detections
 
-DEFAULT_TRACKER_CONFIG = Path(__file__).resolve().parents[1] / "configs/tracker/deepsort.yaml"
+DEFAULT_TRACKER_CONFIG = config_path("tracker/deepsort.yaml")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Tracker:
     def update(self, frame_bgr: np.ndarray, detections: Detections) -> list[Track]:
         """Advance the tracker by one frame.
 
-        Boxes whose integer crop window would be empty (:func:`runtime.embedder.croppable`) are
+        Boxes whose integer crop window would be empty (:func:`det_toolkit.runtime.embedder.croppable`) are
         left out before embedding, so embeddings stay aligned with the detections Deep SORT keeps.
 
         Args:

@@ -15,10 +15,10 @@ from typing import Self, TypeVar
 import cv2
 import numpy as np
 
-from runtime.draw import Trails, draw_detections, draw_fps
-from runtime.predictor import Detections
-from runtime.sources import SourceInfo
-from runtime.tracking import Track
+from det_toolkit.runtime.draw import Trails, draw_detections, draw_fps
+from det_toolkit.runtime.predictor import Detections
+from det_toolkit.runtime.sources import SourceInfo
+from det_toolkit.runtime.tracking import Track
 
 W = TypeVar("W", bound="Writer")
 
@@ -100,7 +100,7 @@ class JsonlWriter(Writer):
               track_ids: Sequence[int | None] | None = None,
               track_classes: Sequence[int | None] | None = None) -> None:
         """Write frame ``index`` (0-based) of source ``name``; ``track_ids`` as in
-        :func:`runtime.draw.draw_detections`, ``track_classes`` the tracks' voted class ids
+        :func:`det_toolkit.runtime.draw.draw_detections`, ``track_classes`` the tracks' voted class ids
         (written as ``track_class_id``)."""
         out = []
         for i, (box, score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(),

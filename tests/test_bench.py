@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.bench import (
+from det_toolkit.benchmarks.bench import (
     Row,
     Unavailable,
     artifact,
@@ -16,9 +16,9 @@ from benchmarks.bench import (
     run_bench,
     write_report,
 )
-from benchmarks.cli import main
-from train.checkpoint import make_checkpoint, save_atomic
-from train.models import build_model
+from det_toolkit.benchmarks.cli import main
+from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+from det_toolkit.train.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "configs" / "raccoon.yaml"

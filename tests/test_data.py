@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from det_toolkit.train.config import ConfigError, DataConfig, TrainConfig, from_dict, load_data_config
+from det_toolkit.train.data.dataset import DetectionDataset, collate, load_rgb
+from det_toolkit.train.data.formats import DatasetError, image_size, read_split, require_labels
 from tests.conftest import make_synthetic, need_raccoon, write_voc
-from train.config import ConfigError, DataConfig, TrainConfig, from_dict, load_data_config
-from train.data.dataset import DetectionDataset, collate, load_rgb
-from train.data.formats import DatasetError, image_size, read_split, require_labels
 
 
 def _raccoon_cfg() -> DataConfig:
@@ -220,7 +220,7 @@ def test_unknown_config_key_suggests_nearest(tmp_path: Path) -> None:
 def test_strong_preset_with_mosaic_keeps_boxes_valid() -> None:
     import random
 
-    from train.data.dataset import aug_params
+    from det_toolkit.train.data.dataset import aug_params
 
     cfg = _raccoon_cfg()
     samples = read_split(cfg, "train")[0][:24]
@@ -241,7 +241,7 @@ def test_strong_preset_with_mosaic_keeps_boxes_valid() -> None:
 
 
 def test_mosaic_places_boxes_on_their_pixels() -> None:
-    from train.data.dataset import mosaic
+    from det_toolkit.train.data.dataset import mosaic
 
     items = []
     for c in range(4):
@@ -256,7 +256,7 @@ def test_mosaic_places_boxes_on_their_pixels() -> None:
 
 
 def test_aug_overrides_are_validated() -> None:
-    from train.data.dataset import aug_params
+    from det_toolkit.train.data.dataset import aug_params
 
     assert aug_params("light", "mosaic=0.3,scale=0.5:1.2")["scale"] == (0.5, 1.2)
     with pytest.raises(ValueError, match="did you mean 'mosaic'"):

@@ -11,11 +11,11 @@ import cv2
 import pytest
 from click.testing import CliRunner
 
-from export.cli import main as export_cli
-from runtime.cli import main as run_cli
+from det_toolkit.export.cli import main as export_cli
+from det_toolkit.runtime.cli import main as run_cli
+from det_toolkit.train.checkpoint import load_checkpoint
+from det_toolkit.train.cli import eval_cli, train_cli
 from tests.conftest import RACCOON, VTEST, need_raccoon
-from train.checkpoint import load_checkpoint
-from train.cli import eval_cli, train_cli
 
 pytestmark = pytest.mark.slow
 CFG = Path(__file__).resolve().parents[1] / "configs" / "raccoon.yaml"

@@ -12,16 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from export import ParityReport, check_parity
-from export.cli import main
-from export.embedder import load_mobilenet_bottleneck
-from export.onnx_export import ort_max_ir_version
-from export.parity import load_images, match_detections, val_image_paths
-from runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_META_KEY
-from runtime.meta import META_KEY, ModelMeta
-from train.checkpoint import make_checkpoint, save_atomic
-from train.models import build_model
-from train.models.common import IMAGENET_MEAN, IMAGENET_STD
+from det_toolkit.export import ParityReport, check_parity
+from det_toolkit.export.cli import main
+from det_toolkit.export.embedder import load_mobilenet_bottleneck
+from det_toolkit.export.onnx_export import ort_max_ir_version
+from det_toolkit.export.parity import load_images, match_detections, val_image_paths
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_META_KEY
+from det_toolkit.runtime.meta import META_KEY, ModelMeta
+from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+from det_toolkit.train.models import build_model
+from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 needs_raccoon = pytest.mark.skipif(not (RACCOON / "images").is_dir(), reason=f"{RACCOON} not present")
@@ -169,8 +169,8 @@ def test_cli_refuses_failing_parity(ckpt_path: Path, tmp_path: Path,
     failing = ParityReport(n_images=1, n_ref_boxes=10, n_onnx_boxes=10, n_matched=5, match_rate=0.5,
                            mean_iou=0.95, max_score_diff=0.0, passed=False, iou_thr=0.9,
                            score_tol=0.01, min_match=0.99)
-    monkeypatch.setattr("export.onnx_export.check_parity", lambda *args, **kwargs: failing)
-    monkeypatch.setattr("export.onnx_export.onnxslim.slim", lambda model: model)
+    monkeypatch.setattr("det_toolkit.export.onnx_export.check_parity", lambda *args, **kwargs: failing)
+    monkeypatch.setattr("det_toolkit.export.onnx_export.onnxslim.slim", lambda model: model)
     out = tmp_path / "x.onnx"
     result = CliRunner().invoke(main, [str(ckpt_path), "-o", str(out), "--no-embedder"])
     assert result.exit_code == 1 and "onnxslim graph rejected" in result.output

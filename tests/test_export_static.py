@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner, Result
 from onnx import TensorProto, helper, numpy_helper
 
-from export.cli import main
-from export.fp16 import (
+from det_toolkit.export.cli import main
+from det_toolkit.export.fp16 import (
     FP16_CONF,
     FP16_SCORE_TOL,
     POOL_SCOPE,
@@ -22,13 +22,13 @@ from export.fp16 import (
     final_nms_iou,
     to_fp16,
 )
-from export.parity import ParityError, check_onnx_parity, load_images, match_detections
-from export.trt_check import check_trt_readiness, supported_ops
-from runtime.backends.outputs import pad_batch, run_chunks, split_batched
-from runtime.meta import META_KEY, ModelMeta
-from runtime.preprocess import letterbox, to_input
-from train.checkpoint import make_checkpoint, save_atomic
-from train.models import build_model
+from det_toolkit.export.parity import ParityError, check_onnx_parity, load_images, match_detections
+from det_toolkit.export.trt_check import check_trt_readiness, supported_ops
+from det_toolkit.runtime.backends.outputs import pad_batch, run_chunks, split_batched
+from det_toolkit.runtime.meta import META_KEY, ModelMeta
+from det_toolkit.runtime.preprocess import letterbox, to_input
+from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+from det_toolkit.train.models import build_model
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 GLOB = str(RACCOON / "images" / "raccoon-1[012].jpg")  # 3 photos: batch 2 + a zero-padded one
@@ -118,7 +118,7 @@ def test_fp16_variant(graph: Path, export: Result) -> None:
     first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
     assert dtype[first_conv] == TensorProto.FLOAT  # the stem sees raw pixels: float32
     assert dtype["/box_head/fc7/Gemm"] == TensorProto.FLOAT16  # backbone, FPN, box head: float16
-    # at this size the pooling absorbs fc6 (export.roi_pool.FoldedRoILinear): float32, as pooling
+    # at this size the pooling absorbs fc6 (det_toolkit.export.roi_pool.FoldedRoILinear): float32, as pooling
     assert "/box_head/fc6/Gemm" not in dtype and weight["box_roi_pool.fold.weight"] == TensorProto.FLOAT
     assert sum(d == TensorProto.FLOAT16 for d in dtype.values()) > 40
     for name in ("/box_predictor/cls_score/Gemm", "/box_predictor/bbox_pred/Gemm", "/head/cls_logits/Conv",
@@ -163,7 +163,7 @@ def test_fp16_parity_catches_a_broken_graph(graph: Path, images: list[np.ndarray
 def test_fp16_float32_region_is_float32(graph: Path, images: list[np.ndarray]) -> None:
     """With no node converted, the converter's output must compute exactly the fp32 graph: no lossy
     Cast(float16) -> Cast(float) pair left between float32 nodes (onnxconverter-common 1.16 leaves
-    one around every blocked node; export.fp16.remove_roundtrip_casts removes them)."""
+    one around every blocked node; det_toolkit.export.fp16.remove_roundtrip_casts removes them)."""
     fp32 = onnx.load(str(graph))
     same = to_fp16(fp32, dense=set())
     assert not [n for n in same.graph.node if n.op_type == "Cast"

@@ -12,14 +12,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import no_torch_script
 from click.testing import CliRunner
+from conftest import no_torch_script
 
-from runtime.label import HogTeacher, LabelError, label_source, main
-from runtime.predictor import Detections
-from runtime.sources import open_source
-from train.config import load_data_config
-from train.data.formats import read_split
+from det_toolkit.runtime.label import HogTeacher, LabelError, label_source, main
+from det_toolkit.runtime.predictor import Detections
+from det_toolkit.runtime.sources import open_source
+from det_toolkit.train.config import load_data_config
+from det_toolkit.train.data.formats import read_split
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO.parent / "shared/videos/vtest.avi"
@@ -71,7 +71,7 @@ def photos(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("fmt, atol", [("voc", 0.5), ("yolo", 1e-3), ("coco", 0.01)])
 def test_formats_read_back(photos: Path, tmp_path: Path, fmt: str, atol: float) -> None:
-    """Each format, read by train.data.formats.read_split, gives the teacher's boxes back (within the
+    """Each format, read by det_toolkit.train.data.formats.read_split, gives the teacher's boxes back (within the
     format's rounding: VOC integer pixels), the negative image as background, val = last frame."""
     out = tmp_path / fmt
     summary = label_source(photos, ScriptedTeacher(), out, fmt, val_fraction=0.2, progress=False)
@@ -138,7 +138,7 @@ def test_hog_teacher_finds_walkers() -> None:
         assert iou.max(initial=0) <= 0.3 + 1e-6  # NMS at IoU 0.3 (before the same shrink for all)
 
 
-NO_TORCH = no_torch_script("runtime.label")
+NO_TORCH = no_torch_script("det_toolkit.runtime.label")
 
 
 @need_video
@@ -146,9 +146,9 @@ def test_artifact_teacher_without_torch(tmp_path: Path) -> None:
     """An ONNX artifact as teacher, in a Python that cannot import torch: frame range and --every
     pick the right frames, boxes equal the artifact's own predictions, the COCO files parse."""
     pytest.importorskip("torch")
-    from benchmarks.artifacts import cached_detector
-    from runtime.backends import load_backend
-    from runtime.predictor import Predictor
+    from det_toolkit.benchmarks.artifacts import cached_detector
+    from det_toolkit.runtime.backends import load_backend
+    from det_toolkit.runtime.predictor import Predictor
 
     det = cached_detector(256, 8)[1]
     out = tmp_path / "coco"

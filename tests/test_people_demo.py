@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from benchmarks.people_demo import busiest_window, cli, cut_clip, make_gif, track_stats
+from det_toolkit.benchmarks.people_demo import busiest_window, cli, cut_clip, make_gif, track_stats
 from tests.conftest import VTEST
 
 

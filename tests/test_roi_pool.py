@@ -8,8 +8,8 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format
 
-from export import roi_pool
-from export.roi_pool import (
+from det_toolkit.export import roi_pool
+from det_toolkit.export.roi_pool import (
     SEPARABLE_MAX_CELLS,
     FoldedRoILinear,
     GatherMultiScaleRoIAlign,
@@ -79,9 +79,9 @@ def test_export_copy_keeps_reference_and_pools_without_roialign(fold: bool, monk
     bins-first fc6 (``FOLD_HEAD`` off); either way the reference model is untouched and the copy
     gives its detections. The exported graph has neither ScatterElements nor RoiAlign; its pooling
     nodes carry the ``box_roi_pool`` scope the FP16 converter keeps in float32."""
-    from benchmarks.artifacts import cached_detector
-    from export.fp16 import POOL_SCOPE
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from det_toolkit.benchmarks.artifacts import cached_detector
+    from det_toolkit.export.fp16 import POOL_SCOPE
+    from det_toolkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     monkeypatch.setattr(roi_pool, "FOLD_HEAD", fold)
     pt, onnx_path = cached_detector(256, 8)

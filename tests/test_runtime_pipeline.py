@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.common import read_frames
-from runtime.sources import split_images
+from det_toolkit.benchmarks.common import read_frames
+from det_toolkit.runtime.sources import split_images
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
@@ -27,13 +27,13 @@ VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
 def det() -> Path:
     """A random-head detector exported to ONNX at 256 px (<= 8 boxes per image)."""
     pytest.importorskip("torch")
-    from benchmarks.artifacts import cached_detector
+    from det_toolkit.benchmarks.artifacts import cached_detector
 
     return cached_detector(256, 8)[1]
 
 
 def det_run(args: list[str], cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=cwd, input=stdin,
+    return subprocess.run([sys.executable, "-m", "det_toolkit.runtime.cli", *args], cwd=cwd, input=stdin,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300, check=False)
 
 
@@ -56,7 +56,7 @@ def run_outputs(run: Path) -> tuple[dict, list[dict]]:
 @pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
 def test_sigint_leaves_a_playable_video(det: Path, tmp_path: Path) -> None:
     """SIGINT mid-video: exit 130, and the video holds exactly the frames processed (all written)."""
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", str(VIDEO), "--weights", str(det),
+    proc = subprocess.Popen([sys.executable, "-m", "det_toolkit.runtime.cli", str(VIDEO), "--weights", str(det),
                              "--project", str(tmp_path), "--name", "int"], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,
@@ -178,7 +178,7 @@ class FlakyCapture:
 
 
 def test_stream_reconnects_with_backoff(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from runtime import sources
+    from det_toolkit.runtime import sources
 
     monkeypatch.setattr(sources.cv2, "VideoCapture", FlakyCapture)
     monkeypatch.setattr(sources, "RECONNECT_BACKOFF_S", (0.01, 0.02))
@@ -246,7 +246,7 @@ def test_real_http_stream_drops_and_reconnects(monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """OpenCV's FFmpeg reads a real MJPEG-over-HTTP stream; when the server ends the connection the
     source reconnects and carries on with the next connection's frames."""
-    from runtime import sources
+    from det_toolkit.runtime import sources
 
     monkeypatch.setattr(sources, "RECONNECT_BACKOFF_S", (0.05,))
     server = MjpegServer(frames=4)
@@ -280,7 +280,7 @@ def test_cli_on_a_real_http_stream(det: Path, tmp_path: Path) -> None:
 def test_unopenable_camera_is_a_clear_error(det: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from runtime.cli import main
+    from det_toolkit.runtime.cli import main
 
     res = CliRunner().invoke(main, ["7", "--weights", str(det), "--project", str(tmp_path / "r")])
     assert res.exit_code != 0 and "cannot open camera 7" in res.output
@@ -290,7 +290,7 @@ def test_unopenable_camera_is_a_clear_error(det: Path, tmp_path: Path) -> None:
 def test_show_without_display_says_so(det: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from runtime.cli import main
+    from det_toolkit.runtime.cli import main
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

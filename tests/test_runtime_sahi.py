@@ -1,4 +1,4 @@
-"""SAHI tiled inference (runtime.tiling): coordinates, equality with sahi's get_sliced_prediction,
+"""SAHI tiled inference (det_toolkit.runtime.tiling): coordinates, equality with sahi's get_sliced_prediction,
 batched fixed-batch ONNX graphs, and ``det-run --sahi`` without torch."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from conftest import no_torch_script
 
-from benchmarks.common import match_count, read_frames
-from runtime.backends import Backend, load_backend
-from runtime.meta import PAD_VALUE, ModelMeta
-from runtime.predictor import Predictor
-from runtime.preprocess import letterbox, to_input
-from runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
+from det_toolkit.benchmarks.common import match_count, read_frames
+from det_toolkit.runtime.backends import Backend, load_backend
+from det_toolkit.runtime.meta import PAD_VALUE, ModelMeta
+from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.preprocess import letterbox, to_input
+from det_toolkit.runtime.tiling import SahiDetectionModel, SliceConfig, TiledPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
@@ -110,7 +110,7 @@ def test_predict_batch_equals_single_calls() -> None:
 def artifacts() -> Path:
     """``det.pt``, its batch-1 ``det.onnx`` and a fixed-batch ``det_b4.onnx`` (random head, 256 px)."""
     pytest.importorskip("torch")
-    from benchmarks.artifacts import cached_detector, export_batched
+    from det_toolkit.benchmarks.artifacts import cached_detector, export_batched
 
     if not VIDEO.is_file():
         pytest.skip(f"{VIDEO} absent")
@@ -147,7 +147,7 @@ def test_batched_graph_and_sahi_reference(artifacts: Path) -> None:
         assert m >= 0.99 * n, f"{name}: {m}/{n} merged boxes match sahi's get_sliced_prediction"
 
 
-NO_TORCH = no_torch_script("runtime.cli")
+NO_TORCH = no_torch_script("det_toolkit.runtime.cli")
 
 
 def test_cli_sahi_without_torch(artifacts: Path, tmp_path: Path) -> None:

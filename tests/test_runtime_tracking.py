@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from runtime.backends import BackendError
-from runtime.draw import Trails
-from runtime.embedder import EMBEDDER_META_KEY, OnnxEmbedder
-from runtime.predictor import Detections
-from runtime.tracking import Track, Tracker, TrackerConfig
+from det_toolkit.runtime.backends import BackendError
+from det_toolkit.runtime.draw import Trails
+from det_toolkit.runtime.embedder import EMBEDDER_META_KEY, OnnxEmbedder
+from det_toolkit.runtime.predictor import Detections
+from det_toolkit.runtime.tracking import Track, Tracker, TrackerConfig
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
 
@@ -22,7 +22,7 @@ VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
 def test_mot_quality_on_tud_campus() -> None:
     """Deep SORT on jittered (5%), thinned (10% dropped) ground truth with uninformative appearance."""
     pytest.importorskip("motmetrics")
-    from benchmarks.track_quality import evaluate
+    from det_toolkit.benchmarks.track_quality import evaluate
 
     r = evaluate("TUD-Campus", jitter=0.05, drop=0.1, seed=0)
     print(f"TUD-Campus: MOTA {r['mota']:.3f} IDF1 {r['idf1']:.3f} ID switches {r['switches']}")
@@ -81,8 +81,8 @@ def embedders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     its metadata) and ``emb128.onnx`` (the same graph with its crop size fixed at 128 px)."""
     torch = pytest.importorskip("torch")
 
-    from export.embedder import NormalizedEmbedder, load_mobilenet_bottleneck
-    from export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
+    from det_toolkit.export.embedder import NormalizedEmbedder, load_mobilenet_bottleneck
+    from det_toolkit.export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
 
     out = tmp_path_factory.mktemp("emb")
     graph = trace_to_onnx(NormalizedEmbedder(load_mobilenet_bottleneck()).eval(), torch.rand(2, 3, 224, 224), 17,
@@ -99,8 +99,8 @@ def embedders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_embedder_crop_size_setting(embedders: Path, tmp_path: Path) -> None:
-    from runtime.backends.torch_backend import TorchEmbedder
-    from runtime.cli import main
+    from det_toolkit.runtime.backends.torch_backend import TorchEmbedder
+    from det_toolkit.runtime.cli import main
 
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (240, 320, 3), np.uint8)
@@ -115,7 +115,7 @@ def test_embedder_crop_size_setting(embedders: Path, tmp_path: Path) -> None:
 
     if not VIDEO.is_file():
         pytest.skip(f"{VIDEO} absent")
-    from benchmarks.artifacts import cached_detector
+    from det_toolkit.benchmarks.artifacts import cached_detector
 
     det = cached_detector(256, 8)[1]
     cfg = tmp_path / "small.yaml"

@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-
 from conftest import make_synthetic
-from train.models import build_model
-from train.models.tood.assigners import alignment_metric, atss_assign, task_aligned_assign
-from train.models.tood.backbone import ModulatedDeformConv2d
-from train.models.tood.head import deform_sampling
-from train.models.tood.losses import giou, giou_loss, quality_focal_loss
+
+from det_toolkit.train.models import build_model
+from det_toolkit.train.models.tood.assigners import alignment_metric, atss_assign, task_aligned_assign
+from det_toolkit.train.models.tood.backbone import ModulatedDeformConv2d
+from det_toolkit.train.models.tood.head import deform_sampling
+from det_toolkit.train.models.tood.losses import giou, giou_loss, quality_focal_loss
 
 RACCOON_IMAGES = Path(__file__).resolve().parents[2] / "shared/datasets/raccoon/images"
 
@@ -151,7 +151,7 @@ def test_resnet101_dcn_train_step_and_inference() -> None:
 
 
 def test_mobilenet_v2_tal_step_and_trainer_epoch(tmp_path: Path) -> None:
-    from train.cli import train_cli
+    from det_toolkit.train.cli import train_cli
 
     model = build_model("tood_mobilenet_v2", 2, weights="auto")
     model.train()
@@ -187,10 +187,10 @@ def _parity_images() -> list[np.ndarray]:
 @pytest.mark.parametrize(("name", "impl"), [("tood_resnet101_dcn", "deform_conv"),
                                              ("tood_mobilenet_v2", "grid_sample")])
 def test_export_dynamo_opset19_with_parity(name: str, impl: str, tmp_path: Path) -> None:
-    from export.onnx_export import export_onnx
-    from export.parity import check_parity
-    from runtime.meta import META_KEY, ModelMeta
-    from train.checkpoint import make_checkpoint, save_atomic
+    from det_toolkit.export.onnx_export import export_onnx
+    from det_toolkit.export.parity import check_parity
+    from det_toolkit.runtime.meta import META_KEY, ModelMeta
+    from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
 
     images = _parity_images()
     torch.manual_seed(0)
@@ -248,7 +248,7 @@ def test_static_tood_module_equals_pytorch(impl: str, imgsz: tuple[int, int]) ->
 
 
 def test_static_tood_rejects_trt_limits() -> None:
-    from export.static_tood import StaticTOOD
+    from det_toolkit.export.static_tood import StaticTOOD
 
     # at 384x384 with 2 classes the levels hold 4608, 1152, 288, 72 and 18 (location, class) scores
     tood = _tiny_tood().model
@@ -270,7 +270,7 @@ def test_deform_conv_legacy_symbolic_matches_torchvision(tmp_path: Path) -> None
     """DCNv2 with mask, stride 2, through the legacy exporter -> ONNX DeformConv -> onnxruntime."""
     import onnxruntime as ort
 
-    from export.static_tood import DEFORM_CONV_OPSET, register_deform_conv_symbolic
+    from det_toolkit.export.static_tood import DEFORM_CONV_OPSET, register_deform_conv_symbolic
 
     register_deform_conv_symbolic()
     torch.manual_seed(0)
@@ -295,12 +295,12 @@ def test_static_tood_export_trt_ready_with_parity(tmp_path: Path) -> None:
     onnxslim folds anything (export_onnx's fallback), must already be TensorRT-ready. The onnxslim
     path (det-export's default) was checked on trained and full-size models (figures in the
     docstring of export/static_tood.py)."""
-    from export.onnx_export import STATIC_OUTPUTS, export_onnx
-    from export.trt_check import check_trt_readiness
-    from runtime.backends.onnx_backend import OnnxBackend
-    from runtime.meta import META_KEY, ModelMeta
-    from runtime.preprocess import letterbox, to_input
-    from train.checkpoint import make_checkpoint, save_atomic
+    from det_toolkit.export.onnx_export import STATIC_OUTPUTS, export_onnx
+    from det_toolkit.export.trt_check import check_trt_readiness
+    from det_toolkit.runtime.backends.onnx_backend import OnnxBackend
+    from det_toolkit.runtime.meta import META_KEY, ModelMeta
+    from det_toolkit.runtime.preprocess import letterbox, to_input
+    from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
 
     paths = sorted(RACCOON_IMAGES.glob("*.jpg"))[:3]  # batch 2: the 3rd image goes in a zero-padded batch
     if len(paths) < 3:

@@ -11,11 +11,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from train.checkpoint import (CheckpointError, load_checkpoint, make_checkpoint,
-                              model_from_checkpoint, save_atomic)
-from train.cli import eval_cli, train_cli
-from train.engine import ema_avg_fn, warmup_cosine, warmup_step
-from train.models import MODELS, build_model, check_model_name
+from det_toolkit.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_atomic,
+)
+from det_toolkit.train.cli import eval_cli, train_cli
+from det_toolkit.train.engine import ema_avg_fn, warmup_cosine, warmup_step
+from det_toolkit.train.models import MODELS, build_model, check_model_name
 
 TINY = ["--imgsz", "128", "--batch", "4", "--workers", "0", "--lr", "0.005"]
 
@@ -199,7 +204,7 @@ def test_model_list_prints_parameters_and_gflops() -> None:
 
 
 def test_mini_darknet_backbone_size_and_stride() -> None:
-    from train.models.mini_darknet import MiniDarknet
+    from det_toolkit.train.models.mini_darknet import MiniDarknet
 
     net = MiniDarknet()
     assert 1.0e6 < sum(p.numel() for p in net.parameters()) < 1.3e6
@@ -236,11 +241,11 @@ def test_ddp_two_gloo_processes_train_evaluate_and_write_one_checkpoint(syntheti
     assert len(list(csv.DictReader(open(run / "results.csv")))) == 1
     # rank 0's metrics cover both ranks' shares of the val split: they equal a single-process
     # evaluation of the saved weights on all 4 val images
-    from train.coco_eval import evaluate_coco
-    from train.config import load_data_config
-    from train.data.dataset import DetectionDataset, collate
-    from train.data.formats import read_split
-    from train.engine import predict_dataset
+    from det_toolkit.train.coco_eval import evaluate_coco
+    from det_toolkit.train.config import load_data_config
+    from det_toolkit.train.data.dataset import DetectionDataset, collate
+    from det_toolkit.train.data.formats import read_split
+    from det_toolkit.train.engine import predict_dataset
 
     samples, names, cat_ids, _ = read_split(load_data_config(synthetic), "val")
     loader = torch.utils.data.DataLoader(DetectionDataset(samples, 128), batch_size=4,
@@ -258,10 +263,10 @@ def test_anchors_auto_raises_mean_best_iou_on_raccoon(tmp_path: Path) -> None:
     layout travels in the checkpoint."""
     import numpy as np
 
+    from det_toolkit.train.anchors import fit_anchors, kmeans_iou, shape_iou
+    from det_toolkit.train.config import load_data_config
+    from det_toolkit.train.data.formats import read_split
     from tests.conftest import need_raccoon
-    from train.anchors import fit_anchors, kmeans_iou, shape_iou
-    from train.config import load_data_config
-    from train.data.formats import read_split
 
     need_raccoon()
     cfg = load_data_config(Path(__file__).resolve().parents[1] / "configs" / "raccoon.yaml")
@@ -296,7 +301,7 @@ def test_anchors_auto_in_training_is_recorded(synthetic: Path, tmp_path: Path) -
 
 
 def test_amp_probe_detects_whether_autocast_engaged() -> None:
-    from train.engine import _AmpProbe
+    from det_toolkit.train.engine import _AmpProbe
 
     model = build_model("fasterrcnn_mini_darknet_nano_head", 1, weights=None).train()
     imgs = [torch.rand(3, 96, 96)]
@@ -324,8 +329,8 @@ def test_amp_training_on_cuda(dtype: str, synthetic: Path, tmp_path: Path) -> No
 def test_confusion_matrix_counts_a_known_case() -> None:
     import numpy as np
 
-    from train.coco_eval import confusion_matrix
-    from train.data.formats import Sample
+    from det_toolkit.train.coco_eval import confusion_matrix
+    from det_toolkit.train.data.formats import Sample
 
     def sample(boxes, labels):
         b = np.asarray(boxes, np.float32)
@@ -345,8 +350,8 @@ def test_confusion_matrix_counts_a_known_case() -> None:
 def test_cbam_keeps_features_and_round_trips_through_checkpoint_and_onnx(tmp_path: Path) -> None:
     import numpy as np
 
-    from export.onnx_export import export_onnx
-    from train.models.extras import CBAM, CBAMBackbone
+    from det_toolkit.export.onnx_export import export_onnx
+    from det_toolkit.train.models.extras import CBAM, CBAMBackbone
 
     x = torch.rand(2, 16, 8, 8)
     assert CBAM(16)(x).shape == x.shape
@@ -368,7 +373,7 @@ def test_cbam_keeps_features_and_round_trips_through_checkpoint_and_onnx(tmp_pat
 
 
 def test_class_weights_change_only_the_classifier_loss() -> None:
-    from train.models.extras import inverse_frequency, set_class_weights
+    from det_toolkit.train.models.extras import inverse_frequency, set_class_weights
 
     w = inverse_frequency([10, 30, 0])
     assert w.tolist() == pytest.approx([1.5, 0.5, 1.0])
@@ -395,7 +400,7 @@ def test_class_weights_change_only_the_classifier_loss() -> None:
 @pytest.mark.parametrize("name", ["fasterrcnn_resnet18_fpn", "fasterrcnn_mobilenet_v2_fpn",
                                   "fasterrcnn_efficientnet_b0", "fasterrcnn_mini_darknet"])
 def test_freeze_first_backbone_stages(name: str) -> None:
-    from train.models.extras import backbone_stages, freeze_stages
+    from det_toolkit.train.models.extras import backbone_stages, freeze_stages
 
     model = build_model(name, 1, weights=None, attention="cbam" if "resnet" in name else "none")
     stages = backbone_stages(model.model)

@@ -1,7 +1,7 @@
 """TensorRT: clear failures without a GPU (always run) and real engine tests (``pytest -m gpu``).
 
 The GPU tests build engines from the exported static ONNX with the TensorRT Python API, run them
-through :class:`runtime.backends.trt_backend.TrtBackend` on real raccoon photos and compare with
+through :class:`det_toolkit.runtime.backends.trt_backend.TrtBackend` on real raccoon photos and compare with
 ONNX Runtime; on a machine without TensorRT/CUDA they skip with the reason (shown by ``-ra``).
 """
 
@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from export.cli import main
-from export.onnx_export import export_onnx
-from export.parity import _compare, _inputs, load_images, onnx_detections
-from runtime.backends import BackendError, load_backend
-from runtime.backends.trt_backend import engine_meta_path
-from runtime.meta import ModelMeta
-from train.checkpoint import make_checkpoint, save_atomic
-from train.models import build_model
+from det_toolkit.export.cli import main
+from det_toolkit.export.onnx_export import export_onnx
+from det_toolkit.export.parity import _compare, _inputs, load_images, onnx_detections
+from det_toolkit.runtime.backends import BackendError, load_backend
+from det_toolkit.runtime.backends.trt_backend import engine_meta_path
+from det_toolkit.runtime.meta import ModelMeta
+from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
+from det_toolkit.train.models import build_model
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 GLOB = str(RACCOON / "images" / "raccoon-2[0-4].jpg")
@@ -29,7 +29,7 @@ GLOB = str(RACCOON / "images" / "raccoon-2[0-4].jpg")
 
 def _trt_or_skip() -> None:
     """Skip unless tensorrt, cuda-python and a CUDA device are present (reason printed by -ra)."""
-    from export.trt_build import TrtBuildError, require_tensorrt
+    from det_toolkit.export.trt_build import TrtBuildError, require_tensorrt
 
     try:
         require_tensorrt()
@@ -44,7 +44,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_trt_export_fails_at_once_without_tensorrt(ckpt: Path) -> None:
-    from export.trt_build import TrtBuildError, require_tensorrt
+    from det_toolkit.export.trt_build import TrtBuildError, require_tensorrt
 
     try:
         require_tensorrt()
@@ -104,7 +104,7 @@ def _compare_with_ort(engine: Path, onnx_path: Path, min_match: float) -> None:
 
 @pytest.mark.gpu
 def test_fp32_engine_matches_onnxruntime(static_onnx: Path) -> None:
-    from export.trt_build import build_engine
+    from det_toolkit.export.trt_build import build_engine
 
     engine = build_engine(static_onnx, static_onnx.with_name("fp32.engine"), workspace_gib=2)
     side = json.loads(engine_meta_path(engine).read_text())
@@ -115,8 +115,8 @@ def test_fp32_engine_matches_onnxruntime(static_onnx: Path) -> None:
 
 @pytest.mark.gpu
 def test_fp16_engine_matches_onnxruntime(static_onnx: Path) -> None:
-    from export.fp16 import export_fp16
-    from export.trt_build import build_engine, import_tensorrt, trt_major
+    from det_toolkit.export.fp16 import export_fp16
+    from det_toolkit.export.trt_build import build_engine, import_tensorrt, trt_major
 
     src = static_onnx
     if trt_major(import_tensorrt()) >= 11:  # strongly typed: precision comes from the FP16 ONNX

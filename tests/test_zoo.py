@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from export.onnx_export import export_onnx
-from export.trt_check import check_trt_readiness
+from det_toolkit.export.onnx_export import export_onnx
+from det_toolkit.export.trt_check import check_trt_readiness
+from det_toolkit.train.checkpoint import load_checkpoint, save_atomic
+from det_toolkit.train.cli import train_cli
+from det_toolkit.train.models import MODELS
 from tests.conftest import RACCOON, need_raccoon
-from train.checkpoint import load_checkpoint, save_atomic
-from train.cli import train_cli
-from train.models import MODELS
 
 pytestmark = pytest.mark.zoo
 

@@ -1,6 +1,6 @@
-"""``python -m train`` = ``det-train`` (also the entry point for ``torchrun -m train``)."""
+"""``python -m det_toolkit.train`` = ``det-train`` (also the entry point for ``torchrun -m det_toolkit.train``)."""
 
-from train.cli import train_cli
+from det_toolkit.train.cli import train_cli
 
 if __name__ == "__main__":
     train_cli()

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torchvision
 
-from runtime import __version__
-from runtime.meta import ModelMeta
-from train.models import build_model
-from train.models.common import Detector
+from det_toolkit import __version__
+from det_toolkit.runtime.meta import ModelMeta
+from det_toolkit.train.models import build_model
+from det_toolkit.train.models.common import Detector
 
 FORMAT = "det-toolkit/checkpoint"
 
@@ -154,7 +154,7 @@ def make_checkpoint(
 
 
 def meta_from_checkpoint(ckpt: dict[str, Any], source: str = "") -> ModelMeta:
-    """The :class:`runtime.meta.ModelMeta` an artifact exported from ``ckpt`` carries.
+    """The :class:`det_toolkit.runtime.meta.ModelMeta` an artifact exported from ``ckpt`` carries.
 
     ``score_thresh`` and ``max_det`` are read from the rebuilt model's RoI heads when present.
     """

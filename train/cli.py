@@ -1,6 +1,6 @@
 """Command-line interfaces ``det-train`` and ``det-eval`` (click).
 
-``det-train`` options are generated from :class:`train.config.TrainConfig`, so a flag, a YAML key
+``det-train`` options are generated from :class:`det_toolkit.train.config.TrainConfig`, so a flag, a YAML key
 (``--cfg``) and a checkpoint's ``train_args`` always agree; an unknown YAML key is an error that
 suggests the nearest valid one.
 """
@@ -11,13 +11,14 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import yaml
 
-from train.config import ConfigError, TrainConfig, from_dict, increment_path
+from det_toolkit.train.config import ConfigError, TrainConfig, from_dict, increment_path
 
 HELP: dict[str, str] = {
     "data": "data config YAML (dataset root, splits, names, format)",
@@ -102,12 +103,12 @@ def _given(ctx: click.Context, flags: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_models(imgsz: int, num_classes: int = 80) -> None:
-    """Print each model of :data:`train.models.MODELS` with parameters (M) and forward GFLOPs at
+    """Print each model of :data:`det_toolkit.train.models.MODELS` with parameters (M) and forward GFLOPs at
     ``imgsz x imgsz`` (``num_classes`` classes; pretrained weights are not loaded)."""
-    from train.models import MODELS, build_model
-    from train.models.common import count_parameters, gflops
+    from det_toolkit.train.models import MODELS, build_model
+    from det_toolkit.train.models.common import count_parameters, gflops
 
-    logging.getLogger("train.models.weights").setLevel(logging.ERROR)
+    logging.getLogger("det_toolkit.train.models.weights").setLevel(logging.ERROR)
     click.echo(f"{'model':<40}{'params (M)':>12}{f'GFLOPs@{imgsz}':>14}")
     for name in MODELS:
         model = build_model(name, num_classes, weights=None)
@@ -143,7 +144,7 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
         tc = from_dict(TrainConfig, values, cfg or "command line")
         if not tc.data and not tc.resume:
             raise ConfigError("--data is required (a data config YAML such as configs/raccoon.yaml)")
-        from train.trainer import fit
+        from det_toolkit.train.trainer import fit
 
         fit(tc)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
@@ -185,7 +186,7 @@ def eval_cli(weights: str, data: str, split: str, conf: float, iou: float, plot_
     click.echo(result.table())
     click.echo(f"{info['n_images']} images, {info['ms_per_image']:.1f} ms/image after warm-up "
                f"({info['backend']})")
-    from train.trainer import write_eval_plots
+    from det_toolkit.train.trainer import write_eval_plots
 
     out = increment_path(Path(project) / name)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,12 +209,12 @@ def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 
     """
     import cv2
 
-    from runtime.backends import load_backend
-    from runtime.predictor import Predictor
-    from train.coco_eval import evaluate_coco
-    from train.config import load_data_config
-    from train.data.dataset import load_rgb
-    from train.data.formats import read_split
+    from det_toolkit.runtime.backends import load_backend
+    from det_toolkit.runtime.predictor import Predictor
+    from det_toolkit.train.coco_eval import evaluate_coco
+    from det_toolkit.train.config import load_data_config
+    from det_toolkit.train.data.dataset import load_rgb
+    from det_toolkit.train.data.formats import read_split
 
     dcfg = load_data_config(data)
     samples, names, cat_ids, report = read_split(dcfg, split)

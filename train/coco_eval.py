@@ -1,6 +1,6 @@
 """COCO box mAP with faster-coco-eval (a C++ reimplementation of pycocotools' COCOeval).
 
-Ground truth comes from :class:`train.data.formats.Sample` objects; crowd regions and VOC
+Ground truth comes from :class:`det_toolkit.train.data.formats.Sample` objects; crowd regions and VOC
 ``difficult`` boxes are passed as ``iscrowd=1`` so detections on them count neither as true nor as
 false positives. Label ``i`` is reported under the dataset's category id ``category_ids[i]``.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
-from train.data.formats import Sample
+from det_toolkit.train.data.formats import Sample
 
 STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -75,7 +75,7 @@ def evaluate_coco(
         samples: ground truth.
         predictions: sample index -> ``(boxes float32 [K, 4] xyxy original-image pixels,
             scores float32 [K], labels int64 [K] 0-based)``. Missing indices count as no detections.
-        class_names / category_ids: as returned by :func:`train.data.formats.read_split`.
+        class_names / category_ids: as returned by :func:`det_toolkit.train.data.formats.read_split`.
     """
     gt = COCO()
     gt.dataset = coco_gt(samples, class_names, category_ids)

@@ -1,6 +1,6 @@
 """Multi-process training with ``torchrun`` (DistributedDataParallel) and its small helpers.
 
-``torchrun --nproc_per_node N -m train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+``torchrun --nproc_per_node N -m det_toolkit.train ...`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 :func:`setup` joins the process group (NCCL on CUDA, gloo on CPU). Only rank 0 writes files and
 prints; metrics are computed on the union of every rank's predictions.
 """

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 
-
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf: the learning rate is probably too high."""
 
@@ -165,7 +164,7 @@ def train_one_epoch(
 @torch.inference_mode()
 def predict_dataset(model: nn.Module, loader: DataLoader, device: torch.device, show: bool = False
                     ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Run ``model`` over ``loader`` (a :class:`train.data.dataset.DetectionDataset` without
+    """Run ``model`` over ``loader`` (a :class:`det_toolkit.train.data.dataset.DetectionDataset` without
     augmentation) and return sample index -> ``(boxes float32 [K, 4] xyxy original-image pixels,
     scores float32 [K], labels int64 [K] 0-based)``."""
     model.eval()

@@ -63,7 +63,7 @@ def plot_pr_curves(precision: np.ndarray, class_names: list[str], out: Path) -> 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], out: Path, conf: float,
                           iou: float) -> Path:
-    """Draw the ``[K, K + 2]`` matrix of :func:`train.coco_eval.confusion_matrix` (counts)."""
+    """Draw the ``[K, K + 2]`` matrix of :func:`det_toolkit.train.coco_eval.confusion_matrix` (counts)."""
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(2.2 + 0.6 * (k + 2), 1.8 + 0.5 * k))
     ax.imshow(cm, cmap="Blues")

@@ -6,30 +6,30 @@ import csv
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import yaml
-from torch.optim.swa_utils import AveragedModel
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from train.checkpoint import load_checkpoint, make_checkpoint, rng_state, save_atomic, set_rng_state
-from train.config import DataConfig, TrainConfig, increment_path, load_data_config
-from runtime.preprocess import resize_longest
-from train.data.dataset import DetectionDataset, aug_params, collate, draw_sample, load_rgb
-from train.data.formats import read_split, require_labels
-from train import distributed as ddp
-from train.anchors import fit_anchors, set_anchors
-from train.models.extras import freeze_stages, inverse_frequency, set_class_weights
-from train.coco_eval import confusion_matrix, evaluate_coco
-from train.engine import (describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine,
-                          warmup_step)
-from train.models import build_model, check_model_name
-from train.plots import plot_confusion_matrix, plot_dataset_stats, plot_pr_curves, plot_results
+from det_toolkit.runtime.preprocess import resize_longest
+from det_toolkit.train import distributed as ddp
+from det_toolkit.train.anchors import fit_anchors, set_anchors
+from det_toolkit.train.checkpoint import load_checkpoint, make_checkpoint, rng_state, save_atomic, set_rng_state
+from det_toolkit.train.coco_eval import confusion_matrix, evaluate_coco
+from det_toolkit.train.config import DataConfig, TrainConfig, increment_path, load_data_config
+from det_toolkit.train.data.dataset import DetectionDataset, aug_params, collate, draw_sample, load_rgb
+from det_toolkit.train.data.formats import read_split, require_labels
+from det_toolkit.train.engine import describe, ema_avg_fn, predict_dataset, train_one_epoch, warmup_cosine, warmup_step
+from det_toolkit.train.models import build_model, check_model_name
+from det_toolkit.train.models.extras import freeze_stages, inverse_frequency, set_class_weights
+from det_toolkit.train.plots import plot_confusion_matrix, plot_dataset_stats, plot_pr_curves, plot_results
 
 log = logging.getLogger("det-train")
 

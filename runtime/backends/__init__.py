@@ -1,15 +1,15 @@
 """Inference backends behind one interface, chosen by the weights file's suffix.
 
-``.onnx`` -> :class:`~runtime.backends.onnx_backend.OnnxBackend` (onnxruntime only);
-``.pt``/``.pth`` -> :class:`~runtime.backends.torch_backend.TorchBackend` (imports torch, lazily);
-``.engine`` -> :class:`~runtime.backends.trt_backend.TrtBackend` (TensorRT + cuda-python, lazily).
+``.onnx`` -> :class:`~det_toolkit.runtime.backends.onnx_backend.OnnxBackend` (onnxruntime only);
+``.pt``/``.pth`` -> :class:`~det_toolkit.runtime.backends.torch_backend.TorchBackend` (imports torch, lazily);
+``.engine`` -> :class:`~det_toolkit.runtime.backends.trt_backend.TrtBackend` (TensorRT + cuda-python, lazily).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.backends.base import Backend, BackendError, RawDetections
+from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
 
 __all__ = ["Backend", "BackendError", "RawDetections", "load_backend"]
 
@@ -26,7 +26,7 @@ def load_backend(weights: str | Path, device: str = "auto") -> Backend:
         FileNotFoundError: ``weights`` does not exist.
         BackendError: unknown suffix, unreadable file, unavailable device, or an engine that needs
             TensorRT/cuda-python, another TensorRT version or another GPU (the message says which).
-        runtime.meta.MetadataError: the artifact's metadata is missing or corrupt.
+        det_toolkit.runtime.meta.MetadataError: the artifact's metadata is missing or corrupt.
     """
     path = Path(weights)
     suffix = path.suffix.lower()
@@ -37,13 +37,13 @@ def load_backend(weights: str | Path, device: str = "auto") -> Backend:
     if suffix == ".engine":
         if device == "cpu":
             raise BackendError(f"{path}: TensorRT engines run on CUDA only; use the .onnx on --device cpu")
-        from runtime.backends.trt_backend import TrtBackend
+        from det_toolkit.runtime.backends.trt_backend import TrtBackend
 
         return TrtBackend(path)
     if suffix == ".onnx":
-        from runtime.backends.onnx_backend import OnnxBackend, providers_for
+        from det_toolkit.runtime.backends.onnx_backend import OnnxBackend, providers_for
 
         return OnnxBackend(path, providers_for(device))
-    from runtime.backends.torch_backend import TorchBackend
+    from det_toolkit.runtime.backends.torch_backend import TorchBackend
 
     return TorchBackend(path, device)

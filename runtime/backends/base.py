@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from runtime.meta import ModelMeta
+from det_toolkit.runtime.meta import ModelMeta
 
 #: One image's raw detections: ``boxes`` float32 ``[K, 4]`` ``xyxy`` in model-input pixels,
 #: ``scores`` float32 ``[K]``, ``labels`` int64 ``[K]`` (0-based class indices).
@@ -37,7 +37,7 @@ class Backend(ABC):
 
         Args:
             x: float32 ``[N, 3, H, W]``, RGB in ``[0, 1]``, letterboxed as
-                :func:`runtime.preprocess.letterbox` does (C-contiguous).
+                :func:`det_toolkit.runtime.preprocess.letterbox` does (C-contiguous).
 
         Returns:
             ``N`` tuples ``(boxes float32 [K, 4] xyxy input px, scores float32 [K],

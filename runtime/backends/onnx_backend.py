@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime.backends.base import Backend, BackendError, RawDetections
-from runtime.backends.outputs import run_chunks
-from runtime.meta import META_KEY, MetadataError, ModelMeta
+from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
+from det_toolkit.runtime.backends.outputs import run_chunks
+from det_toolkit.runtime.meta import META_KEY, MetadataError, ModelMeta
 
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -99,14 +99,14 @@ def session_metadata(sess: ort.InferenceSession, key: str, path: str | Path) -> 
 class OnnxBackend(Backend):
     """A det-toolkit ONNX detector run by ONNX Runtime.
 
-    Two graph kinds (see :mod:`runtime.meta`): the dynamic single-image graph (outputs ``[K, ...]``;
+    Two graph kinds (see :mod:`det_toolkit.runtime.meta`): the dynamic single-image graph (outputs ``[K, ...]``;
     images run one per forward pass) and the static graph of ``det-export --static/--batch N``
     (``meta.batch == N >= 1``, a ``num_dets`` int64 ``[N]`` output, the others padded to
     ``max_det``; images run ``N`` per forward pass, a short last chunk padded with blank images
     whose results are dropped).
 
     Args:
-        path: ``.onnx`` file written by ``det-export`` (graph contract in :mod:`runtime.meta`).
+        path: ``.onnx`` file written by ``det-export`` (graph contract in :mod:`det_toolkit.runtime.meta`).
         providers: execution providers in priority order; default :func:`providers_for` ``("auto")``.
 
     Attributes:
@@ -116,7 +116,7 @@ class OnnxBackend(Backend):
         FileNotFoundError: no such file.
         BackendError: not a valid ONNX model, graph names differ from the metadata, or a batched
             graph without a ``num_dets`` output.
-        MetadataError: the :data:`runtime.meta.META_KEY` metadata is missing or corrupt.
+        MetadataError: the :data:`det_toolkit.runtime.meta.META_KEY` metadata is missing or corrupt.
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:

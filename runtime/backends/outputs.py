@@ -1,10 +1,10 @@
 """Decoding of graph outputs shared by the backends (numpy only: no torch, no onnxruntime).
 
 A static (TensorRT-ready) graph returns fixed-size padded outputs for a fixed batch ``N``
-(see :mod:`runtime.meta`): ``boxes`` float32 ``[N, K, 4]``, ``scores`` float32 ``[N, K]``,
+(see :mod:`det_toolkit.runtime.meta`): ``boxes`` float32 ``[N, K, 4]``, ``scores`` float32 ``[N, K]``,
 ``labels`` int64 ``[N, K]``, ``num_dets`` int64 ``[N]`` with ``K = max_det``; image ``i`` owns
 rows ``[:num_dets[i]]``. The backends turn them into the per-image ``RawDetections`` of
-:meth:`runtime.backends.base.Backend.infer` with :func:`split_batched`, and feed fewer than ``N``
+:meth:`det_toolkit.runtime.backends.base.Backend.infer` with :func:`split_batched`, and feed fewer than ``N``
 images with :func:`pad_batch`.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from runtime.backends.base import RawDetections
+from det_toolkit.runtime.backends.base import RawDetections
 
 
 def split_batched(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,

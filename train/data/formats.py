@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from train.config import ConfigError, DataConfig
+from det_toolkit.train.config import ConfigError, DataConfig
 
 #: boxes at most this many pixels past the border are clipped without a report (float rounding of
 #: normalised YOLO coordinates, labelImg's off-by-one at the right/bottom edge)

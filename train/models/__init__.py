@@ -2,18 +2,19 @@
 
 Each builder is ``build(num_classes, weights="auto", trainable_layers=3, **kwargs) -> nn.Module``
 returning a torchvision-style detector for ``num_classes + 1`` classes (background 0);
-:func:`build_model` wraps it in :class:`train.models.common.Detector`.
+:func:`build_model` wraps it in :class:`det_toolkit.train.models.common.Detector`.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.models import (
+from det_toolkit.train.models import (
     fasterrcnn_convnext_tiny,
     fasterrcnn_efficientnet_b0,
     fasterrcnn_mini_darknet,
@@ -31,8 +32,8 @@ from train.models import (
     tood_resnet50,
     tood_resnet101_dcn,
 )
-from train.models.common import Detector
-from train.models.extras import add_cbam
+from det_toolkit.train.models.common import Detector
+from det_toolkit.train.models.extras import add_cbam
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_mini_darknet": fasterrcnn_mini_darknet.build,
@@ -73,19 +74,19 @@ def build_model(name: str, num_classes: int, weights: str | None = "auto",
         num_classes: number of object classes (background excluded).
         weights: initial weights: ``"auto"`` (offline defaults), ``None`` or a local path.
         **kwargs: builder options (``trainable_layers``), ``FasterRCNN`` keyword arguments, and
-            ``anchor_sizes``/``anchor_ratios`` (an RPN anchor layout, see :mod:`train.anchors`),
-            ``attention="cbam"`` (CBAM on each backbone output, :mod:`train.models.extras`).
+            ``anchor_sizes``/``anchor_ratios`` (an RPN anchor layout, see :mod:`det_toolkit.train.anchors`),
+            ``attention="cbam"`` (CBAM on each backbone output, :mod:`det_toolkit.train.models.extras`).
 
     Raises:
         ValueError: unknown ``name``.
-        train.models.weights.WeightsNotFoundError: ``weights`` is a missing path.
+        det_toolkit.train.models.weights.WeightsNotFoundError: ``weights`` is a missing path.
     """
     check_model_name(name)
     anchors = {k: kwargs.pop(k) for k in ("anchor_sizes", "anchor_ratios") if k in kwargs}
     attention = kwargs.pop("attention", None)
     model = MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
     if anchors:  # fitted by --anchors auto and recorded in the checkpoint
-        from train.anchors import set_anchors
+        from det_toolkit.train.anchors import set_anchors
 
         set_anchors(model, anchors["anchor_sizes"], anchors["anchor_ratios"])
         kwargs.update(anchors)

@@ -124,10 +124,10 @@ def classifier_fasterrcnn(arch: Any, urls: list[str], out_channels: int, num_cla
                           **kwargs: Any) -> nn.Module:
     """:func:`single_map_fasterrcnn` on ``arch(...).features`` of a torchvision classifier,
     initialised offline from the first of ``urls`` in the local torch cache or a path (see
-    :func:`train.models.weights.resolve`); BatchNorm is frozen when pretrained (``has_bn``)."""
+    :func:`det_toolkit.train.models.weights.resolve`); BatchNorm is frozen when pretrained (``has_bn``)."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from train.models.weights import init_from_file, resolve
+    from det_toolkit.train.models.weights import init_from_file, resolve
 
     src = resolve(weights, urls)
     frozen = bool(src) if frozen_bn is None else frozen_bn

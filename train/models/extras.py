@@ -42,7 +42,7 @@ class CBAMBackbone(nn.Module):
         self.out_channels = backbone.out_channels
         self.cbam = nn.ModuleDict({n: CBAM(self.out_channels) for n in names})
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         feats = self.body(x)
         if isinstance(feats, Tensor):
             feats = OrderedDict([("0", feats)])

@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from train.models.common import single_map_fasterrcnn
-from train.models.mini_darknet import MiniDarknet
-from train.models.weights import init_from_file, resolve
+from det_toolkit.train.models.common import single_map_fasterrcnn
+from det_toolkit.train.models.mini_darknet import MiniDarknet
+from det_toolkit.train.models.weights import init_from_file, resolve
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,

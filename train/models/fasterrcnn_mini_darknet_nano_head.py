@@ -7,7 +7,7 @@ from typing import Any
 
 from torchvision.models.detection import FasterRCNN
 
-from train.models import fasterrcnn_mini_darknet
+from det_toolkit.train.models import fasterrcnn_mini_darknet
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,

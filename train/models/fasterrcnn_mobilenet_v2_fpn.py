@@ -20,7 +20,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.models.weights import WeightsNotFoundError, init_from_file
+from det_toolkit.train.models.weights import WeightsNotFoundError, init_from_file
 
 
 def deepsort_mobilenet_v2_weights() -> Path:

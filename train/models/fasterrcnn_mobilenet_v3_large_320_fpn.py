@@ -10,7 +10,7 @@ from typing import Any
 from torchvision.models import MobileNet_V3_Large_Weights
 from torchvision.models.detection import FasterRCNN, FasterRCNN_MobileNet_V3_Large_320_FPN_Weights
 
-from train.models import fasterrcnn_mobilenet_v3_large_fpn as large
+from det_toolkit.train.models import fasterrcnn_mobilenet_v3_large_fpn as large
 
 URLS = [FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1.url,
         MobileNet_V3_Large_Weights.IMAGENET1K_V1.url]

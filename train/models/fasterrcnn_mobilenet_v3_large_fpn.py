@@ -15,14 +15,14 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.models.weights import init_from_file, resolve
+from det_toolkit.train.models.weights import init_from_file, resolve
 
 URLS = [FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1.url, MobileNet_V3_Large_Weights.IMAGENET1K_V1.url]
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
           frozen_bn: bool | None = None, urls: list[str] | None = None, **kwargs: Any) -> FasterRCNN:
-    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`train.models.weights.resolve`.
+    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`det_toolkit.train.models.weights.resolve`.
 
     ``trainable_layers`` (0-6) applies when pretrained; ``urls`` overrides the default weight files
     looked up in the torch cache (the 320 variant's); ``kwargs`` go to ``FasterRCNN``.

@@ -10,7 +10,7 @@ from typing import Any
 from torchvision.models import ResNet101_Weights, resnet101
 from torchvision.models.detection import FasterRCNN
 
-from train.models.fasterrcnn_resnet50_fpn import build_resnet_fpn
+from det_toolkit.train.models.fasterrcnn_resnet50_fpn import build_resnet_fpn
 
 URLS = [ResNet101_Weights.IMAGENET1K_V1.url]
 

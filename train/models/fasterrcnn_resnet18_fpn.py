@@ -10,7 +10,7 @@ from typing import Any
 from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.detection import FasterRCNN
 
-from train.models.fasterrcnn_resnet50_fpn import build_resnet_fpn
+from det_toolkit.train.models.fasterrcnn_resnet50_fpn import build_resnet_fpn
 
 URLS = [ResNet18_Weights.IMAGENET1K_V1.url]
 

@@ -6,7 +6,8 @@ hub cache, or a path; scratch otherwise (with trainable BatchNorm).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
@@ -14,14 +15,14 @@ from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Wei
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from train.models.weights import init_from_file, resolve
+from det_toolkit.train.models.weights import init_from_file, resolve
 
 URLS = [FasterRCNN_ResNet50_FPN_Weights.COCO_V1.url, ResNet50_Weights.IMAGENET1K_V1.url]
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
           frozen_bn: bool | None = None, **kwargs: Any) -> FasterRCNN:
-    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`train.models.weights.resolve`.
+    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`det_toolkit.train.models.weights.resolve`.
 
     ``trainable_layers`` (0-5) applies when pretrained; ``kwargs`` go to ``FasterRCNN``.
     """

@@ -15,14 +15,14 @@ from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_V2_
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead, _default_anchorgen
 
-from train.models.weights import init_from_file, resolve
+from det_toolkit.train.models.weights import init_from_file, resolve
 
 URLS = [FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1.url, ResNet50_Weights.IMAGENET1K_V1.url]
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,
           frozen_bn: bool | None = None, **kwargs: Any) -> FasterRCNN:
-    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`train.models.weights.resolve`."""
+    """Build for ``num_classes + 1`` classes; ``weights`` as in :func:`det_toolkit.train.models.weights.resolve`."""
     src = resolve(weights, URLS)
     backbone = _resnet_fpn_extractor(resnet50(), trainable_layers if src else 5,
                                      norm_layer=nn.BatchNorm2d)

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 from torchvision.models import SqueezeNet1_1_Weights, squeezenet1_1
 
-from train.models.common import classifier_fasterrcnn
+from det_toolkit.train.models.common import classifier_fasterrcnn
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,

@@ -8,9 +8,9 @@ from typing import Any
 
 from torchvision.models import ResNet101_Weights
 
-from train.models.tood.backbone import resnet_fpn
-from train.models.tood.model import TOOD
-from train.models.weights import init_from_file, resolve
+from det_toolkit.train.models.tood.backbone import resnet_fpn
+from det_toolkit.train.models.tood.model import TOOD
+from det_toolkit.train.models.weights import init_from_file, resolve
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,

@@ -5,6 +5,6 @@ Modules: :mod:`.backbone` (ResNet with DCNv2, MobileNetV2, FPN), :mod:`.head` (T
 The builders are ``train/models/tood_*.py``.
 """
 
-from train.models.tood.model import TOOD
+from det_toolkit.train.models.tood.model import TOOD
 
 __all__ = ["TOOD"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
-from train.models.tood.backbone import bilinear_sample
+from det_toolkit.train.models.tood.backbone import bilinear_sample
 
 
 def deform_sampling(feat: Tensor, offset: Tensor, impl: str = "deform_conv") -> Tensor:

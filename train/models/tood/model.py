@@ -9,7 +9,7 @@ metric (TAL). Both losses are divided by the sum of their target weights (clampe
 Inference: per level top-``pre_nms_top_n`` (class, location) scores above ``score_thresh``,
 class-aware NMS (IoU ``nms_thresh``), ``detections_per_img`` best.
 
-Calling convention (torchvision detectors, see :class:`train.models.common.Detector`): labels are
+Calling convention (torchvision detectors, see :class:`det_toolkit.train.models.common.Detector`): labels are
 1-based (0 = background, never predicted); the classifier has ``num_classes`` sigmoid outputs,
 channel ``c`` being label ``c + 1``.
 """
@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import nms
 
-from train.models.common import IMAGENET_MEAN, IMAGENET_STD, NoResizeTransform
-from train.models.tood.assigners import atss_assign, task_aligned_assign
-from train.models.tood.backbone import set_deform_impl
-from train.models.tood.head import TOODHead
-from train.models.tood.losses import focal_loss, giou_loss, quality_focal_loss
+from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD, NoResizeTransform
+from det_toolkit.train.models.tood.assigners import atss_assign, task_aligned_assign
+from det_toolkit.train.models.tood.backbone import set_deform_impl
+from det_toolkit.train.models.tood.head import TOODHead
+from det_toolkit.train.models.tood.losses import focal_loss, giou_loss, quality_focal_loss
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_coord: float) -> Tensor:
@@ -124,7 +124,7 @@ class TOOD(nn.Module):
 
     def static_module(self, batch: int, imgsz: tuple[int, int]) -> nn.Module:
         """The fixed-size TensorRT-ready deployment module (the hook of
-        :func:`export.onnx_export.static_module`): :class:`export.static_tood.StaticTOOD`, input
+        :func:`det_toolkit.export.onnx_export.static_module`): :class:`det_toolkit.export.static_tood.StaticTOOD`, input
         float32 ``[batch, 3, H, W]``, outputs ``boxes [batch, K, 4]``, ``scores [batch, K]``,
         ``labels [batch, K]`` (0-based), ``num_dets [batch]``. Imported lazily: ``train`` needs
         ``export`` only when exporting.
@@ -132,13 +132,13 @@ class TOOD(nn.Module):
         Raises:
             ValueError: ``batch < 1`` or a fixed size breaks a TensorRT limit.
         """
-        from export.static_tood import StaticTOOD
+        from det_toolkit.export.static_tood import StaticTOOD
 
         return StaticTOOD(self, batch, imgsz)
 
     def _forward_export(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Inference under ``torch.export`` with symbolic ``H, W``: the same normalise + zero-pad to
-        a multiple of 32 as :class:`train.models.common.NoResizeTransform` (whose Python-float size
+        a multiple of 32 as :class:`det_toolkit.train.models.common.NoResizeTransform` (whose Python-float size
         arithmetic would pin ``H, W``); no resize, so no box rescaling."""
         if not isinstance(self.transform, NoResizeTransform):
             raise TypeError("TOOD exports only with the no-resize transform (wrap it in Detector)")
