@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -164,6 +166,8 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
               help="SAHI: overlap metric (intersection over smaller area, or over union).")
 @click.option("--sahi-match-thr", default=0.5, type=click.FloatRange(0, 1),
               help="SAHI: overlap above which detections are merged/suppressed.")
+@click.option("--max-tiles", default=64, type=click.IntRange(1),
+              help="--sahi: most tiles per frame (each is one detector input); more is an error.")
 @click.option("--sahi-class-agnostic", is_flag=True, default=False, show_default="off",
               help="SAHI: merge detections of different classes too.")
 def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
@@ -172,7 +176,7 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
          save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None, sahi: bool, slice_size: int | None, slice_height: int | None,
          slice_width: int | None, overlap: float, overlap_height: float | None,
          overlap_width: float | None, sahi_full_frame: bool, sahi_merge: str, sahi_match: str,
-         sahi_match_thr: float, sahi_class_agnostic: bool) -> None:
+         sahi_match_thr: float, sahi_class_agnostic: bool, max_tiles: int) -> None:
     """Detect (and with --track, track) objects in SOURCE: an image, a folder of images, a glob
     pattern (quote it), a video file, a camera index (0), a stream URL (rtsp://, http://, ...) or
     - for concatenated JPEG/PNG images on stdin (e.g. ffmpeg -i IN -f image2pipe -c:v mjpeg -).
@@ -198,12 +202,18 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
             predictor = TiledPredictor(predictor, SliceConfig(
                 sh, sw, overlap if overlap_height is None else overlap_height,
                 overlap if overlap_width is None else overlap_width, sahi_full_frame, sahi_merge,
-                sahi_match, sahi_match_thr, sahi_class_agnostic))
+                sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles))
         tracker = None
         if track:
             cfg = TrackerConfig.from_yaml(tracker_cfg)
             tracker = Tracker(load_embedder(weights, embedder, device, cfg), cfg)
         src = open_source(source)  # last: a camera or stdin starts delivering frames once opened
+        if sahi and src.info.height and src.info.width:  # before any output: images are checked per frame
+            try:
+                predictor.config.check_tiles(src.info.height, src.info.width)
+            except ValueError:
+                src.close()
+                raise
     except (FileNotFoundError, ValueError, NotImplementedError, OSError) as e:
         raise click.ClickException(str(e)) from e
     if conf < backend.meta.score_thresh:
@@ -219,10 +229,16 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         with RunOutputs(run_dir, src.info, names, track=tracker is not None, save=save,
                         save_txt=save_txt, save_json=save_json) as outputs:
             summary = run_pipeline(src, predictor, tracker, outputs, max_frames, live, on_frame)
+    except ValueError as e:  # a frame that breaks a limit (e.g. --sahi --max-tiles on a large image)
+        raise click.ClickException(f"{e}; outputs so far are in {run_dir}") from e
     finally:
         src.close()
         if on_frame is not None:
             cv2.destroyAllWindows()
+    if summary["frames"] == 0 and not summary["interrupted"]:  # the folder holds only empty files
+        shutil.rmtree(run_dir)
+        raise click.ClickException(f"no frame of {source} could be decoded ({summary['skipped']} unreadable); "
+                                   "nothing was processed")
     summary = {"source": str(source), "weights": str(weights), "backend": backend.name,
                "imgsz": list(predictor.imgsz), **summary}
     if sahi:
@@ -242,8 +258,9 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         click.echo(f"SAHI: {summary['sahi']['tiles']} detector inputs per frame (tiles + full frame)")
     click.echo(f"Results saved to {run_dir}")
     if summary["interrupted"]:
-        click.echo("interrupted (Ctrl-C): outputs hold every frame processed so far", err=True)
-        sys.exit(130)
+        sig = summary["signal"]
+        click.echo(f"interrupted ({sig}): outputs hold every frame processed so far", err=True)
+        sys.exit(128 + int(getattr(signal, sig)))  # the shell's convention: 130 SIGINT, 143 SIGTERM
 
 
 if __name__ == "__main__":

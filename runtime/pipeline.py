@@ -7,9 +7,10 @@
 Both queues are bounded (:data:`QUEUE_SIZE`), so memory and latency stay bounded. Files are never
 dropped from: the reader blocks while ``q_in`` is full. Live sources (``live=True``) keep only the
 newest frame: ``q_in`` holds one frame, and a new one replaces an unprocessed one (counted in
-``dropped``). ``KeyboardInterrupt`` (Ctrl-C) in the calling thread stops reading, lets the writer
-finish every frame already detected, and returns normally with ``interrupted: true``, so the
-output video is closed and playable.
+``dropped``). ``KeyboardInterrupt`` (Ctrl-C) in the calling thread, and SIGTERM or SIGHUP
+(``timeout``, ``docker stop``, systemd, a closed terminal) when the pipeline runs in the main
+thread, stop reading, let the writer finish every frame already detected, and return normally with
+``interrupted: true`` and the signal's name, so the output video is closed and playable.
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ ALL_STAGES = ("decode", *STAGES, "tracking", "encode")
 #: Capacity of each inter-thread queue (frames) for non-live sources.
 QUEUE_SIZE = 4
 _END = object()
+#: Signals handled like Ctrl-C while the pipeline runs in the main thread.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignal(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM/SIGHUP while :func:`run_pipeline` runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise StopSignal(signum)
+
+
+def _set_handlers(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Install ``{signum: handler}``; returns the handlers they replace."""
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
 
 
 class FramePredictor(Protocol):
@@ -192,7 +212,8 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
 
     Returns:
         The summary: ``frames`` (written), ``skipped`` (unreadable), ``dropped`` (live frames
-        replaced before detection), ``interrupted`` (Ctrl-C), ``track_ids`` (distinct ids),
+        replaced before detection), ``interrupted`` (Ctrl-C, SIGTERM or SIGHUP), ``signal`` (its name,
+        or ``None``), ``track_ids`` (distinct ids),
         :meth:`Profile.summary` and, when tracking, ``embedder`` (``name``, ``input_size`` px,
         ``crops``, ``ms_per_crop``).
 
@@ -206,12 +227,14 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
     total = source.info.frames or None
     if total is not None and max_frames is not None:
         total = min(total, max_frames)
-    interrupted, taken = False, 0
+    interrupted, taken, stopped_by = False, 0, None
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
     with tqdm(total=total, unit="frame", desc=source.info.stem, dynamic_ncols=True, disable=not progress) as bar:
         reader = _Reader(source, q_in, stop, live)
         writer = _Writer(q_out, outputs, bar, stop, on_frame)
         reader.start()
         writer.start()
+        saved = _set_handlers({signal.SIGTERM: _raise_stop, signal.SIGHUP: _raise_stop}) if main else {}
         try:
             while (max_frames is None or taken < max_frames) and not stop.is_set():
                 try:
@@ -232,24 +255,22 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
                     stage_ms["tracking"] = (time.perf_counter() - t0) * 1e3
                 q_out.put((index, name, frame, dets, tracks, stage_ms))
                 taken += 1
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             interrupted = True
+            stopped_by = signal.Signals(e.signum).name if isinstance(e, StopSignal) else "SIGINT"
         finally:
             stop.set()
-            old = None
-            if threading.current_thread() is threading.main_thread():  # finish the file first
-                old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
+            ignored = _set_handlers(dict.fromkeys(STOP_SIGNALS, signal.SIG_IGN)) if main else {}
+            try:  # finish the files first: a second signal must not cut the video short
                 q_out.put(_END)
                 writer.join()
                 reader.join(timeout=5)
             finally:
-                if old is not None:
-                    signal.signal(signal.SIGINT, old)
+                _set_handlers({**ignored, **saved})
     if writer.error is not None:
         raise writer.error
     summary: dict[str, Any] = {"frames": writer.profile.frames, "skipped": source.skipped,
-                               "dropped": reader.dropped, "interrupted": interrupted,
+                               "dropped": reader.dropped, "interrupted": interrupted, "signal": stopped_by,
                                **writer.profile.summary(), "track_ids": len(writer.seen_ids)}
     if tracker is not None:
         summary["embedder"] = {"name": tracker.embedder.name, "input_size": tracker.embedder.input_size,

@@ -14,6 +14,7 @@ torch whenever torchvision is installed, and the runtime must stay torch-free.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,12 @@ class SliceConfig:
         match_metric: ``"ios"`` (intersection over smaller area) or ``"iou"``.
         match_threshold: overlap above which two predictions are merged/suppressed.
         class_agnostic: merge across classes.
+        max_tiles: most tiles one frame may be cut into (every tile is one detector input, so a
+            tiny slice size would multiply the work and the batch memory without bound).
 
     Raises:
         ValueError: an unknown ``merge``/``match_metric``, an overlap outside ``[0, 1)``, only one
-            of the slice sizes, or a non-positive slice size.
+            of the slice sizes, or a non-positive slice size or ``max_tiles``.
     """
 
     slice_height: int | None = None
@@ -70,6 +73,7 @@ class SliceConfig:
     match_metric: str = "ios"
     match_threshold: float = 0.5
     class_agnostic: bool = False
+    max_tiles: int = 64
 
     def __post_init__(self) -> None:
         if self.merge not in MERGERS:
@@ -82,6 +86,32 @@ class SliceConfig:
             raise ValueError("give both slice height and width, or neither (automatic size)")
         if self.slice_height is not None and min(self.slice_height, self.slice_width) < 1:
             raise ValueError(f"slice size must be positive, got {self.slice_height}x{self.slice_width}")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be positive, got {self.max_tiles}")
+
+    def tile_count(self, height: int, width: int) -> int | None:
+        """Tiles :meth:`windows` cuts a ``height x width`` frame into, computed without cutting
+        (sahi's stepping: ``step = slice - int(overlap * slice)``); ``None`` for sahi's automatic
+        size (a handful of tiles by construction)."""
+        if self.slice_height is None:
+            return None
+
+        def along(size: int, slice_: int, overlap: float) -> int:
+            step = max(1, slice_ - int(overlap * slice_))
+            return 1 if size <= slice_ else math.ceil((size - slice_) / step) + 1
+
+        return (along(height, self.slice_height, self.overlap_height)
+                * along(width, self.slice_width, self.overlap_width))
+
+    def check_tiles(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` when a ``height x width`` frame would need more than ``max_tiles``
+        tiles (the message gives the count, the limit and the slice size that fits)."""
+        n = self.tile_count(height, width)
+        if n is not None and n > self.max_tiles:
+            raise ValueError(
+                f"--slice {self.slice_height}x{self.slice_width} with overlap {self.overlap_height:g}/"
+                f"{self.overlap_width:g} cuts a {width}x{height} frame into {n} tiles, more than the limit of "
+                f"{self.max_tiles} (--max-tiles): use a larger slice size")
 
     def postprocess(self) -> PostprocessPredictions:
         """A fresh sahi postprocess object for these settings."""
@@ -95,7 +125,11 @@ class SliceConfig:
         Returns:
             int64 ``[T, 4]`` ``xyxy`` frame pixels (border tiles are shifted inwards to keep the
             full slice size, exactly as sahi cuts them).
+
+        Raises:
+            ValueError: more than ``max_tiles`` tiles (:meth:`check_tiles`).
         """
+        self.check_tiles(height, width)
         return np.asarray(get_slice_bboxes(height, width, self.slice_height, self.slice_width,
                                            self.slice_height is None, self.overlap_height,
                                            self.overlap_width), np.int64).reshape(-1, 4)

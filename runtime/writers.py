@@ -94,7 +94,9 @@ class JsonlWriter(Writer):
     def __init__(self, path: str | Path, class_names: Sequence[str]) -> None:
         self.path = Path(path)
         self.class_names = list(class_names)
-        self._f = self.path.open("w", encoding="utf-8")
+        # Line-buffered: each frame's line reaches the OS as it is written, so a killed run
+        # (even SIGKILL) leaves every finished frame's line on disk.
+        self._f = self.path.open("w", encoding="utf-8", buffering=1)
 
     def write(self, index: int, name: str, dets: Detections,
               track_ids: Sequence[int | None] | None = None,
@@ -124,7 +126,7 @@ class MotWriter(Writer):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._f = self.path.open("w", encoding="utf-8")
+        self._f = self.path.open("w", encoding="utf-8", buffering=1)  # line-buffered, as JsonlWriter
 
     def write(self, index: int, tracks: Sequence[Track]) -> None:
         """Write the tracks of frame ``index`` (0-based; written as ``index + 1``)."""

@@ -312,6 +312,22 @@ def test_clear_errors(models: Path, tmp_path: Path) -> None:
         load_backend(models / "det.onnx", "tpu")
 
 
+@needs_images
+def test_no_decodable_frame_exits_nonzero(models: Path, tmp_path: Path) -> None:
+    """A text file named .jpg, or a folder of broken images: exit 1 with the count, no run folder left."""
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("a text file, not a JPEG")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (broken / name).write_bytes(b"\xff\xd8 not an image")
+    for source, msg in ((fake, "(1 unreadable)"), (broken, "(2 unreadable)")):
+        res = CliRunner().invoke(main, [str(source), "--weights", str(models / "det.onnx"),
+                                        "--project", str(tmp_path / "runs")])
+        assert res.exit_code == 1 and f"no frame of {source} could be decoded {msg}" in res.output
+        assert not any((tmp_path / "runs").rglob("*")), "nothing processed: no run folder kept"
+
+
 def test_increment_path(tmp_path: Path) -> None:
     assert increment_path(tmp_path / "exp") == tmp_path / "exp"
     assert increment_path(tmp_path / "exp") == tmp_path / "exp2"

@@ -53,31 +53,56 @@ def run_outputs(run: Path) -> tuple[dict, list[dict]]:
     return summary, [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
-def test_sigint_leaves_a_playable_video(det: Path, tmp_path: Path) -> None:
-    """SIGINT mid-video: exit 130, and the video holds exactly the frames processed (all written)."""
+def start_det_run_on_video(det: Path, tmp_path: Path, name: str) -> subprocess.Popen:
+    """det-run on vtest.avi in a child process; returns once the frame loop has written a frame."""
     proc = subprocess.Popen([sys.executable, "-m", "det_toolkit.runtime.cli", str(VIDEO), "--weights", str(det),
-                             "--project", str(tmp_path), "--name", "int"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE,
+                             "--project", str(tmp_path), "--name", name], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             # a runner started in the background (`cmd &`) ignores SIGINT and its
                             # children inherit that: give det-run the default disposition
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
-    jsonl = tmp_path / "int/predictions.jsonl"
+    jsonl = tmp_path / name / "predictions.jsonl"
     # wait for the frame loop itself (written frames), not just the output files: under load the
     # model load + warm-up can take longer than a fixed delay
     while not (jsonl.exists() and jsonl.stat().st_size > 0) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode()[-2000:])
         time.sleep(0.2)
     time.sleep(1)
-    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_stop_signal_leaves_a_playable_video(det: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C, SIGTERM (timeout, docker stop, systemd) or SIGHUP mid-video: exit 128 + signal, and the
+    video and predictions.jsonl hold exactly the frames processed (all written)."""
+    proc = start_det_run_on_video(det, tmp_path, "int")
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err.decode()[-2000:]
-    assert b"interrupted (Ctrl-C)" in err
+    assert proc.returncode == 128 + sig, err.decode()[-2000:]
+    assert f"interrupted ({sig.name})".encode() in err
     summary, lines = run_outputs(tmp_path / "int")
-    assert summary["interrupted"] and 0 < summary["frames"] < 795
+    assert summary["interrupted"] and summary["signal"] == sig.name and 0 < summary["frames"] < 795
     assert len(lines) == summary["frames"] == len(video_frames(tmp_path / "int/vtest.mp4"))
     assert [r["frame"] for r in lines] == list(range(len(lines)))
+
+
+@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
+def test_sigkill_leaves_complete_json_lines(det: Path, tmp_path: Path) -> None:
+    """SIGKILL cannot be handled: every line of predictions.jsonl on disk is still a complete frame,
+    in order (lines are flushed as frames complete, not on close)."""
+    proc = start_det_run_on_video(det, tmp_path, "kill")
+    time.sleep(2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    text = (tmp_path / "kill/predictions.jsonl").read_text()
+    lines = [json.loads(x) for x in text.splitlines()]  # raises on a torn line
+    assert text.endswith("\n") and len(lines) >= 2
+    assert [r["frame"] for r in lines] == list(range(len(lines)))
+    assert not (tmp_path / "kill/summary.json").exists()
 
 
 def make_broken_mjpeg(path: Path, n: int = 30, bad: tuple[int, ...] = (5, 12, 13), cut_at: int = 27) -> list[int]:

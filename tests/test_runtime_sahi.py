@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import no_torch_script
 
 from det_toolkit.benchmarks.common import match_count, read_frames
@@ -163,3 +164,21 @@ def test_cli_sahi_without_torch(artifacts: Path, tmp_path: Path) -> None:
     assert len(boxes) and (boxes >= 0).all() and (boxes[:, 2] <= 768).all() and (boxes[:, 3] <= 576).all()
     summary = json.loads((tmp_path / "s/summary.json").read_text())
     assert summary["sahi"]["tiles"] == 5 and summary["sahi"]["merge"] == "nms"
+
+
+def test_tile_count_is_bounded(artifacts: Path, tmp_path: Path) -> None:
+    """--slice 1 would cut a 768x576 frame into 442,368 tiles (tens of GiB of input): refused before
+    any output with the computed count and the limit; the count equals sahi's own slicing."""
+    from sahi.slicing import get_slice_bboxes
+
+    from det_toolkit.runtime.cli import main
+
+    cfg = SliceConfig(16, 16, 0.2, 0.2, max_tiles=10**6)
+    assert cfg.tile_count(576, 768) == len(get_slice_bboxes(576, 768, 16, 16, False, 0.2, 0.2)) == 2655
+    with pytest.raises(ValueError, match="into 2655 tiles, more than the limit of 64"):
+        SliceConfig(16, 16, 0.2, 0.2).windows(576, 768)
+    for size, count in (("1", "442368"), ("16", "2655")):
+        res = CliRunner().invoke(main, [str(VIDEO), "--weights", str(artifacts / "det.onnx"), "--sahi",
+                                        "--slice", size, "--project", str(tmp_path / "runs")])
+        assert res.exit_code == 1 and f"into {count} tiles, more than the limit of 64 (--max-tiles)" in res.output
+        assert not (tmp_path / "runs").exists()
