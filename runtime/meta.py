@@ -73,27 +73,47 @@ class ModelMeta:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<metadata>") -> ModelMeta:
-        """Build from a dict, checking required keys and the format version.
+    def from_dict(cls, d: Any, source: str = "<metadata>") -> ModelMeta:
+        """Build from a dict, checking every field's type and range and the format version.
+
+        ``imgsz`` may be one int (square); ``class_names`` must be a non-empty list of non-empty
+        strings (a plain string would label every box with one letter). Unknown keys are ignored
+        (newer writers may add fields).
 
         Raises:
-            MetadataError: a required key is missing or the format version is newer than supported.
+            MetadataError: not a mapping, a required key missing, a field of the wrong type or out
+                of range (the message names ``source``, the field and the value), or a format version
+                newer than supported.
         """
-        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict):
+            raise MetadataError(f"{source}: metadata must be a JSON object, got {type(d).__name__}")
         missing = [k for k in ("model", "class_names", "imgsz") if k not in d]
         if missing:
             raise MetadataError(f"{source}: metadata lacks {missing}; re-export it with det-export")
-        if int(d.get("format_version", 1)) > FORMAT_VERSION:
+        check = _FieldCheck(source)
+        version = check.integer(d, "format_version", 1, default=FORMAT_VERSION)
+        if version > FORMAT_VERSION:
             raise MetadataError(
-                f"{source}: metadata format {d['format_version']} is newer than this runtime "
+                f"{source}: metadata format {version} is newer than this runtime "
                 f"supports ({FORMAT_VERSION}); upgrade det-toolkit"
             )
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["imgsz"] = tuple(int(v) for v in kw["imgsz"])
-        kw["pad_value"] = tuple(int(v) for v in kw.get("pad_value", PAD_VALUE))
-        kw["output_names"] = tuple(kw.get("output_names", ("boxes", "scores", "labels")))
-        kw["class_names"] = [str(n) for n in kw["class_names"]]
-        return cls(**kw)
+        imgsz = d["imgsz"]
+        imgsz = check.int_tuple({"imgsz": [imgsz, imgsz]} if _is_int(imgsz) else d, "imgsz", 2, 1)
+        return cls(
+            model=check.string(d, "model"),
+            class_names=check.strings(d, "class_names"),
+            imgsz=imgsz,  # type: ignore[arg-type]
+            dynamic_hw=check.boolean(d, "dynamic_hw", True),
+            batch=check.integer(d, "batch", 1, default=1),
+            pad_value=check.int_tuple(d, "pad_value", 3, 0, 255, default=PAD_VALUE),  # type: ignore[arg-type]
+            input_name=check.string(d, "input_name", "images"),
+            output_names=tuple(check.strings(d, "output_names", ("boxes", "scores", "labels"))),
+            score_thresh=check.number(d, "score_thresh", 0.0, 1.0, default=0.05),
+            max_det=check.integer(d, "max_det", 1, default=100),
+            format_version=version,
+            toolkit_version=check.string(d, "toolkit_version", "unknown"),
+            extra=check.mapping(d, "extra"),
+        )
 
     @classmethod
     def from_json(cls, s: str, source: str = "<metadata>") -> ModelMeta:
@@ -115,3 +135,75 @@ class ModelMeta:
             f"{list(self.pad_value)}, RGB float32 0-1 NCHW; normalisation in graph",
             "toolkit_version": self.toolkit_version,
         }
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _FieldCheck:
+    """Type/range checks of metadata fields; each failure is a :class:`MetadataError` naming the
+    artifact, the field and the value."""
+
+    _MISSING = object()
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def _get(self, d: dict[str, Any], key: str, default: Any) -> Any:
+        v = d.get(key, default)
+        if v is self._MISSING or v is None:
+            raise MetadataError(f"{self.source}: metadata field '{key}' is missing or null; re-export it with "
+                                "det-export")
+        return v
+
+    def _fail(self, key: str, want: str, v: Any) -> MetadataError:
+        return MetadataError(f"{self.source}: metadata field '{key}' must be {want}, got "
+                             f"{type(v).__name__} {v!r:.80}; re-export it with det-export")
+
+    def string(self, d: dict[str, Any], key: str, default: Any = _MISSING) -> str:
+        v = self._get(d, key, default)
+        if not isinstance(v, str) or not v:
+            raise self._fail(key, "a non-empty string", v)
+        return v
+
+    def strings(self, d: dict[str, Any], key: str, default: Any = _MISSING) -> list[str]:
+        v = self._get(d, key, default)
+        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) and x for x in v):
+            raise self._fail(key, "a non-empty list of non-empty strings", v)
+        return list(v)
+
+    def boolean(self, d: dict[str, Any], key: str, default: Any = _MISSING) -> bool:
+        v = self._get(d, key, default)
+        if not isinstance(v, bool):
+            raise self._fail(key, "true or false", v)
+        return v
+
+    def integer(self, d: dict[str, Any], key: str, lo: int, hi: int | None = None, default: Any = _MISSING) -> int:
+        v = self._get(d, key, default)
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            raise self._fail(key, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else ""), v)
+        return v
+
+    def number(self, d: dict[str, Any], key: str, lo: float, hi: float, default: Any = _MISSING) -> float:
+        v = self._get(d, key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise self._fail(key, f"a number in [{lo:g}, {hi:g}]", v)
+        return float(v)
+
+    def int_tuple(self, d: dict[str, Any], key: str, n: int, lo: int, hi: int | None = None,
+                  default: Any = _MISSING) -> tuple[int, ...]:
+        v = self._get(d, key, default)
+        if (not isinstance(v, (list, tuple)) or len(v) != n
+                or not all(_is_int(x) and x >= lo and (hi is None or x <= hi) for x in v)):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise self._fail(key, f"a list of {n} integers {rng}", v)
+        return tuple(v)
+
+    def mapping(self, d: dict[str, Any], key: str) -> dict[str, Any]:
+        v = d.get(key, {})
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self._fail(key, "a JSON object", v)
+        return v

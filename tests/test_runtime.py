@@ -341,3 +341,36 @@ def test_tracker_config(tmp_path: Path) -> None:
     cfg.write_text("max_age: 10\nmax_cosine_dist: 0.3\n")
     with pytest.raises(ValueError, match="did you mean 'max_cosine_distance'"):
         TrackerConfig.from_yaml(cfg)
+
+
+@needs_images
+@pytest.mark.parametrize("field,value,message", [
+    ("class_names", "raccoon", "'class_names' must be a non-empty list of non-empty strings, got str 'raccoon'"),
+    ("class_names", [], "'class_names' must be a non-empty list of non-empty strings, got list []"),
+    ("imgsz", None, "'imgsz' is missing or null"),
+    ("imgsz", "256", "'imgsz' must be a list of 2 integers >= 1, got str '256'"),
+    ("score_thresh", "0.05", "'score_thresh' must be a number in [0, 1], got str '0.05'"),
+    ("max_det", 0, "'max_det' must be an integer >= 1, got int 0"),
+])
+def test_artifact_metadata_is_type_checked(models: Path, tmp_path: Path, field: str, value: object,
+                                           message: str) -> None:
+    """Wrong types in an ONNX graph's metadata: one clear line naming the file and the field, no output."""
+    onnx = pytest.importorskip("onnx")
+    from det_toolkit.runtime.meta import META_KEY
+
+    model = onnx.load(str(models / "det.onnx"))
+    prop = next(p for p in model.metadata_props if p.key == META_KEY)
+    meta = json.loads(prop.value)
+    meta[field] = value
+    prop.value = json.dumps(meta)
+    bad = tmp_path / "bad_meta.onnx"
+    onnx.save(model, str(bad))
+    out = _run([str(IMAGES / "raccoon-1.jpg"), "--weights", str(bad)], tmp_path)
+    assert f"{bad}: metadata field {message}" in out and "Traceback" not in out
+
+
+def test_int_imgsz_in_metadata_means_square() -> None:
+    meta = ModelMeta("m", ["a"], (320, 320))
+    d = json.loads(meta.to_json())
+    d["imgsz"] = 320
+    assert ModelMeta.from_dict(d, "m.onnx") == meta
