@@ -12,14 +12,34 @@ ifndef NAME
 NAME := raccoon-$(shell date +%Y%m%d-%H%M%S)
 endif
 
-.PHONY: setup demo people-demo test test-fast test-zoo clean
+.PHONY: setup setup-edge setup-gpu constraints demo people-demo test test-fast test-zoo clean
 
+# Everything (training, export, tests) at the exact versions CI uses (constraints.txt); the package
+# metadata in setup.cfg keeps version ranges.
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[all,dev]' -c constraints.txt
 	touch $@
+
+# The edge runtime alone (det-run, det-label, det-eval of .onnx; no PyTorch), e.g.
+# `make setup-edge VENV=.venv-edge` (a fresh folder: installing into a full venv removes nothing).
+setup-edge:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e . -c constraints.txt
+
+# NVIDIA GPUs: the [gpu] extra, then ONNX Runtime's GPU build as the only owner of the `onnxruntime`
+# module (the CPU build the base install pulls in would shadow it: no CUDAExecutionProvider).
+setup-gpu: setup
+	$(BIN)/python -m pip install -e '.[all,gpu,dev]' -c constraints.txt
+	$(BIN)/python -m pip uninstall -y onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install "onnxruntime-gpu>=1.20,<2" -c constraints.txt
+
+# Rewrite constraints.txt from the packages now in $(VENV) (after upgrading some there on purpose).
+constraints:
+	{ sed -n '1,/^[^#]/{/^#/p}' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | \
+	  grep -v -i -e '^det-toolkit' -e '^#'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 demo: setup
 	$(BIN)/det-train --data configs/raccoon.yaml --epochs $(EPOCHS) --workers 0 --project runs/train --name $(NAME)
@@ -44,6 +64,14 @@ people-demo: setup
 	$(BIN)/det-run $(PEOPLE)/unseen.avi --weights $(PEOPLE)/runs/people/weights/best.onnx --track --project $(PEOPLE)/run --name unseen
 	$(BIN)/python -m det_toolkit.benchmarks.people_demo tracks $(PEOPLE)/run/unseen/predictions.jsonl
 	$(BIN)/python -m det_toolkit.benchmarks.people_demo gif $(PEOPLE)/run/unseen/unseen.mp4 $(PEOPLE)/run/unseen/predictions.jsonl benchmarks/reports/vtest_people.gif
+
+# Code checks: ruff, then the one-way layers of .importlinter (benchmarks > export > train > runtime >
+# configs), checked by import-linter on the package laid out as installed under build/lint
+# (.ci/lint_imports.py says why a plain `lint-imports` in the checkout would check nothing).
+.PHONY: lint
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/python .ci/lint_imports.py
 
 test: setup
 	$(BIN)/python -m pytest -q

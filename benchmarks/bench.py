@@ -2,7 +2,7 @@
 
 Per model and format (``torch``, ``onnx``, ``onnx-fp16``, ``onnx-static``, ``trt``) the report has:
 file size (MiB), COCO mAP@[.5:.95] and AP50 on the data config's val split (through
-:func:`det_toolkit.train.cli.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
+:func:`det_toolkit.train.evaluate.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
 latency p50/p95 (ms per ``Backend.infer`` call on a batch of letterboxed val images, after warm-up;
 the backends return host arrays, so GPU timings include the device synchronisation), throughput
 (images/s at that batch), peak resident memory of a fresh process (MiB, ``VmHWM``) and the
@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("torch", "onnx", "onnx-fp16", "onnx-static", "trt")
 SUFFIX = {"torch": ".pt", "onnx": ".onnx", "onnx-fp16": "_fp16.onnx", "onnx-static": "_static.onnx",
           "trt": ".engine"}
@@ -116,9 +115,9 @@ def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: s
 
     from det_toolkit.runtime.backends import load_backend
     from det_toolkit.runtime.preprocess import letterbox, to_input
-    from det_toolkit.train.cli import evaluate_weights
     from det_toolkit.train.config import load_data_config
     from det_toolkit.train.data.formats import read_split
+    from det_toolkit.train.evaluate import evaluate_weights
 
     backend = load_backend(path, device=device)
     samples = read_split(load_data_config(data), "val")[0]
@@ -132,7 +131,7 @@ def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: s
         t0 = time.perf_counter()
         backend.infer(x)
         times.append((time.perf_counter() - t0) * 1e3)
-    result, info = evaluate_weights(path, data, "val", 0.001, None, device)[:2]  # (result, info, ...)
+    result, info = evaluate_weights(path, data, "val", 0.001, None, device)[:2]  # EvalOutput (result, info, ...)
     ms = np.asarray(times)
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "throughput": float(len(x) * 1e3 / ms.mean()), "map": float(result.stats["mAP"]),
@@ -171,10 +170,10 @@ WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def _subprocess(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    env = {**WORKER_ENV, **os.environ,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    """``python ARGS`` with :data:`WORKER_ENV`, in this process's working directory (relative paths
+    mean the same in both); the installed ``det_toolkit`` is imported there."""
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env=env, cwd=str(ROOT))
+                          env={**WORKER_ENV, **os.environ})
 
 
 def video_fps(path: Path, video: Path, frames: int, device: str, workdir: Path) -> float:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-VTEST = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
+from det_toolkit.runtime.boxes import box_iou
+
+#: The street video of the benchmarks: ``$DET_VIDEO``, else ``../shared/videos/vtest.avi`` relative to
+#: the current directory (the repository root of a checkout beside ``shared/``). Never resolved
+#: relative to this file: installed, it lives in site-packages.
+VTEST = Path(os.environ.get("DET_VIDEO") or "../shared/videos/vtest.avi")
 
 
 def read_frames(path: str | Path = VTEST, n: int = 20, every: int = 1) -> list[np.ndarray]:
     """The first ``n`` frames of a video taken every ``every`` frames (uint8 BGR ``[H, W, 3]``).
 
     Raises:
-        FileNotFoundError: the video cannot be opened.
+        FileNotFoundError: the video is missing or cannot be opened (for the default :data:`VTEST`,
+            the message says how to point at it).
     """
+    if not Path(path).is_file():
+        hint = (" (set DET_VIDEO to the video, or run from a checkout beside shared/; the default is "
+                "../shared/videos/vtest.avi relative to the current directory)") if Path(path) == VTEST else ""
+        raise FileNotFoundError(f"video not found: {Path(path).resolve()}{hint}")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise FileNotFoundError(f"cannot open video {path}")
@@ -44,10 +55,7 @@ def match_count(a: np.ndarray, b: np.ndarray, la: np.ndarray, lb: np.ndarray,
     """
     if not len(a) or not len(b):
         return 0, max(len(a), len(b))
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), -1)
-    area_a, area_b = np.prod(a[:, 2:] - a[:, :2], -1), np.prod(b[:, 2:] - b[:, :2], -1)
-    iou = inter / (area_a[:, None] + area_b[None] - inter + 1e-9)
+    iou = box_iou(a, b)
     iou[la[:, None] != lb[None]] = 0
     matched = 0
     while iou.size and iou.max() >= iou_thr:

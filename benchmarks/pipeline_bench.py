@@ -13,19 +13,16 @@ Every figure is printed with per-stage ms (means after :data:`det_toolkit.runtim
 warm-up frames), plus the embedder's batched cost per crop. Without ``--weights`` a random-head
 detector and the Deep SORT embedder are exported first (needs torch; cached in the temp dir).
 
-    PYTHONPATH=. python benchmarks/pipeline_bench.py --frames 60
+    python -m det_toolkit.benchmarks.pipeline_bench --frames 60
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import click
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from det_toolkit.benchmarks.common import VTEST, read_frames
 from det_toolkit.runtime.backends import load_backend

@@ -4,10 +4,10 @@ Exports one checkpoint three times with the same code (each parity-checked on th
 val images, as ``det-export`` does), for each graph kind asked for (the dynamic batch-1 graph,
 static graphs at ``--batch`` sizes):
 
-* ``RoiAlign``: separable pooling switched off (``det_toolkit.export.roi_pool.SEPARABLE_MAX_CELLS = 0``), every
+* ``RoiAlign``: separable pooling switched off (``RoIPoolOptions(separable_max_cells=0)``), every
   level through ONNX ``RoiAlign``, as before it existed;
 * ``separable``: pooling as two matrix products into a bins-first box head, the head's first layer
-  kept apart (``det_toolkit.export.roi_pool.FOLD_HEAD = False``);
+  kept apart (``RoIPoolOptions(fold_head=False)``);
 * ``det-export``: as ``det-export`` does now (the box head's first layer folded into the pooling
   where that is cheaper, :class:`det_toolkit.export.roi_pool.FoldedRoILinear`).
 
@@ -15,7 +15,8 @@ Then runs the versions interleaved, frame by frame, on video frames letterboxed 
 does, and prints the median ms per image and, for each graph, the fraction of the PyTorch
 checkpoint's boxes (score >= ``--conf``) it reproduces (same class, IoU >= 0.95).
 
-    PYTHONPATH=. python -m det_toolkit.benchmarks.roi_pool_bench --weights runs/train/nano/weights/best.pt --batch 1 --batch 5
+    python -m det_toolkit.benchmarks.roi_pool_bench --weights runs/train/nano/weights/best.pt \
+        --batch 1 --batch 5
 
 Needs torch (it exports). A figure printer, not a test.
 """
@@ -31,22 +32,22 @@ import click
 
 from det_toolkit.benchmarks.common import VTEST, match_count, read_frames
 
-#: the exports compared: column name, ``SEPARABLE_MAX_CELLS`` switched off, ``FOLD_HEAD``
-VARIANTS = [("RoiAlign", True, False), ("separable", False, False), ("det-export", False, True)]
+#: the exports compared: column name, ``RoIPoolOptions`` keyword arguments (none: det-export's)
+VARIANTS: list[tuple[str, dict[str, int | bool]]] = [
+    ("RoiAlign", {"separable_max_cells": 0, "fold_head": False}),
+    ("separable", {"fold_head": False}),
+    ("det-export", {}),
+]
 
 
-def _export(ckpt: Path, out: Path, batch: int | None, no_separable: bool, fold: bool) -> Path:
-    """det-export of ``ckpt`` (parity on its dataset's val images) with the pooling switches set."""
-    from det_toolkit.export import roi_pool
+def _export(ckpt: Path, out: Path, batch: int | None, pooling: dict[str, int | bool]) -> Path:
+    """det-export of ``ckpt`` (parity on its dataset's val images) with the pooling options ``pooling``."""
+    # deferred: torch (the benchmark CLI imports without it)
     from det_toolkit.export.onnx_export import export_onnx
+    from det_toolkit.export.roi_pool import RoIPoolOptions
 
-    saved = roi_pool.SEPARABLE_MAX_CELLS, roi_pool.FOLD_HEAD
-    roi_pool.SEPARABLE_MAX_CELLS = 0 if no_separable else saved[0]
-    roi_pool.FOLD_HEAD = fold
-    try:
-        return export_onnx(ckpt, out, static=batch is not None, batch=batch or 1, echo=lambda _: None)
-    finally:
-        roi_pool.SEPARABLE_MAX_CELLS, roi_pool.FOLD_HEAD = saved
+    return export_onnx(ckpt, out, static=batch is not None, batch=batch or 1, echo=lambda _: None,
+                       pooling=RoIPoolOptions(**pooling))
 
 
 @click.command(context_settings={"show_default": True})
@@ -70,8 +71,8 @@ def main(weights: Path, batches: tuple[int, ...], video: Path, frames: int, conf
     rows = []
     for batch in kinds:
         tag = "dynamic b1" if batch is None else f"static b{batch}"
-        paths = [_export(weights, Path(tmp.name) / f"{tag.replace(' ', '_')}_{name}.onnx", batch, off, fold)
-                 for name, off, fold in VARIANTS]
+        paths = [_export(weights, Path(tmp.name) / f"{tag.replace(' ', '_')}_{name}.onnx", batch, pooling)
+                 for name, pooling in VARIANTS]
         preds = [Predictor(load_backend(p, "cpu"), conf) for p in paths]
         n = batch or 1
         groups = [[(i + j) % len(imgs) for j in range(n)] for i in range(frames + 2)]
@@ -92,7 +93,7 @@ def main(weights: Path, batches: tuple[int, ...], video: Path, frames: int, conf
     ref = load_backend(paths[0], "cpu")
     click.echo(f"\n{weights.name}: {ref.meta.model}, imgsz {ref.meta.imgsz}, {frames} {video.name} frames, "
                f"ONNX Runtime CPU, median ms per image (input letterboxing included)")
-    names = [name for name, _, _ in VARIANTS]
+    names = [name for name, _ in VARIANTS]
     click.echo(f"{'graph':<14}" + "".join(f"{n:>12}" for n in names) + f"{'speed-up':>10}  PyTorch boxes reproduced ("
                + ", ".join(names) + ")")
     for tag, times, counts in rows:

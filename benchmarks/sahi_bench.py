@@ -18,20 +18,17 @@ mean ms per frame of each path (paths interleaved frame by frame so machine load
 Without ``--weights`` a randomly initialised detector (needs torch) is exported to a temporary
 folder, with static batch-1 and batch-N copies.
 
-    PYTHONPATH=. python benchmarks/sahi_bench.py --frames 20 --slice 512
+    python -m det_toolkit.benchmarks.sahi_bench --frames 20 --slice 512
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import click
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from det_toolkit.benchmarks.common import VTEST, match_count, read_frames
 from det_toolkit.runtime.backends import load_backend
@@ -56,7 +53,8 @@ from det_toolkit.runtime.tiling import SahiDetectionModel, SliceConfig, TiledPre
 @click.option("--overlap", default=0.2, type=float)
 @click.option("--merge", default="greedynmm", type=click.Choice(["greedynmm", "nmm", "nms"]))
 def main(video: Path, frames: int, every: int, weights: Path | None, batch_weights: Path | None,
-         static_weights: Path | None, imgsz: int, max_det: int, conf: float, slice_size: int, overlap: float, merge: str) -> None:
+         static_weights: Path | None, imgsz: int, max_det: int, conf: float, slice_size: int, overlap: float,
+         merge: str) -> None:
     """Print matched fraction and ms/frame of sahi's get_sliced_prediction vs det-run's tiling."""
     from sahi.predict import get_sliced_prediction
 

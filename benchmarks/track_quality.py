@@ -13,18 +13,15 @@ Appearance, since no images ship:
   by its ground-truth id and embedded by the real ONNX embedder (``--embedder``); an optimistic
   upper bound (people look perfectly distinct and constant).
 
-    PYTHONPATH=. python benchmarks/track_quality.py --embedder deepsort_embedder.onnx
+    python -m det_toolkit.benchmarks.track_quality --embedder deepsort_embedder.onnx
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if not hasattr(np, "asfarray"):  # motmetrics 1.4 calls np.asfarray, removed in NumPy 2
     np.asfarray = lambda a, dtype=np.float64: np.asarray(a, dtype=dtype)  # type: ignore[attr-defined]

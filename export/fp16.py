@@ -1,65 +1,18 @@
-"""FP16 variant of an exported graph: the dense layers in float16, everything fragile in float32.
+"""FP16 variant of a static exported graph: the dense layers in float16, everything fragile in float32.
 
-Made with onnxconverter-common 1.16's ``float16.convert_float_to_float16`` (``keep_io_types=True``,
-an explicit node block list; https://github.com/microsoft/onnxconverter-common, ``float16.py``).
-NVIDIA ModelOpt AutoCast would choose the blocked nodes from measured activation ranges; it needs
-the ``nvidia-modelopt`` package (CUDA-oriented, not installable on this CPU machine), so the
-selection here is structural and conservative (:func:`dense_nodes`):
+:func:`export_fp16` converts a static det-toolkit graph with onnxconverter-common 1.16's
+``float16.convert_float_to_float16`` (``keep_io_types=True``; the nodes it may convert are
+:func:`dense_nodes`: backbone, FPN, RPN head and RoI box head, minus the input stem and the
+prediction layers), removes the lossy ``Cast`` pairs the converter leaves between float32 nodes
+(:func:`remove_roundtrip_casts`) and writes the result only if its detections match the FP32
+graph's in ONNX Runtime CPU under the FP16 parity criterion: boxes scoring ``>= FP16_CONF`` on
+their side, same class, IoU ``>= FP16_IOU`` (or an NMS swap at the graph's NMS IoU threshold,
+:func:`det_toolkit.export.parity.match_detections`), ``|score diff| <= FP16_SCORE_TOL``, at least
+``FP16_MIN_MATCH`` of ``max(fp32 boxes, fp16 boxes)``. Box decoding, scores, ``TopK``, NMS, RoI
+pooling and index arithmetic stay float32; graph inputs and outputs stay float32, so the runtime
+contract (:mod:`det_toolkit.runtime.meta`) is unchanged.
 
-* float16 ("dense"): backbone, FPN, the RPN head's shared convolution and the RoI box head
-  (``Conv``, ``Gemm``, activations, pooling, residual ``Add``...), found by propagating from the
-  graph input and from every RoI pooling output (``RoiAlign``, or the matrix-product pooling
-  under a ``box_roi_pool`` scope, :data:`POOL_SCOPE`) through dense ops;
-* float32, inside that region: the *input stem* (ImageNet normalisation and the first
-  convolution, which sees raw pixels) and the *prediction layers*, i.e. every dense ``Conv``/
-  ``Gemm`` whose output leaves the region (RPN objectness and box deltas, the box predictor's
-  class logits and box regression), so logits and deltas are not rounded to float16 before
-  softmax/``Exp``;
-* float32, everything else: anchor/box decoding (``Exp`` of the size deltas, offsets of up to
-  several thousand pixels, areas and ``Sqrt``/``Log`` of the FPN level mapping: values past
-  float16's 65504 or its 0.25-1 px spacing above 256), softmax/sigmoid scores, ``TopK``,
-  ``NonMaxSuppression``, RoI pooling (sample positions, interpolation weights and the pooling
-  itself, as before the switch from ``RoiAlign``), and all index arithmetic.
-
-Graph inputs and outputs stay float32, so the runtime contract (:mod:`det_toolkit.runtime.meta`) is unchanged.
-onnxconverter-common leaves a lossy ``Cast(float16) -> Cast(float)`` pair between any two float32
-nodes; :func:`remove_roundtrip_casts` removes them, so the float32 part really is float32.
-
-Parity criterion for the FP16 graph (:func:`export_fp16`, measured against the FP32 graph in ONNX
-Runtime CPU on real images): boxes scoring ``>= FP16_CONF`` (0.25, ``det-run``'s default
-``--conf``) on their side, matched by class and IoU ``>= 0.9`` with ``|score diff| <=
-FP16_SCORE_TOL`` (0.03), or as an *NMS swap* (a leftover pair of the same class overlapping more
-than the graph's NMS IoU threshold, scores within 0.03: the two boxes are NMS competitors for one
-object and rounding decided which survived; :func:`det_toolkit.export.parity.match_detections`); at least
-``FP16_MIN_MATCH`` (98%) of ``max(fp32 boxes, fp16 boxes)``. The PyTorch-vs-ONNX check of the FP32
-graph keeps the strict rule (every box, tolerance 0.01, no swaps): both sides compute in float32.
-
-Why FP16 needs its own rule, measured on the trained raccoon ``fasterrcnn_mobilenet_v2_fpn`` (static
-graph 416x416, 40 val images, 152 fp32 boxes >= 0.05, ONNX Runtime 1.31 CPU). Under the strict rule
-every float16 selection tried matched 92-93% of boxes (backbone+FPN+RPN head+box head+predictor
-float16: 92.1%; the same with stem and prediction layers float32, the default: 93.5%; FPN or RPN
-head also float32 barely moved it) and the unmatched boxes were of two kinds:
-
-* the *same* box (IoU >= 0.98) with its score moved by 0.010-0.0175: float16 in the backbone moves
-  scores by median 0.001, 99th percentile 0.013, at most 0.016-0.018, so a 0.01 tolerance sits at
-  the 95th percentile of float16 noise and fails ~5% of boxes whatever else stays float32;
-* NMS decisions: a box replaced by its near-tied competitor (score 0.973 vs 0.973, IoU 0.89), or
-  lost when its overlap with a neighbour (0.49) crossed the 0.5 NMS threshold; boxes of this model
-  often sit just under it (41 of the 82 boxes >= 0.25 have a neighbour at IoU 0.45-0.5).
-
-0.03 is about twice the largest measured float16 score move and an eighth of the deployment
-threshold; boxes below 0.25 are the ones ``det-run`` drops anyway. With the criterion the default
-selection matches 80/81 boxes (98.8%, one NMS swap; the one miss is the threshold crossing). It
-still fails a worse graph: the same graph with its float16 weights rounded to bfloat16's 7
-mantissa bits matches 77.8%, to 5 bits 63.0%
-(``tests/test_export_static.py::test_fp16_parity_catches_a_broken_graph``). The strict figure is
-reported beside it in the log and the metadata (``extra.fp16_parity.strict_match_rate``).
-
-ONNX Runtime's CPU execution provider runs a float16 node that has no CPU float16 kernel in
-float32, between inserted ``Cast`` nodes (``InsertCastTransformer``, "casts float16 to float for
-cpu nodes", ``onnxruntime/core/optimizer/insert_cast_transformer.h``), so the CPU parity measures
-float16 *storage* of weights and of the tensors at those casts, and CPU latency barely changes; a
-GPU/TensorRT build also computes in float16 and has its own check (``tests/test_trt.py``, GPU only).
+Design, the criterion's derivation and its measurements: ``docs/design/fp16.md``.
 """
 
 from __future__ import annotations
@@ -100,7 +53,7 @@ def _is_pooling(node: onnx.NodeProto) -> bool:
     """A RoI pooling node: ``RoiAlign`` or any node in the :data:`POOL_SCOPE` scope."""
     return node.op_type in SEED_OPS or POOL_SCOPE in node.name
 
-#: The FP16 parity criterion (see the module docstring).
+#: The FP16 parity criterion (module docstring; derivation in ``docs/design/fp16.md``).
 FP16_CONF = 0.25
 FP16_SCORE_TOL = 0.03
 FP16_IOU = 0.9
@@ -212,12 +165,8 @@ def to_fp16(model: onnx.ModelProto, dense: set[str] | None = None) -> onnx.Model
     src.CopyFrom(model)
     del src.graph.value_info[:]  # stale float32 annotations confuse the converter
     _unshare_initializers(src.graph, keep)
-    # onnxconverter-common 1.16's own Cast-pair clean-up raises "The downstream node of the second
-    # cast node should be graph output" on graphs whose outputs are computed in float32 (ours), and
-    # for a list of downstream nodes compares the Cast targets with 16/32 instead of the TensorProto
-    # codes 10/1, so it is replaced by remove_roundtrip_casts below. Without that, every tensor
-    # between two blocked nodes would pass through Cast(float16) -> Cast(float): the "float32" region
-    # rounded to float16 at every step (measured: 98.7% of boxes matched with *no* node converted).
+    # onnxconverter-common 1.16's own Cast-pair clean-up fails on graphs with float32 outputs (ours)
+    # and mistakes the Cast targets; remove_roundtrip_casts below replaces it (docs/design/fp16.md)
     cleanup = float16.remove_unnecessary_cast_node
     float16.remove_unnecessary_cast_node = lambda graph: None
     try:
@@ -316,7 +265,8 @@ def final_nms_iou(model: onnx.ModelProto) -> float | None:
         return None
     name = nms[-1].input[3]
     values = {i.name: i for i in g.initializer}
-    values.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    values.update({n.output[0]: a.t for n in g.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
     if name not in values:
         return None
     return float(numpy_helper.to_array(values[name]).reshape(-1)[0])

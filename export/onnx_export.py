@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,37 +16,82 @@ import onnxruntime as ort
 import onnxslim
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN
 
 from det_toolkit.export.parity import ParityError, ParityReport, check_parity, default_parity_images
-from det_toolkit.export.roi_pool import with_gather_pooling
+from det_toolkit.export.roi_pool import DEFAULT_POOLING, RoIPoolOptions, with_gather_pooling
+from det_toolkit.export.static_graph import StaticFasterRCNN
+from det_toolkit.export.static_tood import DEFORM_CONV_OPSET, StaticTOOD
 from det_toolkit.export.trt_check import DEFAULT_TRT_VERSION, check_trt_readiness
+from det_toolkit.runtime.files import atomic_write
 from det_toolkit.runtime.preprocess import letterbox, to_input
 from det_toolkit.train.checkpoint import (
     load_checkpoint,
     meta_from_checkpoint,
     model_from_checkpoint,
 )
+from det_toolkit.train.models.tood.model import TOOD
 
 STATIC_OUTPUTS = ("boxes", "scores", "labels", "num_dets")
 
 
-def static_module(model: nn.Module, batch: int, imgsz: tuple[int, int]) -> nn.Module:
-    """The fixed-size deployment module of a :class:`det_toolkit.train.models.common.Detector`.
+def static_module(model: nn.Module, batch: int, imgsz: tuple[int, int],
+                  pooling: RoIPoolOptions = DEFAULT_POOLING) -> nn.Module:
+    """The fixed-size deployment module of a :class:`det_toolkit.train.models.common.Detector`
+    (or of the bare detector), chosen by the detector's type.
 
-    A model whose inner module has ``static_module(batch, imgsz)`` provides its own (same outputs
-    as :class:`det_toolkit.export.static_graph.StaticFasterRCNN`); torchvision Faster R-CNNs get
-    :class:`~det_toolkit.export.static_graph.StaticFasterRCNN`.
+    :class:`~det_toolkit.train.models.tood.model.TOOD` -> :class:`det_toolkit.export.static_tood.StaticTOOD`;
+    torchvision ``FasterRCNN`` -> :class:`det_toolkit.export.static_graph.StaticFasterRCNN` (RoIs pooled
+    as ``pooling`` says). Both take
+    float32 ``[batch, 3, H, W]`` and return ``boxes [batch, K, 4]``, ``scores [batch, K]``,
+    ``labels [batch, K]`` (0-based), ``num_dets [batch]``.
 
     Raises:
-        TypeError: neither applies.
-        ValueError: the fixed sizes break a TensorRT limit.
+        TypeError: a detector type without a static graph.
+        ValueError: ``batch < 1`` or the fixed sizes break a TensorRT limit.
     """
-    from det_toolkit.export.static_graph import StaticFasterRCNN
-
     inner = getattr(model, "model", model)
-    if hasattr(inner, "static_module"):
-        return inner.static_module(batch, imgsz)
-    return StaticFasterRCNN(model, batch, imgsz)
+    if isinstance(inner, TOOD):
+        return StaticTOOD(model, batch, imgsz)
+    if isinstance(inner, FasterRCNN):
+        return StaticFasterRCNN(model, batch, imgsz, pooling)
+    raise TypeError(f"{type(inner).__name__}: no static graph (TOOD and torchvision FasterRCNN have one)")
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    """How :func:`export_onnx` traces a module, by the detector's type (:func:`exporter_settings`).
+
+    Attributes:
+        dynamo: ``torch.export`` + onnxscript (``torch.onnx.export(dynamo=True)``) instead of the
+            legacy TorchScript tracer.
+        min_opset: lowest ONNX opset the graph needs (``None``: any); a lower requested opset is raised.
+        deform_impl: the deformable-op implementation traced (TOOD only), recorded in the metadata.
+    """
+
+    dynamo: bool = False
+    min_opset: int | None = None
+    deform_impl: str | None = None
+
+
+def exporter_settings(module: nn.Module) -> ExporterSettings:
+    """The exporter settings for ``module``: a detector (a ``Detector`` or bare) or a static graph.
+
+    * dynamic :class:`~det_toolkit.train.models.tood.model.TOOD`: the dynamo exporter at opset >= 19
+      (``torchvision::deform_conv2d`` has a dynamo translation to ONNX ``DeformConv``, opset 19, and
+      none in the legacy exporter);
+    * :class:`~det_toolkit.export.static_tood.StaticTOOD`: the legacy exporter (its NMS exports
+      through a ``symbolic``) at the graph's opset (19 for ``DeformConv``, 16 for ``GridSample``);
+    * anything else (torchvision Faster R-CNN, :class:`~det_toolkit.export.static_graph.StaticFasterRCNN`):
+      the legacy exporter at the requested opset (the dynamo exporter fails in torchvision's
+      ``batched_nms``).
+    """
+    if isinstance(module, StaticTOOD):
+        return ExporterSettings(dynamo=False, min_opset=module.opset, deform_impl=module.deform_impl)
+    inner = getattr(module, "model", module)
+    if isinstance(inner, TOOD):
+        return ExporterSettings(dynamo=True, min_opset=DEFORM_CONV_OPSET, deform_impl=inner.deform_impl)
+    return ExporterSettings()
 
 
 class SingleImageDetector(nn.Module):
@@ -96,22 +141,9 @@ def finalize(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
 
 
 def save_onnx_atomic(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to a temporary file beside ``path``, then ``os.replace`` it into place.
-
-    A crash mid-write leaves any previous file intact; the file gets the usual umask permissions.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Serialize ``model`` and write it with :func:`det_toolkit.runtime.files.atomic_write` (a crash
+    mid-write leaves any previous file intact). Returns ``path``."""
+    return atomic_write(path, model.SerializeToString())
 
 
 def trace_to_onnx(module: nn.Module, example: Tensor, opset: int, input_name: str,
@@ -122,9 +154,8 @@ def trace_to_onnx(module: nn.Module, example: Tensor, opset: int, input_name: st
     Uses the legacy exporter (``dynamo=False``): the dynamo exporter fails in torchvision's
     ``batched_nms``. Tracing torchvision detectors emits known-harmless tracer warnings; they are
     silenced here, and parity checks are what vouch for the graph.
-    With ``dynamo`` (models whose inner detector declares ``onnx_export = {"dynamo": True, ...}``,
-    e.g. TOOD, whose ``deform_conv2d`` only the dynamo exporter translates, to ONNX ``DeformConv``)
-    ``torch.export`` + onnxscript are used instead.
+    With ``dynamo`` (:func:`exporter_settings`: the dynamic TOOD, whose ``deform_conv2d`` only the
+    dynamo exporter translates, to ONNX ``DeformConv``) ``torch.export`` + onnxscript are used instead.
     """
     if dynamo:
         with warnings.catch_warnings(), torch.no_grad():
@@ -156,6 +187,8 @@ def export_onnx(
     iou_thr: float = 0.9,
     score_tol: float = 0.01,
     echo: Callable[[str], None] = print,
+    pooling: RoIPoolOptions = DEFAULT_POOLING,
+    device: str = "cpu",
 ) -> Path:
     """Export a checkpoint's detector to ONNX, verify it against PyTorch, write it atomically.
 
@@ -184,6 +217,10 @@ def export_onnx(
         iou_thr: parity IoU threshold for a matched box.
         score_tol: parity score tolerance for a matched box.
         echo: where progress and the parity table are written.
+        pooling: how Faster R-CNN graphs pool RoIs (:class:`det_toolkit.export.roi_pool.RoIPoolOptions`;
+            the default is det-export's choice, other values are for benchmarks).
+        device: where the parity check runs PyTorch and ONNX Runtime (:func:`check_parity`);
+            tracing is always on the CPU.
 
     Returns:
         The path written.
@@ -204,15 +241,12 @@ def export_onnx(
         meta.imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    static_graph = static_module(model, batch, meta.imgsz) if static else None
-    # exporter settings of the graph to trace: TOOD's dynamic graph asks for dynamo at opset 19, its
-    # static graph (det_toolkit.export.static_tood.StaticTOOD) for the legacy exporter; Faster R-CNN has none
-    export_cfg = getattr(static_graph if static_graph is not None else getattr(model, "model", model),
-                         "onnx_export", {})
-    if export_cfg:
-        opset = max(opset, int(export_cfg.get("opset", opset)))
-        meta.extra.update(exporter="dynamo" if export_cfg.get("dynamo") else "legacy",
-                          deform_impl=export_cfg.get("deform_impl", getattr(model.model, "deform_impl", None)))
+    static_graph = static_module(model, batch, meta.imgsz, pooling) if static else None
+    settings = exporter_settings(static_graph if static_graph is not None else model)
+    if settings.min_opset is not None:
+        opset = max(opset, settings.min_opset)
+    if settings.deform_impl is not None:
+        meta.extra.update(exporter="dynamo" if settings.dynamo else "legacy", deform_impl=settings.deform_impl)
     meta.extra.update(opset=opset, torch=str(torch.__version__), onnx=onnx.__version__)
     images = parity_images if parity_images is not None else default_parity_images(ckpt, echo=echo)
     if not images:
@@ -230,16 +264,17 @@ def export_onnx(
              f"{meta.imgsz[1]}], outputs padded to max_det={meta.max_det}, opset {opset}")
     else:
         example = torch.from_numpy(xs[0])
-        module = SingleImageDetector(with_gather_pooling(model, example[0]))
+        module = SingleImageDetector(with_gather_pooling(model, example[0], pooling))
         axes = {meta.input_name: {2: "height", 3: "width"}, **{n: {0: "K"} for n in meta.output_names}}
         echo(f"tracing {meta.model} at {meta.imgsz[0]}x{meta.imgsz[1]}, opset {opset}")
     graph = trace_to_onnx(module, example, opset, meta.input_name, list(meta.output_names), axes,
-                          dynamo=bool(export_cfg.get("dynamo")))
+                          dynamo=settings.dynamo)
 
     def verified(candidate: onnx.ModelProto, simplified: bool) -> tuple[onnx.ModelProto, ParityReport]:
         meta.extra["simplified"] = simplified
         candidate = finalize(candidate, meta.onnx_props())
-        return candidate, check_parity(model, candidate, images, iou_thr=iou_thr, score_tol=score_tol)
+        return candidate, check_parity(model, candidate, images, iou_thr=iou_thr, score_tol=score_tol,
+                                       device=device)
 
     chosen: tuple[onnx.ModelProto, ParityReport] | None = None
     if simplify:

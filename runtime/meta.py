@@ -19,7 +19,7 @@ Graph contract (format_version 1):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from det_toolkit import __version__

@@ -17,9 +17,10 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
+from det_toolkit.runtime.files import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 #: Consecutive failed video reads tolerated before the video counts as ended.
 MAX_BAD_FRAMES = 10
 #: Seconds waited before each reconnection attempt of a dropped stream (the last one repeats).
@@ -74,8 +75,8 @@ class Source(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]: ...
 
-    def close(self) -> None:
-        """Release what the source holds open."""
+    def close(self) -> None:  # noqa: B027 - an optional hook: sources holding nothing open keep it
+        """Release what the source holds open (nothing, unless a subclass overrides it)."""
 
 
 class ImageSource(Source):

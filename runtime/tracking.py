@@ -7,11 +7,10 @@ frame in one batch.
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 # Deep SORT's Kalman gating makes many tiny scipy.linalg.solve_triangular calls; a multi-threaded
@@ -21,10 +20,10 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
-import yaml
 from deep_sort_realtime.deepsort_tracker import DeepSort
 
 from det_toolkit.configs import config_path
+from det_toolkit.runtime.config_utils import FieldError, from_dict, load_yaml_mapping
 from det_toolkit.runtime.embedder import Embedder, croppable
 from det_toolkit.runtime.predictor import Detections
 
@@ -42,6 +41,10 @@ class TrackerConfig:
         max_cosine_distance: cosine-distance gate for appearance matching.
         nn_budget: appearance vectors kept per track (``None``: unbounded).
         embedder_input_size: crop side in pixels the embedder expects.
+
+    Raises:
+        FieldError: a value out of range (counts < 1, ``max_iou_distance`` outside [0, 1],
+            ``max_cosine_distance`` outside [0, 2]).
     """
 
     max_age: int = 30
@@ -51,28 +54,32 @@ class TrackerConfig:
     nn_budget: int | None = 100
     embedder_input_size: int = 224
 
+    def __post_init__(self) -> None:
+        for key in ("max_age", "n_init", "embedder_input_size"):
+            if getattr(self, key) < 1:
+                raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.nn_budget is not None and self.nn_budget < 1:
+            raise FieldError("nn_budget", f"must be >= 1 or null (unbounded), got {self.nn_budget}")
+        if not 0 <= self.max_iou_distance <= 1:
+            raise FieldError("max_iou_distance", f"must be in [0, 1], got {self.max_iou_distance}")
+        if not 0 <= self.max_cosine_distance <= 2:
+            raise FieldError("max_cosine_distance", f"must be in [0, 2], got {self.max_cosine_distance}")
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrackerConfig:
-        """Load a YAML mapping of these fields (missing ones keep their defaults).
+        """Load a YAML mapping of these fields (missing ones keep their defaults), values checked and
+        coerced by type (:func:`det_toolkit.runtime.config_utils.from_dict`).
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: not a mapping, or an unknown key (the message suggests the nearest one).
+            ConfigError (a ValueError): YAML syntax error (file:line), not a mapping, an unknown key
+                (the message suggests the nearest one), a bad value (``t.yaml: n_init: expected an
+                integer, got 'abc'``).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tracker config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of tracker settings")
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                near = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
-                raise ValueError(f"{path}: unknown tracker setting '{key}'{hint} "
-                                 f"Valid: {', '.join(known)}")
-        return cls(**data)
+        return from_dict(cls, load_yaml_mapping(path), str(path))
 
 
 @dataclass(frozen=True)

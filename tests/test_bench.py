@@ -89,9 +89,35 @@ def test_report_shows_skipped_rows(tmp_path: Path) -> None:
 
 
 def test_cli_errors(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["--data", str(DATA), "--workdir", str(tmp_path)])
+    """Bad arguments are usage errors that leave no run folder behind."""
+    project = ["--project", str(tmp_path / "runs")]
+    result = CliRunner().invoke(main, ["--data", str(DATA), *project])
     assert result.exit_code == 2 and "--weights and/or --models" in result.output
-    result = CliRunner().invoke(main, ["--data", str(DATA), "--models", "nope_net", "--workdir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["--data", str(DATA), "--models", "nope_net", *project])
     assert result.exit_code == 2 and "unknown model" in result.output
+    result = CliRunner().invoke(main, ["--data", str(DATA), "--models", "fasterrcnn_mobilenet_v2_fpn",
+                                       "--formats", "torch,tflite", *project])
+    assert result.exit_code == 2 and "unknown formats ['tflite']" in result.output
+    result = CliRunner().invoke(main, ["--data", str(DATA), "--models", "m", "--video", str(tmp_path / "no.avi")])
+    assert result.exit_code == 2 and "no.avi" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(ValueError, match="unknown formats"):
         run_bench([], str(DATA), ["tflite"])
+
+
+def test_cli_writes_the_report_to_an_incremented_run_folder(ckpt: Path, data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--project/--name`` (relative to the working directory, never the package folder); an
+    existing run folder is not reused; without --video the det-run FPS column is skipped with a note."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "bench" / "b").mkdir(parents=True)
+    result = CliRunner().invoke(main, ["--weights", str(ckpt), "--data", str(data), "--formats", "torch",
+                                       "--warmup", "0", "--iters", "1", "--name", "b"])
+    assert result.exit_code == 0, result.output
+    assert "note: no --video given: the det-run FPS column is skipped" in result.output
+    run = Path("runs/bench/b2")
+    assert sorted(p.name for p in run.iterdir()) == ["report.json", "report.md", "report.png"]
+    saved = json.loads((run / "report.json").read_text())
+    (row,) = saved["rows"]
+    assert row["format"] == "torch" and row["status"] == "ok" and row["video_fps"] is None and row["map"] is not None
+    assert saved["command"].startswith("det-bench") and not any((tmp_path / "runs" / "bench" / "b").iterdir())

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from det_toolkit.export.cli import main as export_cli
 from det_toolkit.runtime.cli import main as run_cli
 from det_toolkit.train.checkpoint import load_checkpoint
-from det_toolkit.train.cli import eval_cli, train_cli
+from det_toolkit.train.cli import train_cli
+from det_toolkit.train.evaluate import main as eval_cli
 from tests.conftest import RACCOON, VTEST, need_raccoon
 
 pytestmark = pytest.mark.slow

@@ -162,6 +162,11 @@ def test_cli_errors(tmp_path: Path, ckpt_path: Path) -> None:
     assert result.exit_code == 1 and "not a readable checkpoint" in result.output
     result = runner.invoke(main, [str(ckpt_path), "--trt"])
     assert result.exit_code == 1 and "TensorRT" in result.output and "not available" in result.output
+    result = runner.invoke(main, [str(ckpt_path), "--device", "gpu"])  # the --device forms of every command
+    assert result.exit_code == 2 and "unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in result.output
+    if not torch.cuda.is_available():  # an unavailable parity device fails before any work
+        result = runner.invoke(main, [str(ckpt_path), "-o", str(tmp_path / "no.onnx"), "--device", "cuda:0"])
+        assert result.exit_code == 1 and "no CUDA device" in result.output and not (tmp_path / "no.onnx").exists()
 
 
 def test_cli_refuses_failing_parity(ckpt_path: Path, tmp_path: Path,

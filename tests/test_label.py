@@ -15,11 +15,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import no_torch_script
 
-from det_toolkit.runtime.label import HogTeacher, LabelError, label_source, main
+from det_toolkit.runtime.boxes import box_iou
 from det_toolkit.runtime.predictor import Detections
 from det_toolkit.runtime.sources import open_source
+from det_toolkit.runtime.teachers import HogTeacher
 from det_toolkit.train.config import load_data_config
 from det_toolkit.train.data.formats import read_split
+from det_toolkit.train.label import LabelError, label_source, main
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO.parent / "shared/videos/vtest.avi"
@@ -129,16 +131,12 @@ def test_hog_teacher_finds_walkers() -> None:
         assert b.dtype == np.float32 and d.labels.tolist() == [0] * len(d)
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= 768).all() and (b[:, 3] <= 576).all()
         assert ((b[:, 2] - b[:, 0]) < (b[:, 3] - b[:, 1])).all()  # upright people, taller than wide
-        x1, y1 = np.maximum(b[:, None, :2], b[None, :, :2]).transpose(2, 0, 1)
-        x2, y2 = np.minimum(b[:, None, 2:], b[None, :, 2:]).transpose(2, 0, 1)
-        inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        iou = inter / (area[:, None] + area[None] - inter)
+        iou = box_iou(b, b)
         np.fill_diagonal(iou, 0)
         assert iou.max(initial=0) <= 0.3 + 1e-6  # NMS at IoU 0.3 (before the same shrink for all)
 
 
-NO_TORCH = no_torch_script("det_toolkit.runtime.label")
+NO_TORCH = no_torch_script("det_toolkit.train.label")
 
 
 @need_video
@@ -158,6 +156,10 @@ def test_artifact_teacher_without_torch(tmp_path: Path) -> None:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 frames labelled (source frames 3-11, every 4): 2 train, 1 val" in proc.stdout
+    res = CliRunner().invoke(main, [str(VIDEO), "--teacher", str(det), "--classes", "persn", "--end", "1",
+                                    "--out", str(tmp_path / "bad")])  # the library's ClassSpecError -> usage error
+    assert res.exit_code == 2 and "Invalid value for --classes" in res.output and "did you mean 'person'" in res.output
+    assert not (tmp_path / "bad").exists()
     assert "teacher ms per frame" in proc.stdout
     assert sorted(p.name for p in (out / "images").iterdir()) == [
         "vtest_000003.jpg", "vtest_000007.jpg", "vtest_000011.jpg"]
@@ -197,3 +199,22 @@ def test_cli_errors(tmp_path: Path) -> None:
         photos.mkdir()
         cv2.imwrite(str(photos / "a.png"), np.zeros((8, 8, 3), np.uint8))
         label_source(photos, HogTeacher(), tmp_path / "c", start=3, progress=False)
+
+
+@need_video
+def test_project_name_run_folders(tmp_path: Path) -> None:
+    """Like det-run: PROJECT/NAME (default name: the source's stem), incremented, never reused;
+    --out is the exact folder instead, and a failed run leaves no folder behind."""
+    run = CliRunner().invoke
+    runs = tmp_path / "runs"
+    for want in ("vtest", "vtest2"):
+        res = run(main, [str(VIDEO), "--end", "1", "--project", str(runs)])
+        assert res.exit_code == 0, res.output
+        assert f"saved to {runs / want};" in res.output and (runs / want / "data.yaml").is_file()
+    res = run(main, [str(VIDEO), "--end", "1", "--project", str(runs), "--name", "people"])
+    assert res.exit_code == 0 and (runs / "people/images/vtest_000000.jpg").is_file()
+    res = run(main, [str(tmp_path / "missing.avi"), "--project", str(runs)])
+    assert res.exit_code == 1 and "source not found" in res.output
+    assert sorted(p.name for p in runs.iterdir()) == ["people", "vtest", "vtest2"]
+    res = run(main, [str(VIDEO), "--end", "1", "--out", str(tmp_path / "d"), "--name", "x"])
+    assert res.exit_code == 2 and "not both" in res.output

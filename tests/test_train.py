@@ -18,8 +18,9 @@ from det_toolkit.train.checkpoint import (
     model_from_checkpoint,
     save_atomic,
 )
-from det_toolkit.train.cli import eval_cli, train_cli
+from det_toolkit.train.cli import train_cli
 from det_toolkit.train.engine import ema_avg_fn, warmup_cosine, warmup_step
+from det_toolkit.train.evaluate import main as eval_cli
 from det_toolkit.train.models import MODELS, build_model, check_model_name
 
 TINY = ["--imgsz", "128", "--batch", "4", "--workers", "0", "--lr", "0.005"]
@@ -90,8 +91,9 @@ def _run(args: list[str]) -> str:
 
 def test_train_writes_run_folder_and_resume_is_exact(synthetic: Path, tmp_path: Path) -> None:
     proj = str(tmp_path / "runs")
-    _run(["--data", str(synthetic), "--epochs", "2", *TINY, "--project", proj, "--name", "full"])
+    out = _run(["--data", str(synthetic), "--epochs", "2", *TINY, "--project", proj, "--name", "full"])
     full = Path(proj) / "full"
+    assert out.strip().splitlines()[-1] == f"results in {full}; export with: det-export {full / 'weights' / 'best.pt'}"
     for f in ("args.yaml", "data_report.txt", "results.csv", "results.png", "dataset_stats.png",
               "pr_curve.png", "confusion_matrix.png", "val_predictions.jpg",
               "weights/last.pt", "weights/best.pt"):
@@ -112,9 +114,9 @@ def test_train_writes_run_folder_and_resume_is_exact(synthetic: Path, tmp_path: 
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "train", "--data", str(synthetic), "--epochs", "2", *TINY,
+    cmd = [sys.executable, "-m", "det_toolkit.train", "--data", str(synthetic), "--epochs", "2", *TINY,
            "--project", proj, "--name", "part"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = dict(os.environ)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = Path(proj) / "part" / "weights" / "last.pt"
     deadline = time.time() + 300
@@ -162,11 +164,13 @@ def test_ema_step_schedule_patience_and_save_period(synthetic: Path, tmp_path: P
 
 def test_run_folder_increments_and_bad_flags_fail(synthetic: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--aug", "heavy"])
-    assert res.exit_code != 0 and "aug='heavy' is not one of" in res.output
+    assert res.exit_code != 0 and "--aug: 'heavy' is not one of" in res.output
     res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--model", "fasterrcnn_resnet5"])
     assert res.exit_code != 0 and "did you mean" in res.output
     res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--scheduler", "step"])
     assert res.exit_code != 0 and "needs --lr-step" in res.output
+    res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--device", "gpu"])  # det-run's forms
+    assert res.exit_code != 0 and "--device: unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in res.output
     res = CliRunner().invoke(train_cli, ["--help"])
     assert "--imgsz" in res.output and "default: 416" in res.output
 
@@ -227,9 +231,9 @@ def test_ddp_two_gloo_processes_train_evaluate_and_write_one_checkpoint(syntheti
     import subprocess
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "train", "--data", str(synthetic), "--epochs", "1",
+           "--master_port", "29517", "-m", "det_toolkit.train", "--data", str(synthetic), "--epochs", "1",
            *TINY, "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", "ddp"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -301,16 +305,16 @@ def test_anchors_auto_in_training_is_recorded(synthetic: Path, tmp_path: Path) -
 
 
 def test_amp_probe_detects_whether_autocast_engaged() -> None:
-    from det_toolkit.train.engine import _AmpProbe
+    from det_toolkit.train.engine import AmpProbe
 
     model = build_model("fasterrcnn_mini_darknet_nano_head", 1, weights=None).train()
     imgs = [torch.rand(3, 96, 96)]
     tg = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([0])}]
-    probe = _AmpProbe(model, torch.bfloat16)
+    probe = AmpProbe(model, torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(imgs, tg)
     probe.check()  # engaged: no error
-    probe = _AmpProbe(model, torch.bfloat16)
+    probe = AmpProbe(model, torch.bfloat16)
     model(imgs, tg)
     with pytest.raises(RuntimeError, match="AMP requested"):
         probe.check()

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from det_toolkit.export.cli import main
 from det_toolkit.export.onnx_export import export_onnx
-from det_toolkit.export.parity import _compare, _inputs, load_images, onnx_detections
+from det_toolkit.export.parity import compare_detections, load_images, onnx_detections, parity_inputs
 from det_toolkit.runtime.backends import BackendError, load_backend
 from det_toolkit.runtime.backends.trt_backend import engine_meta_path
 from det_toolkit.runtime.meta import ModelMeta
@@ -92,11 +94,11 @@ def _compare_with_ort(engine: Path, onnx_path: Path, min_match: float) -> None:
     images = load_images(GLOB)
     backend = load_backend(engine, device="cuda")
     meta = backend.meta
-    xs = _inputs(images, meta)
+    xs = parity_inputs(images, meta)
     got = backend.infer(np.concatenate(xs))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ref = onnx_detections(sess, meta, xs)
-    report = _compare(ref, got, meta, 0.9, 0.02, min_match)
+    report = compare_detections(ref, got, meta, 0.9, 0.02, min_match)
     assert report.n_ref_boxes > 0 and report.passed, report.table()
     again = backend.infer(np.concatenate(xs[:1]))  # reused pinned buffers, padded batch
     np.testing.assert_allclose(again[0][0], got[0][0], atol=1e-3)
@@ -123,3 +125,217 @@ def test_fp16_engine_matches_onnxruntime(static_onnx: Path) -> None:
         src, _ = export_fp16(static_onnx, images=load_images(GLOB), min_match=0.9)
     engine = build_engine(src, static_onnx.with_name("fp16.engine"), fp16=True, workspace_gib=2)
     _compare_with_ort(engine, static_onnx, 0.9)
+
+
+class _FakeTrt:
+    """Records the TensorRT 10.x/11 Python API calls :func:`build_engine` makes (no GPU needed).
+
+    Only the calls the module documents are provided: an unexpected call fails with AttributeError.
+    """
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class BuilderFlag:
+        FP16 = "fp16"
+        INT8 = "int8"
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self) -> None:
+            pass
+
+    def __init__(self, version: str, input_shape: tuple[int, ...] = (2, 3, 64, 64), parse_ok: bool = True,
+                 engine: bytes | None = b"ENGINE") -> None:
+        self.__version__, self.log = version, []
+        outer = self
+
+        class Error:
+            def node(self) -> int: return 7
+            def node_name(self) -> str: return "/roi/RoiAlign"
+            def node_operator(self) -> str: return "RoiAlign"
+            def code(self) -> int: return 3
+            def desc(self) -> str: return "unsupported attribute"
+            def file(self) -> str: return "importer.cpp"
+            def line(self) -> int: return 42
+            def func(self) -> str: return "parse"
+
+        class Network:
+            def get_input(self, i: int) -> SimpleNamespace:
+                return SimpleNamespace(shape=input_shape, name="images")
+
+        class Profile:
+            def set_shape(self, *args: object) -> None:
+                outer.log.append(("set_shape", args))
+
+        class Cache:
+            def serialize(self) -> bytes:
+                return b"CACHE"
+
+        class Config:
+            int8_calibrator = None
+
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                outer.log.append(("pool", pool, size))
+
+            def set_flag(self, flag: str) -> None:
+                outer.log.append(("flag", flag))
+
+            def add_optimization_profile(self, profile: Profile) -> None:
+                outer.log.append(("profile",))
+
+            def create_timing_cache(self, data: bytes) -> Cache:
+                outer.log.append(("timing_cache_in", data))
+                return Cache()
+
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> None:
+                outer.log.append(("set_timing_cache", ignore_mismatch))
+
+            def get_timing_cache(self) -> Cache:
+                return Cache()
+
+        class Builder:
+            def __init__(self, logger: object) -> None:
+                outer.log.append(("builder",))
+
+            def create_network(self, flags: int) -> Network:
+                outer.log.append(("network", flags))
+                return Network()
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
+                outer.log.append(("build", config.int8_calibrator is not None))
+                return engine
+
+        class OnnxParser:
+            def __init__(self, network: Network, logger: object) -> None:
+                self.num_errors = 0 if parse_ok else 1
+
+            def parse_from_file(self, path: str) -> bool:
+                outer.log.append(("parse", Path(path).name))
+                return parse_ok
+
+            def get_error(self, i: int) -> Error:
+                return Error()
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+    def init_libnvinfer_plugins(self, logger: object, namespace: str) -> None:
+        self.log.append(("plugins",))
+
+
+class _FakeCudart:
+    class cudaMemcpyKind:  # noqa: N801 - cuda-python's name
+        cudaMemcpyHostToDevice = 1
+
+    def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802 - cuda-python's name
+        return 0, 1
+
+    def cudaGetDeviceProperties(self, device: int) -> tuple[int, SimpleNamespace]:  # noqa: N802
+        return 0, SimpleNamespace(name=b"Fake GPU\x00", major=9, minor=0)
+
+    def cudaMalloc(self, n: int) -> tuple[int, int]:  # noqa: N802
+        return 0, 1234
+
+    def cudaMemcpy(self, *args: object) -> tuple[int]:  # noqa: N802
+        return (0,)
+
+
+def _static_onnx(path: Path, batch: int = 2, fp16: bool = False) -> Path:
+    """A one-node graph carrying det-toolkit metadata (what ``build_engine`` reads before parsing)."""
+    dtype = onnx.TensorProto.FLOAT16 if fp16 else onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["images"], ["boxes"])], "g",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [batch, 3, 64, 64])],
+        [onnx.helper.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, [batch, 3, 64, 64])],
+        [onnx.helper.make_tensor("w", dtype, [1], [1.0])])
+    model = onnx.helper.make_model(graph)
+    meta = ModelMeta(model="x", class_names=["raccoon"], imgsz=(64, 64), dynamic_hw=False, batch=batch,
+                     output_names=("boxes", "scores", "labels", "num_dets"))
+    onnx.helper.set_model_props(model, meta.onnx_props())
+    onnx.save(model, str(path))
+    return path
+
+
+def _fake_build(monkeypatch: pytest.MonkeyPatch, trt: _FakeTrt, onnx_path: Path, **kwargs: object) -> Path:
+    from det_toolkit.export import trt_build
+
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_build, "import_cuda", lambda: _FakeCudart())
+    return trt_build.build_engine(onnx_path, echo=lambda _: None, **kwargs)
+
+
+def test_build_engine_api_sequence_and_atomic_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT 10.x, FP32 then FP16, with a fake ``tensorrt``: plugins before parsing, parsing
+    before building, the workspace limit, no profile for a static input, the timing cache read back
+    on the second build; engine, timing cache and sidecar written, no temporary file left."""
+    src = _static_onnx(tmp_path / "m.onnx")
+    trt = _FakeTrt("10.15.1")
+    engine = _fake_build(monkeypatch, trt, src, workspace_gib=1.0)
+    names = [e[0] for e in trt.log]
+    assert names.index("plugins") < names.index("parse") < names.index("build")
+    assert ("network", 0) in trt.log and ("pool", "workspace", 2**30) in trt.log
+    assert "profile" not in names and not any(e[0] == "flag" for e in trt.log)
+    assert ("timing_cache_in", b"") in trt.log
+    assert engine == tmp_path / "m.engine" and engine.read_bytes() == b"ENGINE"
+    assert (tmp_path / "m.engine.timing.cache").read_bytes() == b"CACHE"
+    side = json.loads(engine_meta_path(engine).read_text())
+    assert side["batch"] == 2 and side["extra"] == {**side["extra"], "tensorrt": "10.15.1", "gpu": "Fake GPU",
+                                                    "compute_capability": "9.0", "precision": "fp32",
+                                                    "onnx": "m.onnx"}
+    trt = _FakeTrt("10.15.1")
+    _fake_build(monkeypatch, trt, src, fp16=True)
+    assert ("flag", "fp16") in trt.log and ("timing_cache_in", b"CACHE") in trt.log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "m.engine.timing.cache",
+                                                          "m.onnx"]
+
+
+def test_build_engine_dynamic_batch_profile_and_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dynamic batch axis gets one profile 1..batch; INT8 sets its flag and an entropy
+    calibrator over the calibration inputs in engine-sized batches."""
+    src = _static_onnx(tmp_path / "m.onnx", batch=4)
+    trt = _FakeTrt("10.15.1", input_shape=(-1, 3, 64, 64))
+    calib = [np.zeros((3, 64, 64), np.float32)] * 9
+    _fake_build(monkeypatch, trt, src, int8=True, calib_images=calib)
+    assert ("set_shape", ("images", (1, 3, 64, 64), (4, 3, 64, 64), (4, 3, 64, 64))) in trt.log
+    assert ("profile",) in trt.log and ("flag", "int8") in trt.log and ("build", True) in trt.log
+
+
+def test_build_engine_refuses_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Precision requests this TensorRT cannot honour fail before parsing; parser errors name the
+    node, op and description; a failed build leaves the previous engine in place."""
+    from det_toolkit.export.trt_build import TrtBuildError
+
+    src = _static_onnx(tmp_path / "m.onnx")
+    for version, kwargs, message in (
+            ("10.15.1", {"int8": True}, "--int8 needs calibration images"),
+            ("11.0.0", {"fp16": True}, "build --fp16 engines from the FP16 ONNX"),
+            ("11.0.0", {"int8": True, "calib_images": [np.zeros((3, 64, 64), np.float32)]}, "Q/DQ-quantized")):
+        trt = _FakeTrt(version)
+        with pytest.raises(TrtBuildError, match=message):
+            _fake_build(monkeypatch, trt, src, **kwargs)
+        assert not any(e[0] == "parse" for e in trt.log), trt.log
+    trt = _FakeTrt("11.0.0")  # strongly typed: the network flag, precision from the FP16 graph
+    _fake_build(monkeypatch, trt, _static_onnx(tmp_path / "h.onnx", fp16=True), fp16=True)
+    assert ("network", 1 << 5) in trt.log and not any(e[0] == "flag" for e in trt.log)
+    with pytest.raises(TrtBuildError, match=r"cannot parse .*m.onnx:\n  - node 7, name '/roi/RoiAlign', "
+                                            r"operator 'RoiAlign': \[3\] unsupported attribute"):
+        _fake_build(monkeypatch, _FakeTrt("10.15.1", parse_ok=False), src)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"OLD")
+    with pytest.raises(TrtBuildError, match="failed to build"):
+        _fake_build(monkeypatch, _FakeTrt("10.15.1", engine=None), src)
+    assert engine.read_bytes() == b"OLD"

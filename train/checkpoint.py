@@ -15,9 +15,7 @@ unpickler accepts it)::
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import torch
 import torchvision
 
 from det_toolkit import __version__
+from det_toolkit.runtime.files import atomic_write
 from det_toolkit.runtime.meta import ModelMeta
 from det_toolkit.train.models import build_model
 from det_toolkit.train.models.common import Detector
@@ -64,24 +63,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place.
-
-    A crash mid-write leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` ``obj`` with :func:`det_toolkit.runtime.files.atomic_write`: a crash mid-write
+    leaves the previous file intact. Missing folders are created; returns ``path`` as a ``Path``."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Command-line interfaces ``det-train`` and ``det-eval`` (click).
+"""Command-line interface ``det-train`` (click); ``det-eval`` is :mod:`det_toolkit.train.evaluate`.
 
 ``det-train`` options are generated from :class:`det_toolkit.train.config.TrainConfig`, so a flag, a YAML key
 (``--cfg``) and a checkpoint's ``train_args`` always agree; an unknown YAML key is an error that
@@ -8,20 +8,18 @@ suggests the nearest valid one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from det_toolkit.train.config import ConfigError, TrainConfig, from_dict, increment_path
+from det_toolkit import __version__
+from det_toolkit.train.config import ConfigError, TrainConfig, load_train_config
 
 HELP: dict[str, str] = {
-    "data": "data config YAML (dataset root, splits, names, format)",
+    "data": "data config YAML (dataset root, splits, names, format), or a dataset folder: a Roboflow/"
+            "CVAT/Ultralytics export (data.yaml, _annotations.coco.json, annotations/*.json, VOC)",
     "model": "model builder name; 'list' prints them with parameters and GFLOPs",
     "weights_init": "initial weights: auto (offline defaults), none, or a local .pth path",
     "imgsz": "longest image side in pixels (multiple of 32)",
@@ -69,6 +67,7 @@ HELP: dict[str, str] = {
     "name": "run folder name (incremented: exp, exp2, ...)",
     "exist_ok": "reuse an existing run folder instead of incrementing",
     "resume": "continue a run from its weights/last.pt",
+    "verbose": "show faster-coco-eval's progress and summary lines at every evaluation",
 }
 
 
@@ -120,6 +119,7 @@ def _fail(e: Exception) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="det-train")
 @click.option("--cfg", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML file of training options (flags override it)")
 @_options_from(TrainConfig)
@@ -134,14 +134,7 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
         print_models(flags["imgsz"])
         return
     try:
-        values: dict[str, Any] = {}
-        if cfg:
-            loaded = yaml.safe_load(Path(cfg).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{cfg}: expected a mapping")
-            values.update(loaded)
-        values.update(_given(ctx, flags))
-        tc = from_dict(TrainConfig, values, cfg or "command line")
+        tc = load_train_config(cfg, _given(ctx, flags))
         if not tc.data and not tc.resume:
             raise ConfigError("--data is required (a data config YAML such as configs/raccoon.yaml)")
         from det_toolkit.train.trainer import fit
@@ -149,95 +142,3 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
         fit(tc)
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(e)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="checkpoint (.pt) or exported model (.onnx)")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="data config YAML")
-@click.option("--split", default="val", show_default=True, help="split to evaluate: train, val, test")
-@click.option("--conf", default=0.001, show_default=True, type=float,
-              help="score threshold (keep it low for mAP)")
-@click.option("--iou", default=0.5, show_default=True, type=float,
-              help="IoU threshold of the confusion matrix")
-@click.option("--plot-conf", default=0.25, show_default=True, type=float,
-              help="score threshold of the confusion matrix and prediction samples")
-@click.option("--imgsz", default=None, type=int, show_default="the model's",
-              help="input size override (dynamic graphs only)")
-@click.option("--rect/--square", "rect", default=False, show_default="square",
-              help="rectangular inputs padded only to the model's stride (dynamic H/W graphs) "
-              "or letterboxed to the full square (as every format's parity check)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda")
-@click.option("--project", default="runs/eval", show_default=True, help="parent of the run folder")
-@click.option("--name", default="exp", show_default=True, help="run folder name (incremented)")
-def eval_cli(weights: str, data: str, split: str, conf: float, iou: float, plot_conf: float,
-             imgsz: int | None, rect: bool, device: str, project: str, name: str) -> None:
-    """COCO mAP@[.5:.95], AP50 and per-class AP of a .pt or .onnx model on a dataset split.
-
-    Both formats run through the runtime's backends (letterbox pre-processing, same as det-run),
-    so their numbers compare directly. Writes metrics.json, pr_curve.png, confusion_matrix.png and
-    val_predictions.jpg to the run folder.
-    """
-    try:
-        result, info, samples, preds = evaluate_weights(weights, data, split, conf, imgsz, device, rect)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
-        _fail(e)
-    click.echo(result.table())
-    click.echo(f"{info['n_images']} images, {info['ms_per_image']:.1f} ms/image after warm-up "
-               f"({info['backend']})")
-    from det_toolkit.train.trainer import write_eval_plots
-
-    out = increment_path(Path(project) / name)
-    out.mkdir(parents=True, exist_ok=True)
-    write_eval_plots(result, samples, preds, info["class_names"], info["category_ids"], out,
-                     conf=plot_conf, iou=iou)
-    (out / "metrics.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
-    click.echo(f"wrote {out / 'metrics.json'} and plots")
-
-
-def evaluate_weights(weights: str, data: str, split: str = "val", conf: float = 0.001,
-                     imgsz: int | None = None, device: str = "auto", rect: bool = False):
-    """Evaluate an artifact on a split through :mod:`runtime` backends.
-
-    Returns ``(CocoResult, info, samples, predictions)`` with ``info`` = weights, backend, split,
-    n_images, ms_per_image (pre-process + inference + post-process, after one warm-up image),
-    class_names, category_ids; ``predictions`` maps sample index -> (boxes, scores, labels).
-
-    Raises:
-        ValueError: the artifact's class names differ from the data config's.
-    """
-    import cv2
-
-    from det_toolkit.runtime.backends import load_backend
-    from det_toolkit.runtime.predictor import Predictor
-    from det_toolkit.train.coco_eval import evaluate_coco
-    from det_toolkit.train.config import load_data_config
-    from det_toolkit.train.data.dataset import load_rgb
-    from det_toolkit.train.data.formats import read_split
-
-    dcfg = load_data_config(data)
-    samples, names, cat_ids, report = read_split(dcfg, split)
-    backend = load_backend(weights, device=device)
-    if list(backend.meta.class_names) != list(names):
-        raise ValueError(f"{weights}: model classes {backend.meta.class_names} differ from "
-                         f"{data} names {names}")
-    pred = Predictor(backend, conf=conf, imgsz=imgsz, rect=rect)
-    preds, elapsed, n_timed = {}, 0.0, 0
-    for i, s in enumerate(samples):
-        try:
-            bgr = cv2.cvtColor(load_rgb(str(s.image)), cv2.COLOR_RGB2BGR)
-        except (OSError, ValueError) as e:
-            click.echo(f"warning: {s.image}: unreadable ({e}), skipped", err=True)
-            continue
-        t0 = time.perf_counter()
-        d = pred(bgr)
-        if i > 0:
-            elapsed += time.perf_counter() - t0
-            n_timed += 1
-        preds[i] = (d.boxes, d.scores, d.labels)
-    result = evaluate_coco(samples, preds, names, cat_ids)
-    info = {"weights": str(weights), "backend": backend.name, "split": split,
-            "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed), "rect": pred.rect,
-            "class_names": names, "category_ids": cat_ids}
-    return result, info, samples, preds

@@ -3,21 +3,44 @@
 Ground truth comes from :class:`det_toolkit.train.data.formats.Sample` objects; crowd regions and VOC
 ``difficult`` boxes are passed as ``iscrowd=1`` so detections on them count neither as true nor as
 false positives. Label ``i`` is reported under the dataset's category id ``category_ids[i]``.
+
+faster-coco-eval logs its progress at INFO (logger ``faster_coco_eval``: six lines per
+evaluation); :func:`evaluate_coco` and :func:`confusion_matrix` keep it quiet unless called with
+``verbose=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval.extra import PreviewResults
 
 from det_toolkit.train.data.formats import Sample
 
 STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@contextlib.contextmanager
+def _coco_eval_logging(verbose: bool) -> Iterator[None]:
+    """Within the block, faster-coco-eval's INFO progress lines are dropped unless ``verbose``
+    (its ``faster_coco_eval`` logger is raised to WARNING and restored afterwards; its warnings and
+    errors still show). Its classes take a ``print_function`` only where constructed directly, not
+    inside ``PreviewResults``, hence the logger."""
+    logger = logging.getLogger("faster_coco_eval")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass
@@ -68,6 +91,8 @@ def evaluate_coco(
     predictions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
     class_names: list[str],
     category_ids: list[int],
+    *,
+    verbose: bool = False,
 ) -> CocoResult:
     """COCO bbox evaluation.
 
@@ -76,6 +101,7 @@ def evaluate_coco(
         predictions: sample index -> ``(boxes float32 [K, 4] xyxy original-image pixels,
             scores float32 [K], labels int64 [K] 0-based)``. Missing indices count as no detections.
         class_names / category_ids: as returned by :func:`det_toolkit.train.data.formats.read_split`.
+        verbose: let faster-coco-eval log its progress (INFO) and summary table.
     """
     gt = COCO()
     gt.dataset = coco_gt(samples, class_names, category_ids)
@@ -91,9 +117,10 @@ def evaluate_coco(
     if not dets:
         per = {n: {"AP": 0.0, "AP50": 0.0} for n in class_names}
         return CocoResult(zero, per, len(samples), 0)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _coco_eval_logging(verbose):
         dt = gt.loadRes(dets)
-        ev = COCOeval_faster(gt, dt, iouType="bbox", print_function=lambda *a, **k: None)
+        quiet = {} if verbose else {"print_function": lambda *a, **k: None}
+        ev = COCOeval_faster(gt, dt, iouType="bbox", **quiet)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -113,20 +140,19 @@ def evaluate_coco(
 def confusion_matrix(samples: list[Sample],
                      predictions: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
                      class_names: list[str], category_ids: list[int], conf: float = 0.25,
-                     iou: float = 0.5) -> np.ndarray:
+                     iou: float = 0.5, *, verbose: bool = False) -> np.ndarray:
     """Detection confusion matrix from faster-coco-eval's ``PreviewResults`` (class-agnostic matching
-    at IoU ``iou`` of detections scoring ``>= conf``).
+    at IoU ``iou`` of detections scoring ``>= conf``; ``verbose`` lets faster-coco-eval log its
+    progress at INFO).
 
     Returns:
         ``float32 [K, K + 2]``: row = true class, column = predicted class, then a false-positive
         column (detections of the row's class matching nothing) and a false-negative column
         (missed ground truth of the row's class). Classes in ``class_names`` order.
     """
-    from faster_coco_eval.extra import PreviewResults
-
     gt = COCO()
     gt.dataset = coco_gt(samples, class_names, category_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _coco_eval_logging(verbose):
         gt.createIndex()
         dets = [{"image_id": int(i), "category_id": category_ids[int(lab)], "score": float(sc),
                  "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}

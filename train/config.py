@@ -1,43 +1,28 @@
 """Typed configuration: dataclasses filled from YAML (``yaml.safe_load``) and CLI flags.
 
-An unknown key is an error that names the file and suggests the nearest valid key.
+Values are checked and coerced by their field types and unknown keys are errors that suggest the
+nearest valid key, all by :func:`det_toolkit.runtime.config_utils.from_dict` (shared with det-run's
+tracker config); every error names the file or flag and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import logging
 import os
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
+from det_toolkit.runtime.config_utils import ConfigError, FieldError, from_dict, load_yaml_mapping, nearest, suggest
+from det_toolkit.runtime.device import format_device, parse_device
 
-T = TypeVar("T")
+__all__ = ["ConfigError", "DataConfig", "TrainConfig", "from_dict", "load_data_config", "load_train_config",
+           "expand_env"]
 
-
-class ConfigError(ValueError):
-    """A configuration file or flag is invalid; the message names the source and the key."""
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f" (did you mean '{near[0]}'?)" if near else f" (valid keys: {', '.join(valid)})"
-
-
-def from_dict(cls: type[T], d: dict[str, Any], source: str) -> T:
-    """Build dataclass ``cls`` from ``d``; unknown keys raise :class:`ConfigError` with a suggestion."""
-    valid = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for k in d:
-        if k not in valid:
-            raise ConfigError(f"{source}: unknown key '{k}'{_suggest(k, valid)}")
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise ConfigError(f"{source}: {e}") from e
-
+log = logging.getLogger(__name__)
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -47,79 +32,171 @@ def expand_env(value: str) -> str:
     return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
 
 
+#: Keys other tools write into data YAMLs (Roboflow's ``roboflow:`` block, Ultralytics' ``download:``
+#: script, dataset metadata); :func:`load_data_config` ignores them with one note.
+FOREIGN_DATA_KEYS = frozenset({"roboflow", "download", "license", "url", "author", "version", "date",
+                               "description", "info", "channels", "kpt_shape", "flip_idx", "minival"})
+
+
 @dataclass
 class DataConfig:
-    """A dataset described by one YAML file.
+    """A dataset described by one YAML file (or detected from a dataset folder, see
+    :func:`load_data_config`).
 
     Attributes:
         path: dataset root; ``${VAR:-default}`` is expanded; a relative path resolves against the
-            YAML file's folder.
-        train / val / test: a split: a ``.txt`` list of image stems or relative paths, a directory of
-            images, or (COCO) a ``.json`` annotation file.
+            YAML file's folder; empty or absent: the YAML file's folder.
+        train / val / test: a split, resolved against ``path`` (:meth:`split_path`): a directory of
+            images, a ``.txt`` list of image stems or image paths, a list of those (Ultralytics), or
+            (COCO) a ``.json`` annotation file.
         format: ``coco``, ``voc``, ``yolo`` or ``auto`` (detected from the split and label files).
         names: class names in label order. Required for YOLO; for VOC the order of the names defines
             the label ids (any ``<name>`` not listed is reported); for COCO optional (default: the
-            categories sorted by id).
+            categories sorted by id, an unused super-category dropped).
+        nc: number of classes (Ultralytics); checked against ``names``; alone it names the classes
+            ``class_0 .. class_{nc-1}`` (Ultralytics' rule).
         images: image folder under ``path`` (list-file splits).
         labels: label folder under ``path`` (VOC ``.xml`` / YOLO ``.txt``), mirroring ``images``;
-            default ``annotations`` for VOC and ``labels`` for YOLO.
+            default ``annotations`` for VOC and ``labels`` for YOLO. Images outside ``images`` find
+            their label by Ultralytics' rule: the last ``images`` folder of the path replaced by it.
+        source: the file (or folder) this config came from, for messages.
+
+    Raises:
+        FieldError: a bad ``format``, ``nc`` that disagrees with ``names``, duplicate names.
     """
 
     path: str
-    train: str
-    val: str
-    test: str | None = None
+    train: str | list[str]
+    val: str | list[str]
+    test: str | list[str] | None = None
     format: str = "auto"
     names: list[str] = field(default_factory=list)
+    nc: int | None = None
     images: str = "images"
     labels: str | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
         if self.format not in ("auto", "coco", "voc", "yolo"):
-            raise ConfigError(f"{self.source or 'data config'}: format '{self.format}' is not one of "
-                              f"auto, coco, voc, yolo")
+            raise FieldError("format", f"'{self.format}' is not one of auto, coco, voc, yolo")
+        if self.nc is not None:
+            if self.nc < 1:
+                raise FieldError("nc", f"must be >= 1, got {self.nc}")
+            if self.names and self.nc != len(self.names):
+                raise FieldError("nc", f"nc: {self.nc} but names lists {len(self.names)} classes "
+                                       f"{self.names}")
+            if not self.names:
+                self.names = [f"class_{i}" for i in range(self.nc)]
+        for split in ("train", "val", "test"):  # one entry: a plain string, as every reader takes
+            value = getattr(self, split)
+            if isinstance(value, list) and len(value) == 1:
+                setattr(self, split, value[0])
+        dups = sorted({n for n in self.names if self.names.count(n) > 1})
+        if dups:
+            raise FieldError("names", f"duplicate class names {dups}")
 
     @property
     def root(self) -> Path:
         """The dataset root as an absolute path."""
         return Path(self.path)
 
-    def split(self, name: str) -> str:
+    def split(self, name: str) -> str | list[str]:
         """The split spec for ``train``/``val``/``test``; raises :class:`ConfigError` if unset."""
         value = getattr(self, name, None)
         if not value:
             raise ConfigError(f"{self.source}: split '{name}' is not defined")
         return value
 
+    def split_path(self, spec: str) -> Path:
+        """Where split entry ``spec`` is: ``root / spec``; when that does not exist and ``spec``
+        starts with ``../``, ``root / spec[3:]`` (Ultralytics' ``check_det_dataset`` rule, which makes
+        Roboflow's ``train: ../train/images`` work with the YAML inside the dataset folder)."""
+        p = Path(spec).expanduser()
+        if p.is_absolute():
+            return p
+        full = Path(os.path.normpath(self.root / p))
+        if not full.exists() and spec.startswith("../"):
+            alt = self.root / spec[3:]
+            if alt.exists():
+                return alt
+        return full
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for checkpoints and ``args.yaml``)."""
         return dataclasses.asdict(self)
 
 
+def _names_list(names: Any, source: str) -> Any:
+    """Ultralytics' ``names: {0: a, 1: b}`` as a list; ids must be 0..n-1 (any order)."""
+    if not isinstance(names, dict):
+        return names
+    try:
+        ids = {int(k): v for k, v in names.items()}
+    except (TypeError, ValueError) as e:
+        bad = next(k for k in names if not str(k).strip().lstrip("-").isdigit())
+        raise ConfigError(f"{source}: names: class ids must be integers, got {bad!r}") from e
+    n = len(ids)
+    if sorted(ids) != list(range(n)):
+        raise ConfigError(f"{source}: names: class ids must be 0..{n - 1} without gaps, got "
+                          f"{', '.join(str(i) for i in sorted(ids))}")
+    return [ids[i] for i in range(n)]
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return expand_env(value)
+    if isinstance(value, list):
+        return [expand_env(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
 def load_data_config(path: str | Path) -> DataConfig:
-    """Read a data YAML, expand environment variables and resolve ``path`` against the file.
+    """Read a data YAML, or detect the layout of a dataset folder.
+
+    A YAML file: environment variables are expanded, ``path`` resolves against the file's folder
+    (absent or empty: the file's folder), ``names`` may be a list or an id->name mapping with ids
+    0..n-1, ``nc`` is checked against ``names``, a ``validation`` key is read as ``val``
+    (Ultralytics). Keys other tools add (:data:`FOREIGN_DATA_KEYS`, and any unknown key that is not a
+    near-miss of a valid one) are ignored with one logged note; a near-miss (``nmaes``) is an error.
+
+    A folder: see :func:`det_toolkit.train.data.formats.folder_config` (its ``data.yaml``, a Roboflow
+    COCO export, a CVAT/COCO ``annotations/*.json`` + ``images/`` export, a Pascal VOC/CVAT VOC
+    folder).
 
     Raises:
-        FileNotFoundError: no such file.
-        ConfigError: not a mapping, unknown key, bad value.
+        FileNotFoundError: no such file or folder.
+        ConfigError: YAML syntax error (file:line), not a mapping, unknown key, bad value, an
+            unrecognised folder layout.
     """
     path = Path(path)
+    if path.is_dir():
+        from det_toolkit.train.data.formats import folder_config  # formats imports this module
+
+        return folder_config(path)
     if not path.is_file():
         raise FileNotFoundError(f"data config not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        d = yaml.safe_load(f)
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(d).__name__}")
-    d = {k: expand_env(v) if isinstance(v, str) else v for k, v in d.items()}
-    if "path" not in d:
+    d = load_yaml_mapping(path)
+    if "val" not in d and "validation" in d:
+        d["val"] = d.pop("validation")
+        log.warning("%s: reading 'validation' as 'val'", path)
+    valid = [f.name for f in dataclasses.fields(DataConfig) if f.name != "source"]
+    ignored = []
+    for k in (k for k in d if k not in valid):
+        if k not in FOREIGN_DATA_KEYS and nearest(k, valid):
+            raise ConfigError(f"{path}: unknown key '{k}'{suggest(k, valid)}")
+        ignored.append(k)
+    if ignored:
+        log.warning("%s: ignoring keys det-toolkit does not use: %s", path, ", ".join(ignored))
+    d = {k: _expand(v) for k, v in d.items() if k not in ignored}
+    if d.get("path") in (None, ""):
         d["path"] = "."
-    root = Path(d["path"]).expanduser()
-    if not root.is_absolute():
-        root = (path.parent / root).resolve()
-    d["path"] = str(root)
-    if isinstance(d.get("names"), dict):  # Ultralytics style {0: a, 1: b}
-        d["names"] = [d["names"][k] for k in sorted(d["names"])]
+    if isinstance(d["path"], str):
+        root = Path(d["path"]).expanduser()
+        d["path"] = str(root if root.is_absolute() else (path.parent / root).resolve())
+    if d.get("names") is not None:
+        d["names"] = _names_list(d["names"], str(path))
+    else:
+        d.pop("names", None)
     d["source"] = str(path)
     return from_dict(DataConfig, d, str(path))
 
@@ -185,6 +262,7 @@ class TrainConfig:
     name: str = "exp"
     exist_ok: bool = False
     resume: str = ""
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -197,14 +275,26 @@ class TrainConfig:
         }
         for key, (val, ok) in checks.items():
             if val not in ok:
-                raise ConfigError(f"{key}='{val}' is not one of {', '.join(ok)}")
-        for key in ("imgsz", "epochs", "batch"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.scheduler == "step" and not self.milestones():
-            raise ConfigError("--scheduler step needs --lr-step, e.g. --lr-step 8,11 (epochs)")
+                raise FieldError(key, f"'{val}' is not one of {', '.join(ok)}")
+        for key, low in (("imgsz", 1), ("epochs", 1), ("batch", 1), ("workers", 0), ("patience", 0),
+                         ("save_period", 0), ("show_aug", 0), ("trainable_layers", 0), ("freeze", 0),
+                         ("rpn_pre_nms_test", 0), ("rpn_post_nms_test", 0), ("rpn_post_nms_train", 0),
+                         ("roi_batch", 0), ("max_det", 0), ("momentum", 0), ("weight_decay", 0),
+                         ("warmup_epochs", 0), ("warmup_factor", 0), ("lrf", 0), ("clip_grad", 0),
+                         ("lr_gamma", 0), ("l1", 0), ("ema_decay", 0), ("ema_tau", 0)):
+            if getattr(self, key) < low:
+                raise FieldError(key, f"must be >= {low}, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise FieldError("lr", f"must be > 0, got {self.lr}")
+        try:  # the --device forms of every command (det-run, det-eval, ...)
+            self.device = format_device(*parse_device(self.device))
+        except ValueError as e:
+            raise FieldError("device", str(e)) from e
         if self.imgsz % 32:
-            raise ConfigError(f"imgsz must be a multiple of 32 (the FPN stride), got {self.imgsz}")
+            raise FieldError("imgsz", f"must be a multiple of 32 (the FPN stride), got {self.imgsz}")
+        if self.scheduler == "step" and not self.milestones():
+            raise FieldError("lr_step", "the step scheduler needs --lr-step (lr_step:), the epochs at "
+                                        "which to decay, e.g. 8,11")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Builder keyword arguments set by flags (0 = keep the model's own default)."""
@@ -223,20 +313,27 @@ class TrainConfig:
         try:
             return [int(v) for v in self.lr_step.replace(" ", "").split(",") if v]
         except ValueError as e:
-            raise ConfigError(f"lr_step='{self.lr_step}' must be comma-separated epochs") from e
+            raise FieldError("lr_step", f"expected comma-separated epochs such as 8,11, got "
+                                        f"'{self.lr_step}'") from e
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields."""
         return dataclasses.asdict(self)
 
 
-def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
-    """``runs/train/exp`` -> the first of ``exp, exp2, exp3, ...`` that does not exist yet
-    (Ultralytics' convention); with ``exist_ok`` the path itself."""
-    path = Path(path)
-    if exist_ok or not path.exists():
-        return path
-    n = 2
-    while Path(f"{path}{n}").exists():
-        n += 1
-    return Path(f"{path}{n}")
+def load_train_config(recipe: str | Path | None, flags: Mapping[str, Any]) -> TrainConfig:
+    """det-train's options: the ``--cfg`` YAML recipe (if any), overridden by the flags typed.
+
+    Args:
+        recipe: path of a YAML mapping of :class:`TrainConfig` keys, or ``None``.
+        flags: values of the flags given on the command line (not click's defaults), by field name.
+
+    Raises:
+        FileNotFoundError: no such recipe file.
+        ConfigError: YAML syntax error (``recipe.yaml:3: invalid YAML: ...``), unknown key, a bad
+            value: ``recipe.yaml: lr: expected a number, got 'abc'`` for a recipe key,
+            ``--imgsz: must be >= 1, got -3`` for a flag.
+    """
+    values: dict[str, Any] = load_yaml_mapping(recipe) if recipe else {}
+    values.update(flags)
+    return from_dict(TrainConfig, values, str(recipe) if recipe else "command line", flags=set(flags))

@@ -55,9 +55,17 @@ def ema_avg_fn(decay: float, tau: float):
     return avg
 
 
-class _AmpProbe:
+class AmpProbe:
     """Checks, on the first step of an epoch, that autocast really ran the convolutions in the AMP
-    dtype (in some pipelines ``--amp`` silently does nothing). Raises ``RuntimeError`` otherwise."""
+    dtype (in some pipelines ``--amp`` silently does nothing).
+
+    Args:
+        model: hooked at its first ``nn.Conv2d`` until :meth:`check`.
+        dtype: the autocast dtype expected (``torch.float16`` or ``torch.bfloat16``).
+
+    :meth:`check` (after one forward pass) removes the hook and raises ``RuntimeError`` if that
+    convolution's output was not ``dtype``.
+    """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         self.dtype, self.seen = dtype, None
@@ -105,7 +113,7 @@ def train_one_epoch(
         NonFiniteLossError: the loss is NaN or infinite.
     """
     model.train()
-    amp_probe = _AmpProbe(model, amp_dtype) if amp_dtype else None
+    amp_probe = AmpProbe(model, amp_dtype) if amp_dtype else None
     sums: dict[str, float] = {}
     n_img, n_it = 0, 0
     t0 = time.perf_counter()

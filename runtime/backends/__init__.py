@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
+from det_toolkit.runtime.deps import TORCH, MissingExtraError, require_extra
 
 __all__ = ["Backend", "BackendError", "RawDetections", "load_backend"]
 
@@ -20,11 +21,13 @@ def load_backend(weights: str | Path, device: str = "auto") -> Backend:
     Args:
         weights: ``.onnx`` (ONNX Runtime), ``.pt``/``.pth`` (PyTorch checkpoint) or ``.engine``
             (TensorRT, with its ``.engine.json`` sidecar; CUDA only).
-        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+            (:func:`det_toolkit.runtime.device.parse_device`).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist.
-        BackendError: unknown suffix, unreadable file, unavailable device, or an engine that needs
+        BackendError: unknown suffix, unreadable file, unavailable device, a ``.pt`` without PyTorch
+            installed (the message names the ``[train]`` extra), or an engine that needs
             TensorRT/cuda-python, another TensorRT version or another GPU (the message says which).
         det_toolkit.runtime.meta.MetadataError: the artifact's metadata is missing or corrupt.
     """
@@ -44,6 +47,10 @@ def load_backend(weights: str | Path, device: str = "auto") -> Backend:
         from det_toolkit.runtime.backends.onnx_backend import OnnxBackend, providers_for
 
         return OnnxBackend(path, providers_for(device))
+    try:  # before torch_backend imports torch: one line naming the extra instead of a traceback
+        require_extra(TORCH, f"{path.name} (a PyTorch checkpoint)")
+    except MissingExtraError as e:
+        raise BackendError(f"{e}; or give its .onnx export") from e
     from det_toolkit.runtime.backends.torch_backend import TorchBackend
 
     return TorchBackend(path, device)

@@ -10,9 +10,13 @@ import onnxruntime as ort
 
 from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
 from det_toolkit.runtime.backends.outputs import run_chunks
+from det_toolkit.runtime.deps import cuda_provider_problem
+from det_toolkit.runtime.device import parse_device
 from det_toolkit.runtime.meta import META_KEY, MetadataError, ModelMeta
 
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+#: ``InferenceSession(providers=...)``: provider names, or ``(name, options)`` pairs.
+Providers = list[str | tuple[str, dict[str, str]]]
 
 
 def physical_cores() -> int:
@@ -36,28 +40,33 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or usable, usable))
 
 
-def providers_for(device: str = "auto") -> list[str]:
-    """ONNX Runtime execution providers for ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``).
+def providers_for(device: str = "auto") -> Providers:
+    """ONNX Runtime execution providers for ``device`` (:func:`det_toolkit.runtime.device.parse_device`:
+    ``auto``, ``cpu``, ``cuda`` or ``cuda:N``), in priority order, for ``InferenceSession(providers=...)``.
 
-    ``auto`` picks CUDA when ``onnxruntime-gpu`` offers it, else CPU.
+    ``auto`` picks CUDA when ONNX Runtime offers it, else CPU; ``cuda:N`` passes ``device_id=N`` in
+    the CUDA provider's options; CPU always comes last as the fallback for nodes CUDA does not run.
 
     Raises:
-        BackendError: ``cuda`` requested but no CUDA provider, or an unknown device.
+        BackendError: an unknown device, or ``cuda``/``cuda:N`` without a CUDA provider; the
+            message says why (e.g. the CPU ``onnxruntime`` package shadowing ``onnxruntime-gpu``)
+            and the command that fixes it (:func:`det_toolkit.runtime.deps.cuda_provider_problem`).
     """
-    available = ort.get_available_providers()
-    if device == "cpu":
+    try:
+        kind, index = parse_device(device)
+    except ValueError as e:
+        raise BackendError(str(e)) from e
+    if kind == "cpu":
         return [CPU_EP]
-    if device in ("auto", "cuda"):
-        if CUDA_EP in available:
-            return [CUDA_EP, CPU_EP]
-        if device == "auto":
-            return [CPU_EP]
-        raise BackendError(f"--device cuda: onnxruntime has no {CUDA_EP} (available: {available}); "
-                           "install onnxruntime-gpu or use --device cpu")
-    raise BackendError(f"unknown device '{device}'; use auto, cpu or cuda")
+    available = ort.get_available_providers()
+    if CUDA_EP in available:
+        return [CUDA_EP if index is None else (CUDA_EP, {"device_id": str(index)}), CPU_EP]
+    if kind == "auto":
+        return [CPU_EP]
+    raise BackendError(f"--device {device}: {cuda_provider_problem(available)}; or use --device cpu")
 
 
-def create_session(path: str | Path, providers: list[str] | None = None) -> ort.InferenceSession:
+def create_session(path: str | Path, providers: Providers | None = None) -> ort.InferenceSession:
     """Open ``path`` with tuned session options (all graph optimisations, one intra-op thread per
     physical core without spin-waiting, sequential execution).
 
@@ -119,7 +128,7 @@ class OnnxBackend(Backend):
         MetadataError: the :data:`det_toolkit.runtime.meta.META_KEY` metadata is missing or corrupt.
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Providers | None = None) -> None:
         self.path = Path(path)
         self._sess = create_session(self.path, providers)
         self.meta = ModelMeta.from_json(session_metadata(self._sess, META_KEY, self.path),

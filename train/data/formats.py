@@ -15,6 +15,7 @@ box skipped, image skipped, image kept as background); one bad box never drops i
 from __future__ import annotations
 
 import json
+import logging
 import math
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -24,12 +25,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from det_toolkit.train.config import ConfigError, DataConfig
+from det_toolkit.runtime.files import IMAGE_SUFFIXES
+from det_toolkit.train.config import ConfigError, DataConfig, load_data_config
 
 #: boxes at most this many pixels past the border are clipped without a report (float rounding of
 #: normalised YOLO coordinates, labelImg's off-by-one at the right/bottom edge)
 EDGE_TOL = 1.0
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: the annotation formats read here and written by det-label (:mod:`det_toolkit.train.data.writers`)
+FORMATS = ("voc", "yolo", "coco")
+#: per list-file format: the default label folder under the dataset root (``DataConfig.labels``
+#: unset) and the label file suffix; the writers lay datasets out the same way
+LABEL_DIRS = {"voc": "annotations", "yolo": "labels"}
+LABEL_SUFFIXES = {"voc": ".xml", "yolo": ".txt"}
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -200,12 +209,24 @@ def parse_yolo(txt_file: Path, n_classes: int, w: int, h: int, image: Path, repo
     return _sample(image, w, h, boxes, labels, [False] * len(labels), report, txt_file, image_id)
 
 
+def _unused_supercategories(cats: list[dict], anns: list[dict]) -> list[dict]:
+    """Categories that only group others (their name is another category's ``supercategory``) and
+    have no annotation: Roboflow's COCO exports add the dataset's name as such a category 0."""
+    used = {a.get("category_id") for a in anns}
+    parents = {c.get("supercategory") for c in cats if c.get("supercategory") != c.get("name")}
+    return [c for c in cats if c["name"] in parents and c["id"] not in used]
+
+
 def read_coco(json_file: Path, cfg: DataConfig, report: DataReport
               ) -> tuple[list[Sample], list[str], list[int]]:
     """Read a COCO detection JSON: returns samples, class names and their category ids.
 
     Category ids need not start at 0 or be contiguous: label ``i`` is category ``category_ids[i]``.
-    With ``cfg.names`` set, categories are matched by name in that order.
+    With ``cfg.names`` set, categories are matched by name in that order; otherwise every category
+    sorted by id, except a super-category that only groups the others and has no annotations
+    (Roboflow's category 0, named after the dataset): it is dropped and the report says so.
+    ``file_name`` is looked up under ``<root>/<images>``, ``<root>/<images>/<subset>`` (CVAT:
+    ``instances_<subset>.json``), ``<root>``, the JSON's folder and ``images/`` beside the JSON's folder.
 
     Raises:
         DatasetError: unreadable JSON or missing ``images``/``annotations``/``categories``.
@@ -214,25 +235,32 @@ def read_coco(json_file: Path, cfg: DataConfig, report: DataReport
         d = json.loads(json_file.read_text(encoding="utf-8"))
         cats = sorted(d["categories"], key=lambda c: c["id"])
         images, anns = d["images"], d.get("annotations", [])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        by_name = {c["name"]: c["id"] for c in cats}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise DatasetError(f"{json_file}: not a COCO detection file ({type(e).__name__}: {e})") from e
-    by_name = {c["name"]: c["id"] for c in cats}
     if cfg.names:
         missing = [n for n in cfg.names if n not in by_name]
         if missing:
             raise DatasetError(f"{json_file}: names {missing} have no category (have {list(by_name)})")
         names = list(cfg.names)
     else:
-        names = [c["name"] for c in cats]
+        dropped = _unused_supercategories(cats, anns)
+        for c in dropped:
+            report.add(json_file, f"category {c['id']} '{c['name']}' is the super-category of the "
+                                  "others and has no boxes", "category dropped")
+        names = [c["name"] for c in cats if c not in dropped]
     cat_ids = [by_name[n] for n in names]
     label_of = {cid: i for i, cid in enumerate(cat_ids)}
     per_image: dict[int, list[dict]] = {}
     for a in anns:
         per_image.setdefault(a.get("image_id"), []).append(a)
+    subset = json_file.stem.removeprefix("instances_")
+    dirs = [cfg.root / cfg.images, cfg.root / cfg.images / subset, cfg.root, json_file.parent,
+            json_file.parent.parent / "images", json_file.parent.parent / "images" / subset]
     samples = []
     for im in images:
         fn = Path(im["file_name"])
-        cands = [cfg.root / cfg.images / fn, cfg.root / fn, json_file.parent / fn]
+        cands = [dr / fn for dr in dirs]
         path = next((c for c in cands if c.is_file()), cands[0])
         size = _read_image_size(path, report)
         if size is None:
@@ -258,26 +286,44 @@ def read_coco(json_file: Path, cfg: DataConfig, report: DataReport
     return samples, names, cat_ids
 
 
-def list_split_images(cfg: DataConfig, spec: str) -> list[Path]:
-    """Image paths of a list-file or directory split (see :class:`DataConfig`)."""
-    p = cfg.root / spec
-    if p.is_dir():
-        return sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
-    if not p.is_file():
-        raise ConfigError(f"{cfg.source}: split '{spec}' not found at {p}")
-    out = []
-    for ln in p.read_text(encoding="utf-8").splitlines():
-        ln = ln.strip()
-        if not ln or ln.startswith("#"):
+def _specs(spec: str | list[str]) -> list[str]:
+    return [spec] if isinstance(spec, str) else list(spec)
+
+
+def list_split_images(cfg: DataConfig, spec: str | list[str]) -> list[Path]:
+    """Image paths of a split: a directory (all images below it, sorted), a ``.txt`` list file, or a
+    list of those (concatenated), each resolved by :meth:`DataConfig.split_path`.
+
+    List-file lines are image stems (looked up as ``<root>/<images>/<stem>.<ext>``) or image paths:
+    absolute, ``./x.jpg`` relative to the list file's folder (Ultralytics), else relative to the
+    root, else to ``<root>/<images>``.
+
+    Raises:
+        ConfigError: a split entry that does not exist.
+    """
+    out: list[Path] = []
+    for entry in _specs(spec):
+        p = cfg.split_path(entry)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
             continue
-        q = Path(ln)
-        if q.suffix.lower() in IMAGE_EXTS:
-            out.append(q if q.is_absolute() else (cfg.root / q if (cfg.root / q).exists()
-                                                 else cfg.root / cfg.images / q))
-            continue
-        found = [cfg.root / cfg.images / f"{ln}{e}" for e in IMAGE_EXTS
-                 if (cfg.root / cfg.images / f"{ln}{e}").is_file()]
-        out.append(found[0] if found else cfg.root / cfg.images / f"{ln}.jpg")
+        if not p.is_file():
+            raise ConfigError(f"{cfg.source}: split '{entry}' not found at {p}")
+        for ln in p.read_text(encoding="utf-8").splitlines():
+            ln = ln.strip()
+            if not ln or ln.startswith("#"):
+                continue
+            q = Path(ln)
+            if q.suffix.lower() in IMAGE_SUFFIXES:
+                if ln.startswith("./"):
+                    out.append(p.parent / ln[2:])
+                else:
+                    out.append(q if q.is_absolute() else (cfg.root / q if (cfg.root / q).exists()
+                                                         else cfg.root / cfg.images / q))
+                continue
+            found = [cfg.root / cfg.images / f"{ln}{e}" for e in IMAGE_SUFFIXES
+                     if (cfg.root / cfg.images / f"{ln}{e}").is_file()]
+            out.append(found[0] if found else cfg.root / cfg.images / f"{ln}.jpg")
     return out
 
 
@@ -287,8 +333,8 @@ def label_path(cfg: DataConfig, image: Path, fmt: str) -> Path:
     Falls back to replacing the last ``images`` folder in the path by the label folder
     (Ultralytics' ``images/`` -> ``labels/`` layout).
     """
-    labels_dir = cfg.labels or ("annotations" if fmt == "voc" else "labels")
-    suffix = ".xml" if fmt == "voc" else ".txt"
+    labels_dir = cfg.labels or LABEL_DIRS[fmt]
+    suffix = LABEL_SUFFIXES[fmt]
     try:
         rel = image.relative_to(cfg.root / cfg.images)
         cand = cfg.root / labels_dir / rel.with_suffix(suffix)
@@ -307,18 +353,32 @@ def label_path(cfg: DataConfig, image: Path, fmt: str) -> Path:
 
 
 def detect_format(cfg: DataConfig) -> str:
-    """Resolve ``cfg.format == "auto"`` from the train split and label files."""
+    """Resolve ``cfg.format == "auto"``: ``coco`` for ``.json`` splits, else ``voc``/``yolo`` by which
+    label files exist for the first training images (:func:`label_path`), else by a label folder
+    holding ``.xml``/``.txt`` files under the root.
+
+    Raises:
+        ConfigError: no label files found either way.
+    """
     if cfg.format != "auto":
         return cfg.format
-    if cfg.train.endswith(".json"):
+    specs = _specs(cfg.split("train"))
+    if all(s.endswith(".json") for s in specs):
         return "coco"
+    try:
+        probe = list_split_images(cfg, specs)[:50]
+    except ConfigError:
+        probe = []
+    for fmt in ("voc", "yolo"):
+        if any(label_path(cfg, im, fmt).is_file() for im in probe):
+            return fmt
     for fmt, sub, ext in (("voc", cfg.labels or "annotations", ".xml"),
                           ("yolo", cfg.labels or "labels", ".txt")):
         d = cfg.root / sub
         if d.is_dir() and next(d.rglob(f"*{ext}"), None) is not None:
             return fmt
-    raise ConfigError(f"{cfg.source}: cannot detect the annotation format under {cfg.root}; "
-                      f"set 'format: coco|voc|yolo'")
+    raise ConfigError(f"{cfg.source}: cannot detect the annotation format under {cfg.root} (no label "
+                      f"files found for the training images); set 'format: coco|voc|yolo'")
 
 
 def read_split(cfg: DataConfig, split: str) -> tuple[list[Sample], list[str], list[int], DataReport]:
@@ -336,7 +396,9 @@ def read_split(cfg: DataConfig, split: str) -> tuple[list[Sample], list[str], li
     spec = cfg.split(split)
     report = DataReport(split=split)
     if fmt == "coco":
-        samples, names, cat_ids = read_coco(cfg.root / spec, cfg, report)
+        if not isinstance(spec, str):
+            raise ConfigError(f"{cfg.source}: {split}: a COCO split is one .json file, got a list {spec}")
+        samples, names, cat_ids = read_coco(cfg.split_path(spec), cfg, report)
     else:
         if not cfg.names:
             raise ConfigError(f"{cfg.source}: list the class names under 'names:' ({fmt} format)")
@@ -368,3 +430,112 @@ def require_labels(samples: list[Sample], report: DataReport, cfg: DataConfig) -
         raise DatasetError(
             f"{cfg.source}: split '{report.split}' has no valid boxes "
             f"({report.n_images} usable images).\n{report.table()}")
+
+
+#: Data YAML names looked for in a dataset folder (Ultralytics / Roboflow / CVAT "Ultralytics YOLO" exports).
+DATA_YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
+
+
+def _subset_file(files: list[Path], *keys: str) -> Path | None:
+    """The annotation file of a subset: its stem without ``instances_`` equal to one of ``keys``, else
+    starting with it, else containing it (``instances_train2017.json`` for ``train``); keys in order."""
+    def subset(f: Path) -> str:
+        return f.stem.lower().removeprefix("instances_")
+
+    for match in (str.__eq__, str.startswith, str.__contains__):
+        for key in keys:
+            hit = sorted(f for f in files if match(subset(f), key))
+            if hit:
+                return hit[0]
+    return None
+
+
+def _voc_names(root: Path, xml_dir: Path) -> list[str]:
+    """Class names of a VOC folder: CVAT's ``labelmap.txt`` (``name:color:parts:actions`` lines, without
+    ``background``), else every ``<object><name>`` in the XML files, sorted."""
+    labelmap = root / "labelmap.txt"
+    if labelmap.is_file():
+        names = [ln.split(":")[0].strip() for ln in labelmap.read_text(encoding="utf-8").splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")]
+        names = [n for n in names if n and n != "background"]
+        if names:
+            return names
+    found: set[str] = set()
+    for xml in xml_dir.glob("*.xml"):
+        try:
+            found.update((o.findtext("name") or "").strip() for o in ET.parse(xml).getroot().iter("object"))
+        except (ET.ParseError, OSError):
+            continue  # reported by the reader
+    return sorted(n for n in found if n)
+
+
+def folder_config(root: Path) -> DataConfig:
+    """A :class:`DataConfig` for a dataset folder passed as ``--data DIR``, by its layout:
+
+    1. a data YAML at the top (``data.yaml``, ``dataset.yaml`` or a single ``*.yaml``): that file
+       (Ultralytics, Roboflow "YOLOv5/v8/v11" exports, CVAT "Ultralytics YOLO" exports);
+    2. ``train/_annotations.coco.json`` (+ ``valid/`` or ``val/``, ``test/``): a Roboflow COCO export,
+       images beside each JSON;
+    3. ``annotations/*.json`` + ``images/``: CVAT's COCO export (``instances_default.json``, or
+       ``instances_train.json``/``instances_val.json`` per subset) and COCO itself;
+    4. ``Annotations/*.xml`` + ``JPEGImages/``: Pascal VOC and CVAT's VOC export; splits from
+       ``ImageSets/Main/{train,val,test,trainval,default}.txt``, class names from CVAT's
+       ``labelmap.txt`` or else from the XML files (sorted).
+
+    With no validation subset (CVAT's single ``default`` subset), validation runs on the training
+    images, with a logged warning: its mAP is then no estimate of accuracy on new images.
+
+    Raises:
+        ConfigError: none of these layouts, or several data YAMLs and none named ``data.yaml``.
+    """
+    root = root.resolve()
+    yamls = [root / n for n in DATA_YAML_NAMES if (root / n).is_file()]
+    if not yamls:
+        yamls = sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
+        if len(yamls) > 1:
+            raise ConfigError(f"{root}: several data YAMLs ({', '.join(y.name for y in yamls)}); "
+                              "pass one of them with --data")
+    if yamls:
+        log.info("%s: reading %s", root, yamls[0].name)
+        return load_data_config(yamls[0])
+
+    def config(kind: str, train: str, val: str | None, **kw: object) -> DataConfig:
+        if val is None:
+            log.warning("%s (%s): no validation subset; validating on the training images (that mAP "
+                        "says little about new images: export a validation subset)", root, kind)
+            val = train
+        log.info("%s: %s, train %s, val %s", root, kind, train, val)
+        return DataConfig(path=str(root), train=train, val=val, source=f"{root} ({kind})", **kw)  # type: ignore[arg-type]
+
+    rf = "_annotations.coco.json"
+    if (root / "train" / rf).is_file():
+        val = next((f"{d}/{rf}" for d in ("valid", "val") if (root / d / rf).is_file()), None)
+        test = f"test/{rf}" if (root / "test" / rf).is_file() else None
+        return config("Roboflow COCO export", f"train/{rf}", val, test=test, format="coco")
+    jsons = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
+    if jsons and (root / "images").is_dir():
+        jsons = [j for j in jsons if j.stem.startswith("instances_")] or jsons  # not COCO's captions_*.json
+        train = _subset_file(jsons, "train", "default") or (jsons[0] if len(jsons) == 1 else None)
+        if train is None:
+            raise ConfigError(f"{root}: which of annotations/{{{', '.join(j.name for j in jsons)}}} is the "
+                              "training set? Name it instances_train.json, or write a data YAML")
+        val, test = _subset_file(jsons, "val"), _subset_file(jsons, "test")
+        if val == train:
+            val = None
+        return config("COCO export (annotations/*.json + images/)", f"annotations/{train.name}",
+                      val and f"annotations/{val.name}", test=test and f"annotations/{test.name}",
+                      format="coco")
+    if (root / "Annotations").is_dir() and (root / "JPEGImages").is_dir():
+        sets = root / "ImageSets" / "Main"
+        have = {n: f"ImageSets/Main/{n}.txt" for n in ("train", "val", "test", "trainval", "default")
+                if (sets / f"{n}.txt").is_file()}
+        train = have.get("train") or have.get("trainval") or have.get("default") or "JPEGImages"
+        names = _voc_names(root, root / "Annotations")
+        if not names:
+            raise ConfigError(f"{root}: no class names: no labelmap.txt and no <object><name> in Annotations/")
+        return config("Pascal VOC folder", train, have.get("val"), test=have.get("test"), format="voc",
+                      images="JPEGImages", labels="Annotations", names=names)
+    raise ConfigError(
+        f"{root}: not a dataset layout det-train knows. Expected one of: a data YAML (data.yaml); "
+        "train/_annotations.coco.json (Roboflow COCO); annotations/*.json + images/ (CVAT/COCO); "
+        "Annotations/ + JPEGImages/ (Pascal VOC). Or pass a data YAML with --data")

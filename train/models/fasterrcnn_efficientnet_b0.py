@@ -18,5 +18,5 @@ def build(num_classes: int, weights: str | None = "auto", trainable_layers: int 
     """Build for ``num_classes + 1`` classes (the whole backbone trains; ``kwargs`` go to
     ``FasterRCNN``, ``representation_size`` sets the box head width)."""
     kwargs.setdefault("representation_size", 1024)
-    return classifier_fasterrcnn(efficientnet_b0, [EfficientNet_B0_Weights.IMAGENET1K_V1.url], 1280, num_classes, weights,
-                                 frozen_bn, True, **kwargs)
+    return classifier_fasterrcnn(efficientnet_b0, [EfficientNet_B0_Weights.IMAGENET1K_V1.url], 1280, num_classes,
+                                 weights, frozen_bn, True, **kwargs)

