@@ -11,7 +11,7 @@ import click
 from det_toolkit import __version__
 from det_toolkit.benchmarks.bench import FORMATS, machine_info, run_bench, write_report
 from det_toolkit.runtime.device import DEVICE
-from det_toolkit.runtime.files import increment_path
+from det_toolkit.runtime.files import check_writable, increment_path
 
 
 def _check_model_spec(spec: str) -> None:
@@ -96,7 +96,10 @@ def main(weights: Path | None, data: str, formats: str, models: str | None, imgs
                                  f"no format given; choose from {', '.join(FORMATS)}", param_hint="--formats")
     if video is None:
         click.echo("note: no --video given: the det-run FPS column is skipped")
-    run_dir = increment_path(project / name)
+    try:
+        run_dir = increment_path(check_writable(project / name, "--project/--name"))
+    except OSError as e:
+        raise click.ClickException(str(e)) from e
     click.echo(f"run folder: {run_dir}")
     try:
         ckpts = [weights] if weights else []

@@ -1,48 +1,58 @@
-"""Tracking quality of det-run's Deep SORT on public MOT ground truth (motmetrics' TUD sequences).
+"""Tracking quality of det-run's trackers on public MOT ground truth (motmetrics' TUD sequences),
+scored by the ``trackers`` package's evaluation (CLEAR: MOTA, ID switches; Identity: IDF1; HOTA),
+which reproduces TrackEval's matching (IoU >= 0.5 for CLEAR and Identity; HOTA over IoU 0.05-0.95).
 
 The ``motmetrics`` wheel ships ``TUD-Campus`` and ``TUD-Stadtmitte`` ground truth (boxes only, no
 images). Their ground-truth boxes, jittered (Gaussian, ``jitter`` x box size) and with a fraction
-``drop`` of detections removed, are fed frame by frame through :class:`det_toolkit.runtime.tracking.Tracker`,
-and the confirmed tracks are scored with motmetrics (IoU >= 0.5 matches): MOTA, IDF1, ID switches.
+``drop`` of detections removed, are fed frame by frame (score 0.9) through a tracker of
+:mod:`det_toolkit.runtime.trackers`, and its confirmed tracks are scored.
 
-Appearance, since no images ship:
+Deep SORT's appearance, since no images ship:
 
-* ``random`` (default): an embedder returning random unit vectors, so appearance never matches
-  and the figure measures Deep SORT's motion + IoU association alone (a lower bound);
+* ``random``: an embedder returning random unit vectors, so appearance never matches and the
+  figure measures Deep SORT's motion + IoU association alone (a lower bound);
 * ``painted``: each person is painted on a grey 640x480 frame as a rectangle with a texture seeded
   by its ground-truth id and embedded by the real ONNX embedder (``--embedder``); an optimistic
   upper bound (people look perfectly distinct and constant).
+
+ByteTrack, OC-SORT and BoT-SORT use no appearance (BoT-SORT's camera-motion compensation sees the
+grey frame: no camera motion, as in TUD's static camera).
 
     python -m det_toolkit.benchmarks.track_quality --embedder deepsort_embedder.onnx
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 
 import click
 import numpy as np
-
-if not hasattr(np, "asfarray"):  # motmetrics 1.4 calls np.asfarray, removed in NumPy 2
-    np.asfarray = lambda a, dtype=np.float64: np.asarray(a, dtype=dtype)  # type: ignore[attr-defined]
-
-import motmetrics as mm
+from trackers.eval import box_iou, compute_clear_metrics, compute_hota_metrics, compute_identity_metrics
 
 from det_toolkit.runtime.embedder import Embedder, OnnxEmbedder
 from det_toolkit.runtime.predictor import Detections
-from det_toolkit.runtime.tracking import Tracker, TrackerConfig
+from det_toolkit.runtime.trackers import TRACKERS, AnyTrackerConfig, build_tracker, load_tracker_config
+from det_toolkit.runtime.tracking import DeepSortTracker, TrackerConfig
 
 SEQUENCES = ("TUD-Campus", "TUD-Stadtmitte")
 FRAME_HW = (480, 640)
 
 
 class RandomEmbedder:
-    """Uninformative appearance: a fresh random unit vector per box (float32 ``[K, 64]``)."""
+    """Uninformative appearance: a fresh random unit vector per box (float32 ``[K, 64]``).
 
-    input_size, name, dim = 224, "random", 64
+    Args:
+        seed: random seed.
+        input_size: the crop size it claims (Deep SORT checks it against its config).
+    """
 
-    def __init__(self, seed: int = 0) -> None:
+    name, dim = "random", 64
+
+    def __init__(self, seed: int = 0, input_size: int = 224) -> None:
         self._rng = np.random.default_rng(seed)
+        self.input_size = input_size
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         v = self._rng.standard_normal((len(boxes_xyxy), self.dim)).astype(np.float32)
@@ -56,7 +66,10 @@ def load_gt(sequence: str) -> np.ndarray:
     Raises:
         FileNotFoundError: motmetrics has no such sequence.
     """
-    path = Path(mm.__file__).parent / "data" / sequence / "gt.txt"
+    spec = importlib.util.find_spec("motmetrics")  # its data only: no need to import it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the TUD ground truth ships with motmetrics: pip install motmetrics")
+    path = Path(spec.submodule_search_locations[0]) / "data" / sequence / "gt.txt"
     if not path.is_file():
         raise FileNotFoundError(f"motmetrics ships no ground truth for {sequence} ({path})")
     return np.loadtxt(path, delimiter=",", ndmin=2)[:, :6]
@@ -72,28 +85,59 @@ def paint(frame: np.ndarray, boxes: np.ndarray, ids: np.ndarray) -> None:
             frame[y1:y2, x1:x2] = np.kron(tex, np.ones((64, 80, 1), np.uint8))[:y2 - y1, :x2 - x1]
 
 
+def clear_identity_hota(gt: list[tuple[np.ndarray, np.ndarray]],
+                        hyp: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Score tracks against ground truth with the ``trackers`` package's CLEAR, Identity and HOTA.
+
+    Args:
+        gt: per frame, ``(ids int [G], boxes float [G, 4] xywh px)``.
+        hyp: per frame (same frames), the tracker's ``(ids int [T], boxes float [T, 4] xywh px)``.
+
+    Returns:
+        ``{"mota", "idf1", "hota", "deta", "assa", "switches"}`` (fractions; ``switches`` a count).
+    """
+    def remap(seqs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:  # ids -> 0..n-1, as the metrics need
+        index = {v: i for i, v in enumerate(sorted({int(x) for ids, _ in seqs for x in ids}))}
+        return [np.array([index[int(x)] for x in ids], np.intp) for ids, _ in seqs]
+
+    gt_ids, hyp_ids = remap(gt), remap(hyp)
+    sims = [box_iou(np.asarray(g, np.float64).reshape(-1, 4), np.asarray(h, np.float64).reshape(-1, 4),
+                    box_format="xywh") for (_, g), (_, h) in zip(gt, hyp)]
+    clear = compute_clear_metrics(gt_ids, hyp_ids, sims, threshold=0.5)
+    ident = compute_identity_metrics(gt_ids, hyp_ids, sims, threshold=0.5)
+    hota = compute_hota_metrics(gt_ids, hyp_ids, sims)
+    return {"mota": float(clear["MOTA"]), "idf1": float(ident["IDF1"]), "hota": float(hota["HOTA"]),
+            "deta": float(hota["DetA"]), "assa": float(hota["AssA"]), "switches": int(clear["IDSW"])}
+
+
 def evaluate(sequence: str, embedder: Embedder | None = None, jitter: float = 0.05, drop: float = 0.1,
-             seed: int = 0, config: TrackerConfig | None = None) -> dict[str, float]:
-    """Track ``sequence``'s jittered ground truth and score it.
+             seed: int = 0, config: AnyTrackerConfig | None = None) -> dict[str, float]:
+    """Track ``sequence``'s jittered ground truth and score it (:func:`clear_identity_hota`).
 
     Args:
         sequence: ``"TUD-Campus"`` or ``"TUD-Stadtmitte"``.
-        embedder: appearance model; ``None``: :class:`RandomEmbedder`. A real embedder sees
-            :func:`paint`-ed frames.
+        embedder: Deep SORT's appearance model; ``None``: :class:`RandomEmbedder`. A real embedder
+            sees :func:`paint`-ed frames. Unused by the motion-only trackers.
         jitter: box noise, standard deviation as a fraction of the box width/height.
         drop: fraction of ground-truth boxes removed from the detections.
         seed: seed of jitter, drops and random embeddings.
-        config: tracker settings (default :class:`TrackerConfig` with this embedder's crop size).
+        config: tracker settings (default: Deep SORT's :class:`TrackerConfig` with this embedder's
+            crop size).
 
     Returns:
-        ``{"mota", "idf1", "switches", "frames", "gt_boxes"}`` (MOTA/IDF1 as fractions).
+        ``{"mota", "idf1", "hota", "deta", "assa", "switches", "frames", "gt_boxes", "crops",
+        "reused"}``: the metrics as fractions, and for Deep SORT the crops embedded and the
+        embeddings reused (``reuse_embedding_iou``), 0 for the others.
     """
     gt = load_gt(sequence)
     rng = np.random.default_rng(seed)
-    emb = embedder if embedder is not None else RandomEmbedder(seed)
-    tracker = Tracker(emb, config or TrackerConfig(embedder_input_size=emb.input_size))
-    acc = mm.MOTAccumulator(auto_id=True)
+    config = config if config is not None else TrackerConfig(embedder_input_size=(embedder.input_size if embedder
+                                                                                  else 224))
+    deepsort = isinstance(config, TrackerConfig)
+    emb = embedder if embedder is not None else RandomEmbedder(seed, getattr(config, "embedder_input_size", 224))
+    tracker = build_tracker(config, emb if deepsort else None)
     blank = np.full((*FRAME_HW, 3), 114, np.uint8)
+    gt_seq, hyp_seq = [], []
     for f in range(1, int(gt[:, 0].max()) + 1):
         rows = gt[gt[:, 0] == f]
         xyxy = np.concatenate([rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]], 1).astype(np.float32)
@@ -101,38 +145,58 @@ def evaluate(sequence: str, embedder: Embedder | None = None, jitter: float = 0.
         keep = rng.random(len(rows)) >= drop
         noisy = np.clip(noisy[keep], 0, [FRAME_HW[1], FRAME_HW[0]] * 2).astype(np.float32)
         frame = blank
-        if embedder is not None:
+        if embedder is not None and deepsort:
             frame = blank.copy()
             paint(frame, xyxy, rows[:, 1])
         dets = Detections(noisy, np.full(len(noisy), 0.9, np.float32), np.zeros(len(noisy), np.int64))
         tracks = tracker.update(frame, dets)
-        hyp = np.array([[*t.box[:2], *(t.box[2:] - t.box[:2])] for t in tracks]).reshape(-1, 4)
-        acc.update(rows[:, 1].astype(int).tolist(), [t.track_id for t in tracks],
-                   mm.distances.iou_matrix(rows[:, 2:6], hyp, max_iou=0.5))
-    res = mm.metrics.create().compute(acc, metrics=["mota", "idf1", "num_switches"], name=sequence)
-    return {"mota": float(res["mota"].iloc[0]), "idf1": float(res["idf1"].iloc[0]),
-            "switches": int(res["num_switches"].iloc[0]), "frames": int(gt[:, 0].max()),
-            "gt_boxes": len(gt)}
+        gt_seq.append((rows[:, 1].astype(int), rows[:, 2:6]))
+        hyp_seq.append((np.array([t.track_id for t in tracks], int),
+                        np.array([[*t.box[:2], *(t.box[2:] - t.box[:2])] for t in tracks]).reshape(-1, 4)))
+    ds = tracker if isinstance(tracker, DeepSortTracker) else None
+    return {**clear_identity_hota(gt_seq, hyp_seq), "frames": int(gt[:, 0].max()), "gt_boxes": len(gt),
+            "crops": ds.embed_crops if ds else 0, "reused": ds.reused if ds else 0}
+
+
+#: Deep SORT variants scored besides the shipped deepsort.yaml: (label, settings changed).
+DEEPSORT_VARIANTS: tuple[tuple[str, dict], ...] = (
+    ("published", {"embedder_input_size": 224, "reuse_embedding_iou": None}),
+    ("128px", {"embedder_input_size": 128, "reuse_embedding_iou": None}),
+    ("reuse0.6", {"embedder_input_size": 224, "reuse_embedding_iou": 0.6}),
+    ("128px+reuse0.6", {"embedder_input_size": 128, "reuse_embedding_iou": 0.6}),
+)
 
 
 @click.command(context_settings={"show_default": True})
 @click.option("--embedder", default=None, type=click.Path(exists=True, path_type=Path),
-              help="Embedder ONNX for the 'painted' rows; without it only 'random' is run.")
+              help="Embedder ONNX for Deep SORT's 'painted' rows; without it only 'random' is run.")
 @click.option("--jitter", default=0.05, type=float, help="Box noise (fraction of box size).")
 @click.option("--drop", default=0.1, type=float, help="Fraction of detections dropped.")
 @click.option("--seed", default=0, type=int)
 def main(embedder: Path | None, jitter: float, drop: float, seed: int) -> None:
-    """Print MOTA / IDF1 / ID switches of Deep SORT on jittered TUD ground truth."""
-    modes: list[tuple[str, Embedder | None]] = [("random", None)]
-    if embedder is not None:
-        modes.append(("painted", OnnxEmbedder(embedder)))
-    click.echo(f"ground-truth detections, jitter {jitter} x box size, {drop:.0%} dropped, seed {seed}, "
-               "default deepsort.yaml")
-    click.echo(f"{'sequence':<16}{'appearance':<12}{'frames':>7}{'MOTA':>8}{'IDF1':>8}{'IDsw':>6}")
+    """Print MOTA / IDF1 / HOTA / ID switches of every tracker (shipped settings) and of Deep SORT
+    variants on jittered TUD ground truth, with Deep SORT's embedder crops per frame."""
+    rows: list[tuple[str, str, AnyTrackerConfig]] = []
+    for name in TRACKERS:
+        cfg = load_tracker_config(name)
+        rows.append((name, "shipped", cfg))
+        if isinstance(cfg, TrackerConfig):
+            rows += [(name, label, dataclasses.replace(cfg, **change)) for label, change in DEEPSORT_VARIANTS]
+    click.echo(f"ground-truth detections, jitter {jitter} x box size, {drop:.0%} dropped, seed {seed}; "
+               "metrics: the trackers package (CLEAR, Identity, HOTA)")
+    click.echo(f"{'sequence':<16}{'tracker':<11}{'settings':<16}{'appearance':<12}{'MOTA':>7}{'IDF1':>7}"
+               f"{'HOTA':>7}{'IDsw':>6}{'crops/frame':>13}")
     for seq in SEQUENCES:
-        for mode, emb in modes:
-            r = evaluate(seq, emb, jitter, drop, seed)
-            click.echo(f"{seq:<16}{mode:<12}{r['frames']:>7}{r['mota']:>8.3f}{r['idf1']:>8.3f}{r['switches']:>6}")
+        for name, label, cfg in rows:
+            modes: list[tuple[str, Embedder | None]] = [("none", None)]
+            if isinstance(cfg, TrackerConfig):
+                modes = [("random", None)]
+                if embedder is not None:
+                    modes.append(("painted", OnnxEmbedder(embedder, None, cfg.embedder_input_size)))
+            for mode, emb in modes:
+                r = evaluate(seq, emb, jitter, drop, seed, cfg)
+                click.echo(f"{seq:<16}{name:<11}{label:<16}{mode:<12}{r['mota']:>7.3f}{r['idf1']:>7.3f}"
+                           f"{r['hota']:>7.3f}{r['switches']:>6}{r['crops'] / r['frames']:>13.2f}")
 
 
 if __name__ == "__main__":

@@ -206,8 +206,8 @@ class FoldedRoILinear(nn.Module):
     ``G[h,w,p,q,j] = sum_c F[c,h,w] W[j,c,p,q]``: per image and level, ``oh`` products
     ``[H*W, C] @ [C, ow*J]`` (one per bin row ``p``, giving rows ordered ``(p, h, w, q)`` without a
     transpose), then one ``[R, oh*H*W*ow] @ [.., J]`` product with the RoIs' outer products
-    ``A_y[p,h] A_x[q,w]`` (a two-axis broadcast ``Mul``, fast in ONNX Runtime where a six-axis
-    one was not). Exact algebra; only the summation order differs from pooling and then ``fc``.
+    ``A_y[p,h] A_x[q,w]`` (a two-axis broadcast ``Mul``). Exact algebra; only the summation order
+    differs from pooling and then ``fc``.
     The pooled features are never formed.
 
     Args:

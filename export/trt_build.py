@@ -75,6 +75,9 @@ def make_calibrator(trt: Any, cudart: Any, images: list[np.ndarray], batch: int,
     """
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+        """TensorRT's calibrator interface over ``images``: whole batches only (a remainder is not
+        used), copied one by one into one device buffer."""
+
         def __init__(self) -> None:
             super().__init__()
             self.batches = [np.ascontiguousarray(np.stack(images[i:i + batch]))

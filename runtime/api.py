@@ -4,9 +4,9 @@ tracked objects out).
 The same pre- and post-processing as ``det-run``, because it is the same code: a
 :class:`Detector` is :func:`det_toolkit.runtime.backends.load_backend` plus a
 :class:`det_toolkit.runtime.predictor.Predictor`, and :func:`track` reads frames with
-:func:`det_toolkit.runtime.sources.open_source` and tracks with
-:class:`det_toolkit.runtime.tracking.Tracker`. torch-free for ``.onnx`` artifacts (torch is imported
-only for ``.pt`` checkpoints)::
+:func:`det_toolkit.runtime.sources.open_source` and tracks with a
+:class:`det_toolkit.runtime.tracking.Tracker` (:mod:`det_toolkit.runtime.trackers`). torch-free for
+``.onnx`` artifacts (torch is imported only for ``.pt`` checkpoints)::
 
     from det_toolkit import Detector, track
 
@@ -14,6 +14,7 @@ only for ``.pt`` checkpoints)::
     dets = det(image_bgr)                       # or a path; a list gives a list
     for frame in track("video.mp4", det):       # Deep SORT; a camera index, URL or folder too
         frame.index, frame.image, frame.detections, frame.tracks
+    track("video.mp4", det, tracker="bytetrack")  # or ocsort, botsort: motion only, no embedder
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from det_toolkit.runtime.predictor import Detections, Predictor
 from det_toolkit.runtime.sources import Source, SourceInfo, open_source
 
 if TYPE_CHECKING:  # pragma: no cover
-    from det_toolkit.runtime.tracking import Track, Tracker, TrackerConfig
+    from det_toolkit.runtime.trackers import AnyTrackerConfig
+    from det_toolkit.runtime.tracking import Track, Tracker
 
 __all__ = ["DetectionResult", "Detector", "FrameStream", "TrackedFrame", "open_embedder", "read_image", "track"]
 
@@ -238,7 +240,7 @@ class TrackedFrame:
         source: the video or image file name (the source's name for cameras and streams).
         image: the frame, uint8 ``[H, W, 3]`` BGR (not annotated; see :meth:`draw`).
         detections: every detection of the frame (``xyxy`` frame pixels).
-        tracks: the confirmed Deep SORT tracks matched to a detection in this frame
+        tracks: the confirmed tracks matched to a detection in this frame
             (:class:`det_toolkit.runtime.tracking.Track`: ``track_id``, ``box`` float32 ``[4]``
             ``xyxy`` frame pixels, ``class_id`` by majority vote over the track's history, ``score``,
             ``det_index`` into ``detections``); empty without a tracker.
@@ -328,7 +330,7 @@ class FrameStream:
 
 
 def track(source: str | Path | int, detector: Detector | str | Path,
-          tracker: str | Path | TrackerConfig | None = "deepsort", embedder: str | Path | None = None,
+          tracker: str | Path | AnyTrackerConfig | None = "deepsort", embedder: str | Path | None = None,
           max_frames: int | None = None) -> FrameStream:
     """Detect and track objects in the frames of ``source``, as ``det-run --track`` does.
 
@@ -337,12 +339,15 @@ def track(source: str | Path | int, detector: Detector | str | Path,
             pattern, a ``.txt`` list of images, a camera index (``0``), a stream URL
             (``rtsp://``, ``http(s)://``, ...).
         detector: a :class:`Detector`, or a weights path (then ``Detector(path)`` with defaults).
-        tracker: ``"deepsort"`` (Deep SORT with the settings of ``configs/tracker/deepsort.yaml``),
-            the path of a Deep SORT settings YAML, a
-            :class:`det_toolkit.runtime.tracking.TrackerConfig`, or ``None`` for detection only
-            (``tracks`` stays empty).
-        embedder: the appearance embedder ``.onnx``; default ``deepsort_embedder.onnx`` beside the
-            detector's weights (see :func:`open_embedder`).
+        tracker: what ``det-run --tracker`` takes: a name, ``"deepsort"`` (appearance + motion),
+            ``"bytetrack"``, ``"ocsort"`` or ``"botsort"`` (motion only, no embedder), with the
+            settings of ``configs/tracker/<name>.yaml``; or a settings YAML path (see
+            :func:`det_toolkit.runtime.trackers.load_tracker_config`); or a settings object
+            (:class:`det_toolkit.runtime.tracking.TrackerConfig` for Deep SORT,
+            :class:`det_toolkit.runtime.trackers.ByteTrackConfig`, ``OCSortConfig``,
+            ``BoTSortConfig``); or ``None`` for detection only (``tracks`` stays empty).
+        embedder: Deep SORT's appearance embedder ``.onnx``; default ``deepsort_embedder.onnx``
+            beside the detector's weights (see :func:`open_embedder`). Unused by the others.
         max_frames: stop after this many frames (``None``: all).
 
     Returns:
@@ -350,27 +355,30 @@ def track(source: str | Path | int, detector: Detector | str | Path,
         block (or call ``close()``) to release a camera or stream when stopping early.
 
     Raises:
-        FileNotFoundError: the source, the tracker YAML or the embedder is missing.
+        FileNotFoundError: the source, the tracker YAML or (Deep SORT) the embedder is missing.
         det_toolkit.runtime.sources.SourceError: the source cannot be opened (a ``ValueError``).
-        ValueError: an unknown ``tracker`` name, an unknown key in the tracker YAML, or
-            ``max_frames < 1``; see also :class:`Detector` and :func:`open_embedder`.
+        ValueError: an unknown ``tracker`` name, an unknown key or bad value in the tracker YAML,
+            or ``max_frames < 1``; see also :class:`Detector` and :func:`open_embedder`.
+        TypeError: ``tracker`` of another type.
     """
-    from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
+    from det_toolkit.runtime.trackers import TRACKERS, build_tracker, load_tracker_config
+    from det_toolkit.runtime.tracking import TrackerConfig
 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     det = detector if isinstance(detector, Detector) else Detector(detector)
     trk = None
     if tracker is not None:
-        if isinstance(tracker, TrackerConfig):
+        if isinstance(tracker, tuple(TRACKERS.values())):
             cfg = tracker
-        elif str(tracker) == "deepsort":
-            cfg = TrackerConfig.from_yaml(DEFAULT_TRACKER_CONFIG)
-        elif Path(tracker).suffix.lower() in (".yaml", ".yml"):
-            cfg = TrackerConfig.from_yaml(tracker)
+        elif isinstance(tracker, str | Path):
+            cfg = load_tracker_config(tracker)
         else:
-            raise ValueError(f"unknown tracker {tracker!r}: use 'deepsort', a Deep SORT settings YAML, "
-                             "a TrackerConfig or None")
-        trk = Tracker(open_embedder(det.weights, embedder, det.device, cfg.embedder_input_size), cfg)
+            raise TypeError(f"tracker must be a name, a settings YAML path, a tracker config or None, "
+                            f"got {type(tracker).__name__}")
+        if isinstance(cfg, TrackerConfig):  # Deep SORT: with its appearance embedder
+            trk = build_tracker(cfg, open_embedder(det.weights, embedder, det.device, cfg.embedder_input_size))
+        else:
+            trk = build_tracker(cfg)
     src = open_source(str(source))  # last: a camera starts delivering frames once opened
     return FrameStream(src, det, trk, max_frames)

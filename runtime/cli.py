@@ -25,11 +25,12 @@ from det_toolkit.runtime.backends import load_backend
 from det_toolkit.runtime.classes import ClassSpecError, parse_classes
 from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder
-from det_toolkit.runtime.files import increment_path
+from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.pipeline import run_pipeline
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.sources import open_source
-from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, Tracker, TrackerConfig
+from det_toolkit.runtime.trackers import TRACKERS, build_tracker, load_tracker_config
+from det_toolkit.runtime.tracking import TrackerConfig
 from det_toolkit.runtime.writers import RunOutputs
 
 
@@ -78,10 +79,11 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 @click.option("--device", default="auto", type=DEVICE,
               help="Inference device; auto picks CUDA when available.")
 @click.option("--track", is_flag=True, default=False, show_default="off",
-              help="Track objects across frames with Deep SORT.")
-@click.option("--tracker", "tracker_cfg", default=DEFAULT_TRACKER_CONFIG,
-              type=click.Path(path_type=Path), show_default="configs/tracker/deepsort.yaml",
-              help="Deep SORT settings (YAML).")
+              help="Track objects across frames (with --tracker's tracker; Deep SORT if not given).")
+@click.option("--tracker", "tracker_spec", default=None, metavar="NAME|PATH.yaml", show_default="deepsort with --track",
+              help=f"Tracker ({'|'.join(TRACKERS)}: the shipped configs/tracker/NAME.yaml) or a settings YAML "
+              "(its 'tracker:' key or file name says which; Deep SORT otherwise). Implies --track. Only "
+              "deepsort uses appearance (needs the embedder ONNX); the others track by motion alone.")
 @click.option("--embedder", default=None, type=click.Path(path_type=Path),
               show_default=f"{EMBEDDER_FILENAME} beside --weights",
               help="Appearance embedder ONNX for --track (written by det-export).")
@@ -129,7 +131,7 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 @click.option("--sahi-class-agnostic", is_flag=True, default=False, show_default="off",
               help="SAHI: merge detections of different classes too.")
 def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
-         device: str, track: bool, tracker_cfg: Path, embedder: Path | None, project: Path, name: str,
+         device: str, track: bool, tracker_spec: str | None, embedder: Path | None, project: Path, name: str,
          save: bool, save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None,
          sahi: bool, slice_size: int | None, slice_height: int | None, slice_width: int | None,
          overlap: float, overlap_height: float | None, overlap_width: float | None, sahi_full_frame: bool,
@@ -145,7 +147,10 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
     Ctrl-C stops reading and finishes the outputs with every frame detected so far.
     """
     try:  # everything that can fail on bad input fails here, before any output is written
-        tracker_config = TrackerConfig.from_yaml(tracker_cfg) if track else None  # cheap checks first
+        check_writable(project / name, "--project/--name")
+        tracker_config = None  # cheap checks first
+        if track or tracker_spec is not None:
+            tracker_config = load_tracker_config(tracker_spec or "deepsort")
         backend = load_backend(weights, device)
         names = backend.meta.class_names
         if sahi and rect:
@@ -163,8 +168,12 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
                 overlap if overlap_width is None else overlap_width, sahi_full_frame, sahi_merge,
                 sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles))
         tracker = None
-        if tracker_config is not None:
-            tracker = Tracker(load_embedder(weights, embedder, device, tracker_config), tracker_config)
+        if isinstance(tracker_config, TrackerConfig):  # Deep SORT: with its appearance embedder
+            tracker = build_tracker(tracker_config, load_embedder(weights, embedder, device, tracker_config))
+        elif tracker_config is not None:
+            tracker = build_tracker(tracker_config)
+            if embedder is not None:
+                click.echo(f"note: --embedder ignored: {tracker.name} tracks by motion alone", err=True)
         src = open_source(source)  # last: a camera or stdin starts delivering frames once opened
         if sahi and src.info.height and src.info.width:  # before any output: images are checked per frame
             try:
@@ -210,6 +219,12 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
                f"{backend.name}\n"
                f"{summary['fps']:.2f} FPS after {summary['warmup_frames']} warm-up frames; "
                f"mean ms per frame: {ms}")
+    if "tracker" in summary:
+        click.echo(f"tracker {summary['tracker']}: {summary['track_ids']} track ids")
+    if summary["truncated"]:
+        n = len(summary["truncated"])
+        click.echo(f"{n} truncated image{'s' * (n != 1)} decoded (grey bottom rows): "
+                   f"{', '.join(summary['truncated'])}")
     if "embedder" in summary:
         e = summary["embedder"]
         click.echo(f"embedder {e['name']} at {e['input_size']} px: {e['ms_per_crop']:.2f} ms/crop "

@@ -78,3 +78,33 @@ def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free run folder name for {path}")
+
+
+def check_writable(path: str | Path, what: str = "output folder") -> Path:
+    """Check, before any work, that the folder ``path`` can be created (or written into), so that a
+    command fails at once instead of after its work; nothing is created.
+
+    The nearest existing ancestor of ``path`` must be a folder (not a file) that this process may
+    write into (``os.access``; a process running as root passes that test, but never the "is a
+    file" one).
+
+    Args:
+        path: the folder a command will create or write into (e.g. ``--project``/``--name``).
+        what: how to name it in the message, e.g. ``"--project"``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its parents is a file.
+        PermissionError: the nearest existing folder is not writable.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{what} {path}: cannot write there: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: cannot write there: no write permission on {probe}")
+    return path

@@ -202,7 +202,7 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
     Args:
         source: frames to process (left open; the caller closes it).
         predictor: frame -> :class:`Detections` (``xyxy`` frame px).
-        tracker: Deep SORT tracker, or ``None``.
+        tracker: a :class:`det_toolkit.runtime.tracking.Tracker` (Deep SORT, ByteTrack, ...), or ``None``.
         outputs: where results go (written from the writer thread, in frame order).
         max_frames: stop after this many frames (``None``: all).
         live: keep only the newest frame; default ``source.info.live``.
@@ -211,11 +211,12 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
         progress: show a tqdm progress bar (stderr).
 
     Returns:
-        The summary: ``frames`` (written), ``skipped`` (unreadable), ``dropped`` (live frames
+        The summary: ``frames`` (written), ``skipped`` (unreadable), ``truncated`` (file names of
+        truncated JPEGs decoded with grey bottom rows), ``dropped`` (live frames
         replaced before detection), ``interrupted`` (Ctrl-C, SIGTERM or SIGHUP), ``signal`` (its name,
         or ``None``), ``track_ids`` (distinct ids),
-        :meth:`Profile.summary` and, when tracking, ``embedder`` (``name``, ``input_size`` px,
-        ``crops``, ``ms_per_crop``).
+        :meth:`Profile.summary` and, when tracking, the tracker's ``summary()`` (``tracker``: its
+        name; Deep SORT adds ``embedder``: ``name``, ``input_size`` px, ``crops``, ``ms_per_crop``).
 
     Raises:
         Whatever the reader or writer thread raised (e.g. an ``OSError`` writing the video).
@@ -270,9 +271,9 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
     if writer.error is not None:
         raise writer.error
     summary: dict[str, Any] = {"frames": writer.profile.frames, "skipped": source.skipped,
-                               "dropped": reader.dropped, "interrupted": interrupted, "signal": stopped_by,
+                               "truncated": list(source.truncated), "dropped": reader.dropped,
+                               "interrupted": interrupted, "signal": stopped_by,
                                **writer.profile.summary(), "track_ids": len(writer.seen_ids)}
     if tracker is not None:
-        summary["embedder"] = {"name": tracker.embedder.name, "input_size": tracker.embedder.input_size,
-                               "crops": tracker.embed_crops, "ms_per_crop": round(tracker.ms_per_crop, 3)}
+        summary.update(tracker.summary())
     return summary

@@ -46,8 +46,8 @@ class Predictor:
             ``imgsz`` and not padded to it (the graph pads to its stride, as training's batches
             are; :func:`letterbox` ``rect``). On a 768x576 frame at 320 px the input is 320x240
             instead of 320x320. Off by default, so every format of a model (PyTorch, dynamic and
-            static ONNX, TensorRT) sees the same input as the export's parity check; the README
-            gives its measured effect on accuracy (model-dependent, either sign).
+            static ONNX, TensorRT) sees the same input as the export's parity check;
+            ``docs/evaluation.md`` gives its measured effect on accuracy (model-dependent, either sign).
 
     Attributes:
         imgsz: ``(H, W)`` letterbox size in pixels.

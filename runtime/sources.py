@@ -66,11 +66,14 @@ class Source(ABC):
     Attributes:
         info: :class:`SourceInfo`.
         skipped: unreadable images or corrupt video frames met so far.
+        truncated: file names of truncated JPEG images decoded so far (their missing bottom rows
+            are grey, see :func:`truncated_image`).
     """
 
     def __init__(self, info: SourceInfo) -> None:
         self.info = info
         self.skipped = 0
+        self.truncated: list[str] = []
 
     @abstractmethod
     def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]: ...
@@ -81,7 +84,9 @@ class Source(ABC):
 
 class ImageSource(Source):
     """Image files read with ``cv2.imread`` (grayscale becomes 3-channel); unreadable ones are
-    counted in ``skipped``, logged and skipped."""
+    counted in ``skipped``, logged and skipped. A truncated JPEG is decoded (libjpeg fills the
+    missing bottom rows with grey, as PIL and the training readers do) and named in ``truncated``;
+    truncated PNG/BMP/WebP/TIFF files do not decode and count as unreadable."""
 
     def __init__(self, info: SourceInfo, files: list[Path]) -> None:
         super().__init__(info)
@@ -94,6 +99,8 @@ class ImageSource(Source):
                 self.skipped += 1
                 log.warning("skipping unreadable image %s", f)
                 continue
+            if truncated_image(f) == "JPEG":
+                self.truncated.append(f.name)
             yield i, f.name, img
 
 
@@ -229,6 +236,52 @@ def _png_end(buf: bytearray | bytes, start: int) -> int:
         if kind == b"IEND":
             return i if i <= n else -1
     return -1
+
+
+#: the end-of-image marker of a JPEG
+JPEG_EOI = b"\xff\xd9"
+
+
+def truncated_image(path: str | Path) -> str | None:
+    """The format of an image file that ends before its data does, else ``None``.
+
+    Reads only the file's first and last bytes, except for a JPEG or PNG that does not end with its
+    end marker (bytes after it, or truncation): that one is walked marker by marker or chunk by
+    chunk (:func:`_jpeg_end`, :func:`_png_end`). Checked: JPEG (no end-of-image marker), PNG (no
+    ``IEND`` chunk), BMP (shorter than its header's file size) and WebP (shorter than its RIFF
+    size); other formats (TIFF, ...) and unreadable files give ``None``.
+
+    Policy shared by training, evaluation, det-label and det-run: a truncated JPEG is decoded (its
+    missing bottom rows grey: libjpeg's fill, what OpenCV's ``imread`` and PIL with
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` give) and counted; the other formats do not decode when
+    truncated (OpenCV refuses them) and count as unreadable.
+
+    Returns:
+        ``"JPEG"``, ``"PNG"``, ``"BMP"``, ``"WebP"`` or ``None``.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, 2)
+            f.seek(max(0, size - 12))
+            tail = f.read()
+            if head.startswith(b"\xff\xd8\xff"):
+                if tail.endswith(JPEG_EOI):
+                    return None
+                f.seek(0)
+                return "JPEG" if _jpeg_end(f.read(), 0) == -1 else None
+            if head.startswith(b"\x89PNG\r\n\x1a\n"):
+                if tail[-12:-4] == b"\x00\x00\x00\x00IEND":
+                    return None
+                f.seek(0)
+                return "PNG" if _png_end(f.read(), 0) == -1 else None
+    except OSError:
+        return None
+    if head.startswith(b"BM") and len(head) >= 6:
+        return "BMP" if size < int.from_bytes(head[2:6], "little") else None
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP" if size < int.from_bytes(head[4:8], "little") + 8 else None
+    return None
 
 
 def split_images(stream: BinaryIO, chunk: int = 1 << 16) -> Iterator[bytes]:

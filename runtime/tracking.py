@@ -1,8 +1,11 @@
-"""Deep SORT multi-object tracking on top of :class:`det_toolkit.runtime.predictor.Detections`.
+"""Multi-object tracking on top of :class:`det_toolkit.runtime.predictor.Detections`: the
+:class:`Tracker` interface every tracker of ``det-run --tracker`` implements, its :class:`Track`
+output, and Deep SORT.
 
-Wraps ``deep_sort_realtime``'s ``DeepSort`` with its own embedder switched off: appearance vectors
-come from an :class:`det_toolkit.runtime.embedder.Embedder` (ONNX on the edge), computed for all boxes of a
-frame in one batch.
+:class:`DeepSortTracker` wraps ``deep_sort_realtime``'s ``DeepSort`` with its own embedder switched
+off: appearance vectors come from an :class:`det_toolkit.runtime.embedder.Embedder` (ONNX on the
+edge), computed for all boxes of a frame in one batch. The motion-only trackers (ByteTrack, OC-SORT,
+BoT-SORT) and the choice between them by name or YAML are in :mod:`det_toolkit.runtime.trackers`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 # Deep SORT's Kalman gating makes many tiny scipy.linalg.solve_triangular calls; a multi-threaded
 # OpenBLAS turns each into milliseconds once the cores are busy with inference (measured on 2 busy
@@ -23,7 +27,8 @@ import numpy as np
 from deep_sort_realtime.deepsort_tracker import DeepSort
 
 from det_toolkit.configs import config_path
-from det_toolkit.runtime.config_utils import FieldError, from_dict, load_yaml_mapping
+from det_toolkit.runtime.boxes import box_iou
+from det_toolkit.runtime.config_utils import ConfigError, FieldError, from_dict, load_yaml_mapping, show
 from det_toolkit.runtime.embedder import Embedder, croppable
 from det_toolkit.runtime.predictor import Detections
 
@@ -41,10 +46,15 @@ class TrackerConfig:
         max_cosine_distance: cosine-distance gate for appearance matching.
         nn_budget: appearance vectors kept per track (``None``: unbounded).
         embedder_input_size: crop side in pixels the embedder expects.
+        reuse_embedding_iou: skip the embedder for detections that motion alone assigns: a
+            detection whose IoU with the predicted box of a confirmed track (one matched in the
+            previous frame) is at least this, while both overlap nothing else by more than
+            ``1 - reuse_embedding_iou``, reuses that track's last embedding (which the appearance
+            stage then matches to it). ``None``: embed every detection (Deep SORT as published).
 
     Raises:
         FieldError: a value out of range (counts < 1, ``max_iou_distance`` outside [0, 1],
-            ``max_cosine_distance`` outside [0, 2]).
+            ``max_cosine_distance`` outside [0, 2], ``reuse_embedding_iou`` outside (0.5, 1]).
     """
 
     max_age: int = 30
@@ -53,6 +63,7 @@ class TrackerConfig:
     max_cosine_distance: float = 0.2
     nn_budget: int | None = 100
     embedder_input_size: int = 224
+    reuse_embedding_iou: float | None = None
 
     def __post_init__(self) -> None:
         for key in ("max_age", "n_init", "embedder_input_size"):
@@ -64,22 +75,40 @@ class TrackerConfig:
             raise FieldError("max_iou_distance", f"must be in [0, 1], got {self.max_iou_distance}")
         if not 0 <= self.max_cosine_distance <= 2:
             raise FieldError("max_cosine_distance", f"must be in [0, 2], got {self.max_cosine_distance}")
+        if self.reuse_embedding_iou is not None and not 0.5 < self.reuse_embedding_iou <= 1:
+            raise FieldError("reuse_embedding_iou", f"must be in (0.5, 1] or null, got {self.reuse_embedding_iou}")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrackerConfig:
         """Load a YAML mapping of these fields (missing ones keep their defaults), values checked and
-        coerced by type (:func:`det_toolkit.runtime.config_utils.from_dict`).
+        coerced by type (:func:`det_toolkit.runtime.config_utils.from_dict`); see
+        :func:`read_tracker_yaml` for the optional ``tracker: deepsort`` key.
 
         Raises:
             FileNotFoundError: no such file.
             ConfigError (a ValueError): YAML syntax error (file:line), not a mapping, an unknown key
                 (the message suggests the nearest one), a bad value (``t.yaml: n_init: expected an
-                integer, got 'abc'``).
+                integer, got 'abc'``), a ``tracker:`` key naming another tracker.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"tracker config not found: {path}")
-        return from_dict(cls, load_yaml_mapping(path), str(path))
+        return from_dict(cls, read_tracker_yaml(path, "deepsort"), str(path))
+
+
+def read_tracker_yaml(path: str | Path, name: str) -> dict[str, Any]:
+    """The settings mapping of tracker ``name`` in YAML file ``path``, without its optional
+    ``tracker:`` key (a settings file may say which tracker it is for: ``tracker: bytetrack``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: YAML syntax error, not a mapping, or a ``tracker:`` key other than ``name``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tracker config not found: {path}")
+    data = load_yaml_mapping(path)
+    said = data.pop("tracker", name)
+    if said != name:
+        raise ConfigError(f"{path}: tracker: {show(said)}, but the file is read as {name} settings")
+    return data
 
 
 @dataclass(frozen=True)
@@ -102,22 +131,67 @@ class Track:
     det_index: int
 
 
-class Tracker:
-    """Deep SORT with an external appearance embedder.
+class Tracker(Protocol):
+    """What ``det-run``'s pipeline and :func:`det_toolkit.track` need of a tracker.
+
+    Attributes:
+        name: the tracker's name (``deepsort``, ``bytetrack``, ...), for logs and summaries.
+        times_ms: last :meth:`update`'s stage times in ms (tracker-specific keys).
+    """
+
+    name: str
+    times_ms: dict[str, float]
+
+    def update(self, frame_bgr: np.ndarray, detections: Detections) -> list[Track]:
+        """Advance by one frame: uint8 ``[H, W, 3]`` BGR frame and its detections (``xyxy`` frame
+        px) -> the confirmed tracks matched to a detection of this frame (ids ``>= 1``, stable over
+        the tracker's lifetime; ``det_index`` into ``detections``)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts for ``summary.json``: ``{"tracker": name, ...}``."""
+        ...
+
+
+class ClassVotes:
+    """Per-track majority class: each matched detection votes for its class; ties keep the class
+    seen first (so one misclassified frame does not flip a track's class)."""
+
+    def __init__(self) -> None:
+        self._votes: dict[int, Counter[int]] = {}
+
+    def vote(self, track_id: int, class_id: int) -> int:
+        """Count ``class_id`` for ``track_id``; returns the track's majority class so far."""
+        votes = self._votes.setdefault(track_id, Counter())
+        votes[class_id] += 1
+        return votes.most_common(1)[0][0]
+
+    def keep_only(self, alive: set[int]) -> None:
+        """Forget the votes of tracks not in ``alive`` (deleted by the tracker)."""
+        if self._votes.keys() - alive:
+            self._votes = {k: v for k, v in self._votes.items() if k in alive}
+
+
+class DeepSortTracker:
+    """Deep SORT with an external appearance embedder (a :class:`Tracker`).
 
     Args:
         embedder: appearance model; its ``input_size`` must equal ``config.embedder_input_size``.
         config: tracker settings.
 
     Attributes:
+        name: ``"deepsort"``.
         times_ms: last :meth:`update`'s stage times in ms: ``embed`` (crops + embedder) and
             ``associate`` (Deep SORT's Kalman filter and matching).
         embed_ms: total embedder time in ms (crops + network), over ``embed_crops`` crops.
         embed_crops: crops embedded so far.
+        reused: detections that reused their track's embedding so far (``reuse_embedding_iou``).
 
     Raises:
         ValueError: the embedder's crop size differs from the config's.
     """
+
+    name = "deepsort"
 
     def __init__(self, embedder: Embedder, config: TrackerConfig = TrackerConfig()) -> None:
         if embedder.input_size != config.embedder_input_size:
@@ -128,14 +202,48 @@ class Tracker:
         self._ds = DeepSort(max_iou_distance=config.max_iou_distance, max_age=config.max_age,
                             n_init=config.n_init, max_cosine_distance=config.max_cosine_distance,
                             nn_budget=config.nn_budget, embedder=None)
-        self._votes: dict[int, Counter[int]] = {}
+        self._votes = ClassVotes()
         self.times_ms = {"embed": 0.0, "associate": 0.0}
-        self.embed_ms, self.embed_crops = 0.0, 0
+        self.embed_ms, self.embed_crops, self.reused = 0.0, 0, 0
 
     @property
     def ms_per_crop(self) -> float:
         """Mean embedder cost per crop in ms (batched crops of each frame), 0 before any crop."""
         return self.embed_ms / self.embed_crops if self.embed_crops else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """``{"tracker": "deepsort", "embedder": {"name", "input_size" (px), "crops", "ms_per_crop",
+        "reused"}}``."""
+        return {"tracker": self.name,
+                "embedder": {"name": self.embedder.name, "input_size": self.embedder.input_size,
+                             "crops": self.embed_crops, "ms_per_crop": round(self.ms_per_crop, 3),
+                             "reused": self.reused}}
+
+    def _reusable(self, boxes: np.ndarray) -> dict[int, np.ndarray]:
+        """``{row of boxes: embedding to reuse}`` for the detections motion alone assigns (see
+        ``TrackerConfig.reuse_embedding_iou``); empty when the setting is off.
+
+        Every live track (lost and tentative ones included) counts as a competitor, with the box
+        Deep SORT will predict for it this frame.
+        """
+        gate = self.config.reuse_embedding_iou
+        tracks = self._ds.tracker.tracks
+        if gate is None or not tracks or not len(boxes):
+            return {}
+        kf = self._ds.tracker.kf
+        xyah = np.array([kf.predict(t.mean, t.covariance)[0][:4] for t in tracks])
+        w = xyah[:, 2] * xyah[:, 3]
+        pred = np.stack([xyah[:, 0] - w / 2, xyah[:, 1] - xyah[:, 3] / 2, xyah[:, 0] + w / 2,
+                         xyah[:, 1] + xyah[:, 3] / 2], 1)
+        iou = box_iou(boxes.astype(np.float64), pred)
+        out = {}
+        for d, t in zip(*np.nonzero(iou >= gate)):
+            track = tracks[t]
+            if not (track.is_confirmed() and track.time_since_update == 0 and track.features):
+                continue  # only a track matched in the previous frame, with an embedding to give
+            if not (np.delete(iou[d], t) > 1 - gate).any() and not (np.delete(iou[:, t], d) > 1 - gate).any():
+                out[int(d)] = track.features[-1]
+        return out
 
     def update(self, frame_bgr: np.ndarray, detections: Detections) -> list[Track]:
         """Advance the tracker by one frame.
@@ -153,7 +261,12 @@ class Tracker:
         t0 = time.perf_counter()
         idx = np.flatnonzero(croppable(detections.boxes, frame_bgr.shape[:2]))
         boxes = detections.boxes[idx]
-        embeds = self.embedder(frame_bgr, boxes)
+        reuse = self._reusable(boxes)
+        embed = [i for i in range(len(boxes)) if i not in reuse]
+        computed = self.embedder(frame_bgr, boxes[embed])
+        embeds = [reuse[i] if i in reuse else None for i in range(len(boxes))]
+        for i, e in zip(embed, computed):
+            embeds[i] = e
         t1 = time.perf_counter()
         ltwh = boxes.copy()
         ltwh[:, 2:] -= ltwh[:, :2]
@@ -163,18 +276,15 @@ class Tracker:
         for t in tracks:
             if t.time_since_update:
                 continue
-            votes = self._votes.setdefault(int(t.track_id), Counter())
-            votes[int(t.det_class)] += 1
+            class_id = self._votes.vote(int(t.track_id), int(t.det_class))
             if t.is_confirmed():
-                out.append(Track(int(t.track_id), t.to_ltrb(orig=True).astype(np.float32),
-                                 votes.most_common(1)[0][0], float(t.det_conf),
-                                 int(t.get_det_supplementary())))
-        if len(self._votes) > len(tracks):  # forget the votes of deleted tracks
-            alive = {int(t.track_id) for t in tracks}
-            self._votes = {k: v for k, v in self._votes.items() if k in alive}
+                out.append(Track(int(t.track_id), t.to_ltrb(orig=True).astype(np.float32), class_id,
+                                 float(t.det_conf), int(t.get_det_supplementary())))
+        self._votes.keep_only({int(t.track_id) for t in tracks})
         t2 = time.perf_counter()
         self.times_ms["embed"], self.times_ms["associate"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
-        if len(boxes):
+        if embed:
             self.embed_ms += (t1 - t0) * 1e3
-            self.embed_crops += len(boxes)
+            self.embed_crops += len(embed)
+        self.reused += len(reuse)
         return out

@@ -145,7 +145,7 @@ def test_no_valid_labels_is_a_clear_error(tmp_path: Path) -> None:
     samples, _, _, rep = read_split(cfg, "train")
     counts = {p for p, a in rep.counts()}
     assert "class id 3 out of range 0..0" in counts
-    assert "malformed line (need: class cx cy w h)" in counts
+    assert "malformed line: 1 field (need 5: class cx cy w h)" in counts
     with pytest.raises(DatasetError, match="nolabels.yaml.*no valid boxes"):
         require_labels(samples, rep, cfg)
 
@@ -180,7 +180,7 @@ def test_corrupt_image_at_load_time_is_skipped(tmp_path: Path) -> None:
     cfg = load_data_config(cfg_path)
     samples, *_ = read_split(cfg, "train")
     data = samples[1].image.read_bytes()
-    samples[1].image.write_bytes(data[: len(data) // 3])  # header intact, pixels truncated
+    samples[1].image.write_bytes(data[: len(data) // 3])  # a truncated PNG: only truncated JPEGs decode
     ds = DetectionDataset(samples, 64, aug="default", cache=True, train=True)
     images, targets = collate([ds[i] for i in range(len(ds))])
     assert len(images) == 3 and ds.bad == {1}

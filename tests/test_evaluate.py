@@ -50,7 +50,7 @@ def test_det_eval_onnx_without_torch(people: Path, tmp_path: Path) -> None:
         assert (tmp_path / "ev" / f).stat().st_size > 100, f
     got = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     ref = evaluate_weights(onnx, people, "val", device="cpu")  # the same evaluation, torch importable
-    assert got["n_images"] == ref.info["n_images"] == 4 and got["skipped"] == []
+    assert got["n_images"] == ref.info["n_images"] == 4 and got["images_skipped"] == got["images_truncated"] == []
     assert got["n_detections"] == ref.result.n_detections > 0
     assert got["stats"] == pytest.approx(ref.result.stats, abs=1e-6)
     assert got["class_names"] == ["person"] and got["backend"].startswith("onnxruntime")

@@ -20,7 +20,7 @@ from det_toolkit import __version__
 from det_toolkit.runtime import deps
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("det-train", "det-eval", "det-export", "det-run", "det-label", "det-bench")
+COMMANDS = ("det-train", "det-eval", "det-export", "det-run", "det-label", "det-bench", "det-convert")
 EXTRAS = {"train", "export", "gpu", "all", "dev"}
 #: Distributions only an extra may bring: the base install is the edge runtime.
 HEAVY = {"torch", "torchvision", "onnx", "onnxscript", "onnxslim", "onnxconverter-common", "tensorrt",

@@ -14,7 +14,7 @@ from det_toolkit.runtime.backends import BackendError
 from det_toolkit.runtime.draw import Trails
 from det_toolkit.runtime.embedder import EMBEDDER_META_KEY, OnnxEmbedder
 from det_toolkit.runtime.predictor import Detections
-from det_toolkit.runtime.tracking import Track, Tracker, TrackerConfig
+from det_toolkit.runtime.tracking import DeepSortTracker, Track, TrackerConfig
 
 VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
 
@@ -40,7 +40,7 @@ class ConstEmbedder:
 
 
 def test_track_class_is_the_majority_vote() -> None:
-    tracker = Tracker(ConstEmbedder(), TrackerConfig(n_init=1))
+    tracker = DeepSortTracker(ConstEmbedder(), TrackerConfig(n_init=1))
     frame = np.zeros((200, 300, 3), np.uint8)
     labels = [1, 0, 0, 1, 0, 0, 1, 1, 1]
     got, ids = [], set()

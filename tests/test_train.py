@@ -223,6 +223,21 @@ def test_show_aug_writes_samples(synthetic: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "a" / "weights" / "last.pt").exists()
 
 
+def test_coco_eval_chatter_only_with_verbose(synthetic: Path, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """faster-coco-eval logs its progress at INFO: det-train drops it (every epoch's evaluation and
+    the best epoch's confusion matrix) unless ``--verbose``."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="faster_coco_eval")
+    for verbose in (False, True):
+        caplog.clear()
+        _run(["--data", str(synthetic), "--epochs", "1", *TINY, "--project", str(tmp_path),
+              "--name", f"v{verbose}", *(["--verbose"] if verbose else [])])
+        chatter = [r for r in caplog.records if r.name.startswith("faster_coco_eval")]
+        assert bool(chatter) == verbose, [r.getMessage() for r in chatter][:3]
+
+
 def test_ddp_two_gloo_processes_train_evaluate_and_write_one_checkpoint(synthetic: Path,
                                                                         tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (gloo): DistributedSampler shards, DDP gradients, metrics from

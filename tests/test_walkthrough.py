@@ -33,9 +33,6 @@ from tests.conftest import need_raccoon
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- walkthrough -->", "<!-- /walkthrough -->"
-# TEMPORARY: until the lead installs the new README (which carries the markers), the walkthrough is
-# read from the draft at /tmp/README.new.md. The lead removes this fallback with the switch.
-DRAFT_README = Path("/tmp/README.new.md")
 #: seconds for the whole walkthrough (3 epochs at 320 px, export with parity, det-run, det-eval);
 #: a few minutes on 2 idle CPU cores
 TIMEOUT_S = 3600
@@ -110,10 +107,7 @@ def test_voc_to_yolo_boxes_round_trip(tmp_path: Path) -> None:
 def test_readme_walkthrough_on_raccoon_in_yolo_layout(tmp_path: Path) -> None:
     raccoon = need_raccoon()
     script = walkthrough_script(ROOT / "README.md")
-    if script is None:  # TEMPORARY fallback to the draft, see DRAFT_README
-        assert DRAFT_README.is_file(), f"no '{START}' in README.md and no draft at {DRAFT_README}"
-        script = walkthrough_script(DRAFT_README)
-    assert script is not None, f"no '{START}' block in README.md (nor in {DRAFT_README})"
+    assert script is not None, f"no '{START}' block in README.md"
 
     voc_to_yolo(raccoon, tmp_path / "my_data", ["raccoon"])
     bin_dir = Path(sys.executable).parent

@@ -140,5 +140,5 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
         from det_toolkit.train.trainer import fit
 
         fit(tc)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, OSError, ValueError, RuntimeError) as e:  # OSError: e.g. --project under a file
         _fail(e)

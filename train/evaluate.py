@@ -7,6 +7,12 @@ exports compare directly. Ground truth comes from the training readers
 (:func:`det_toolkit.train.data.formats.read_split`), the metrics from
 :mod:`det_toolkit.train.coco_eval`.
 
+Images that cannot be read leave the evaluation whole, ground truth and predictions: those the
+readers skip (missing, unreadable header, truncated PNG) and those that fail to decode
+(:func:`det_toolkit.train.coco_eval.evaluate_coco`'s ``exclude``, the rule det-train applies to its
+val split too). ``metrics.json`` names them in ``images_skipped``; truncated JPEGs are decoded (grey
+bottom rows) and named in ``images_truncated``. The output folder is checked before the work.
+
 torch-free: PyTorch is imported only by the backend of a ``.pt`` checkpoint, so ``det-eval`` of an
 ``.onnx`` artifact works in the base install. The plots need matplotlib (the ``[train]`` extra);
 without it det-eval writes ``metrics.json`` and says the plots were skipped.
@@ -29,12 +35,12 @@ from det_toolkit import __version__
 from det_toolkit.runtime.backends import load_backend
 from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.draw import draw_boxes
-from det_toolkit.runtime.files import increment_path
+from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.preprocess import resize_longest
 from det_toolkit.train.coco_eval import CocoResult, confusion_matrix, evaluate_coco
 from det_toolkit.train.config import load_data_config
-from det_toolkit.train.data.formats import Sample, read_split
+from det_toolkit.train.data.formats import TRUNCATED_JPEG, DatasetError, Sample, read_split
 from det_toolkit.train.data.images import load_rgb
 
 #: sample index -> ``(boxes float32 [K, 4] xyxy image px, scores float32 [K], labels int64 [K] 0-based)``
@@ -45,10 +51,13 @@ class EvalOutput(NamedTuple):
     """What :func:`evaluate_weights` returns (a tuple: ``result, info, samples, predictions``).
 
     Attributes:
-        result: the COCO metrics.
+        result: the COCO metrics; ``result.images_skipped`` names every image left out (skipped by
+            the readers or undecodable), ``result.excluded`` the sample indices that failed to decode.
         info: ``weights``, ``backend``, ``split``, ``n_images`` (images predicted), ``ms_per_image``
             (pre-process + inference + post-process in ms, mean after one warm-up image), ``rect``,
-            ``class_names``, ``category_ids`` and ``skipped`` (unreadable image paths); JSON-ready.
+            ``class_names``, ``category_ids``, ``images_truncated`` (truncated JPEGs decoded) and
+            ``data_report`` (the readers' :meth:`~det_toolkit.train.data.formats.DataReport.table`);
+            JSON-ready.
         samples: the split's ground truth (:func:`det_toolkit.train.data.formats.read_split`).
         predictions: sample index -> detections in original-image pixels (unreadable images absent).
     """
@@ -82,25 +91,31 @@ def evaluate_weights(weights: str | Path, data: str | Path, split: str = "val", 
 
     Raises:
         FileNotFoundError: ``weights`` or ``data`` missing.
-        ValueError: a bad data config or split (``ConfigError``, ``DatasetError``), an artifact that
-            cannot be loaded (``BackendError``, ``MetadataError``, ``CheckpointError``), or class names
-            that differ between the artifact and the data config.
+        ValueError: a bad data config or split (``ConfigError``; ``DatasetError``, also for a split
+            without any valid box or with no decodable image), an artifact that cannot be loaded
+            (``BackendError``, ``MetadataError``, ``CheckpointError``), or class names that differ
+            between the artifact and the data config.
     """
     dcfg = load_data_config(data)
-    samples, names, cat_ids, _ = read_split(dcfg, split)
+    samples, names, cat_ids, report = read_split(dcfg, split)
+    if not any(len(s.boxes) for s in samples):  # mAP would be a meaningless 0
+        skipped = [Path(f).name for f in report.skipped_images()]
+        why = f"; {len(skipped)} skipped: {', '.join(skipped[:3])}{', ...' * (len(skipped) > 3)}" if skipped else ""
+        raise DatasetError(f"{dcfg.source}: split '{split}' has no valid box in {len(samples)} usable images{why} "
+                           "(nothing to evaluate)")
     backend = load_backend(weights, device=device)
     if list(backend.meta.class_names) != list(names):
         raise ValueError(f"{weights}: model classes {backend.meta.class_names} differ from "
                          f"{data} names {names}")
     pred = Predictor(backend, conf=conf, imgsz=imgsz, rect=rect)
     preds: Predictions = {}
-    skipped: list[str] = []
+    undecodable: list[int] = []
     elapsed, n_timed = 0.0, 0
     for i, s in enumerate(tqdm(samples, desc=f"det-eval {split}", unit="img", disable=not progress)):
         try:
-            bgr = cv2.cvtColor(load_rgb(str(s.image)), cv2.COLOR_RGB2BGR)
-        except (OSError, ValueError):  # PIL.UnidentifiedImageError is an OSError
-            skipped.append(str(s.image))
+            bgr = cv2.cvtColor(load_rgb(s.image), cv2.COLOR_RGB2BGR)
+        except (OSError, ValueError, SyntaxError):  # PIL.UnidentifiedImageError is an OSError
+            undecodable.append(i)
             continue
         t0 = time.perf_counter()
         d = pred(bgr)
@@ -108,11 +123,27 @@ def evaluate_weights(weights: str | Path, data: str | Path, split: str = "val", 
             elapsed += time.perf_counter() - t0
             n_timed += 1
         preds[i] = (d.boxes, d.scores, d.labels)
-    result = evaluate_coco(samples, preds, names, cat_ids, verbose=verbose)
+    if not preds:
+        raise DatasetError(f"{dcfg.source}: split '{split}': none of its {len(samples)} images could be decoded "
+                           f"({', '.join(s.image.name for s in samples[:3])}{', ...' * (len(samples) > 3)})")
+    result = evaluate_coco(samples, preds, names, cat_ids, exclude=undecodable, verbose=verbose)
+    result.images_skipped = [Path(f).name for f in report.skipped_images()] + result.images_skipped
     info = {"weights": str(weights), "backend": backend.name, "split": split,
             "n_images": len(preds), "ms_per_image": 1000 * elapsed / max(1, n_timed), "rect": pred.rect,
-            "class_names": names, "category_ids": cat_ids, "skipped": skipped}
+            "class_names": names, "category_ids": cat_ids,
+            "images_truncated": [Path(f).name for f in report.files(*TRUNCATED_JPEG)],
+            "data_report": report.table(max_files=20)}
     return EvalOutput(result, info, samples, preds)
+
+
+def _report_issues(report_table: str, result: CocoResult) -> None:
+    """Print the readers' report (when it lists problems) and the images left out, on stderr."""
+    if not report_table.endswith("no problems found"):
+        click.echo(report_table, err=True)
+    n = len(result.images_skipped)
+    if n:
+        click.echo(f"warning: {n} image{'s' * (n != 1)} left out of the evaluation (ground truth and "
+                   f"predictions; unreadable): {', '.join(result.images_skipped)}", err=True)
 
 
 def write_eval_plots(res: CocoResult, samples: list[Sample], preds: Predictions, names: list[str],
@@ -121,7 +152,8 @@ def write_eval_plots(res: CocoResult, samples: list[Sample], preds: Predictions,
     """Write ``pr_curve.png``, ``confusion_matrix.png`` and ``val_predictions.jpg`` to ``out_dir``.
 
     Args:
-        res: the metrics of ``preds`` (its ``precision`` array draws the PR curves).
+        res: the metrics of ``preds`` (its ``precision`` array draws the PR curves; the samples
+            it ``excluded`` are left out of the confusion matrix too).
         samples / preds / names / cat_ids: as :func:`evaluate_weights` returns them.
         out_dir: existing folder.
         conf: score threshold of the confusion matrix and of the drawn detections.
@@ -139,12 +171,13 @@ def write_eval_plots(res: CocoResult, samples: list[Sample], preds: Predictions,
 
     if res.precision is not None:
         plot_pr_curves(res.precision, names, out_dir / "pr_curve.png")
-    cm = confusion_matrix(samples, preds, names, cat_ids, conf=conf, iou=iou, verbose=verbose)
+    cm = confusion_matrix(samples, preds, names, cat_ids, conf=conf, iou=iou, exclude=res.excluded,
+                          verbose=verbose)
     plot_confusion_matrix(cm, names, out_dir / "confusion_matrix.png", conf, iou)
     tiles = []
     for i in sorted(preds)[:n_samples]:
         s = samples[i]
-        img, scale = resize_longest(cv2.cvtColor(load_rgb(str(s.image)), cv2.COLOR_RGB2BGR), 320)
+        img, scale = resize_longest(cv2.cvtColor(load_rgb(s.image), cv2.COLOR_RGB2BGR), 320)
         draw_boxes(img, s.boxes * scale, s.labels, names, color=(255, 128, 0), captions=False)
         boxes, scores, labels = preds[i]
         keep = scores >= conf
@@ -188,22 +221,26 @@ def main(weights: str, data: str, split: str, conf: float, cm_iou: float, plot_c
 
     Every format runs through the runtime's backends (letterbox pre-processing, same as det-run),
     so their numbers compare directly. Writes metrics.json, pr_curve.png, confusion_matrix.png and
-    val_predictions.jpg to the run folder.
+    val_predictions.jpg to the run folder. Images that cannot be read are left out of the
+    evaluation (ground truth too) and named in metrics.json's images_skipped.
     """
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_writable(Path(project) / name, "--project/--name")  # before the work, not after it
         result, info, samples, preds = evaluate_weights(weights, data, split, conf, imgsz, device, rect,
                                                         progress=True, verbose=verbose)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # FileNotFoundError, PermissionError are OSErrors
         raise click.ClickException(str(e)) from e
-    for path in info["skipped"]:
-        click.echo(f"warning: {path}: unreadable image, skipped", err=True)
+    _report_issues(info.pop("data_report"), result)
     click.echo(result.table())
     click.echo(f"{info['n_images']} images, {info['ms_per_image']:.1f} ms/image after warm-up "
                f"({info['backend']})")
-    out = increment_path(Path(project) / name)
-    (out / "metrics.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
+    try:
+        out = increment_path(Path(project) / name)
+        (out / "metrics.json").write_text(json.dumps({**result.to_dict(), **info}, indent=2))
+    except OSError as e:  # the folder changed since the check
+        raise click.ClickException(f"cannot write the results: {e}") from e
     try:
         write_eval_plots(result, samples, preds, info["class_names"], info["category_ids"], out,
                          conf=plot_conf, iou=cm_iou, verbose=verbose)

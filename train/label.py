@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,7 @@ from tqdm import tqdm
 from det_toolkit import __version__
 from det_toolkit.runtime.classes import ClassSpecError
 from det_toolkit.runtime.device import DEVICE
-from det_toolkit.runtime.files import increment_path
+from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.sources import Source, open_source
 from det_toolkit.runtime.teachers import ARTIFACT_SUFFIXES, Teacher, clip_detections, is_artifact_spec, make_teacher
 from det_toolkit.train.data.formats import FORMATS
@@ -71,6 +72,8 @@ class LabelSummary:
         boxes_per_frame: ``(mean, min, max)``.
         teacher_ms: ``(mean, median)`` teacher wall time per frame in ms.
         first_frame / last_frame: source indices of the first and last labelled frame.
+        skipped: source images/frames that could not be decoded (not labelled).
+        truncated: file names of truncated JPEGs decoded (grey bottom rows) and labelled.
         interrupted: Ctrl-C stopped reading early (the dataset holds the frames labelled so far).
     """
 
@@ -89,18 +92,27 @@ class LabelSummary:
     teacher_ms: tuple[float, float] = (0.0, 0.0)
     first_frame: int = -1
     last_frame: int = -1
+    skipped: int = 0
+    truncated: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     def table(self) -> str:
         """A human-readable summary (several lines)."""
         mean, lo, hi = self.boxes_per_frame
         per_class = ", ".join(f"{n} {k}" for n, k in self.boxes_per_class.items())
-        return (f"{self.frames} frames labelled (source frames {self.first_frame}-{self.last_frame}, "
-                f"every {self.every}): {self.train} train, {self.val} val\n"
-                f"{self.boxes} boxes ({per_class}); boxes per frame: mean {mean:.2f}, min {lo}, max {hi}; "
-                f"{self.negatives} frames without boxes kept as negative images\n"
-                f"teacher: {self.teacher}\n"
-                f"teacher ms per frame: mean {self.teacher_ms[0]:.1f}, median {self.teacher_ms[1]:.1f}")
+        lines = [f"{self.frames} frames labelled (source frames {self.first_frame}-{self.last_frame}, "
+                 f"every {self.every}): {self.train} train, {self.val} val",
+                 f"{self.boxes} boxes ({per_class}); boxes per frame: mean {mean:.2f}, min {lo}, max {hi}; "
+                 f"{self.negatives} frames without boxes kept as negative images",
+                 f"teacher: {self.teacher}",
+                 f"teacher ms per frame: mean {self.teacher_ms[0]:.1f}, median {self.teacher_ms[1]:.1f}"]
+        if self.skipped:
+            lines.append(f"{self.skipped} unreadable source images/frames skipped")
+        if self.truncated:
+            n = len(self.truncated)
+            lines.append(f"{n} truncated image{'s' * (n != 1)} decoded (grey bottom rows): "
+                         f"{', '.join(self.truncated)}")
+        return "\n".join(lines)
 
 
 def select_frames(source: Source, every: int = 1, start: int = 0,
@@ -138,10 +150,15 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
     Returns:
         :class:`LabelSummary` (also written to ``out/label_summary.json``).
 
+    A run that fails (an exception other than a first Ctrl-C while reading frames) leaves ``out`` as
+    it found it, absent or empty, so the same call can be repeated.
+
     Raises:
         FileNotFoundError / det_toolkit.runtime.sources.SourceError: ``source`` cannot be opened.
+        NotADirectoryError / PermissionError: ``out`` cannot be created
+            (:func:`det_toolkit.runtime.files.check_writable`).
         LabelError: bad arguments, ``out`` not empty, no frame in the range, a frame that cannot be
-            saved, or a live source without ``end``.
+            saved, a teacher that fails on a frame, or a live source without ``end``.
     """
     if fmt not in FORMATS:
         raise LabelError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
@@ -154,10 +171,30 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LabelError(f"output {out} exists and is not an empty folder; choose another --out or "
                          "remove it (det-label never mixes two labelling runs)")
+    check_writable(out, "output")
     src = open_source(source)
     if src.info.live and end is None:
         src.close()
         raise LabelError(f"{source} is a live source: give --end to say when to stop")
+    existed = out.exists()
+    created = out  # the topmost folder this call creates when out is absent
+    while not created.parent.exists():
+        created = created.parent
+    try:
+        return _label(src, source, teacher, out, fmt, every, start, end, val_fraction, jpg_quality, progress)
+    except BaseException:  # a failed run leaves out as it found it: absent or empty
+        if existed:
+            for p in out.iterdir():  # out was empty: everything in it is this run's
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        elif created.exists():
+            shutil.rmtree(created)
+        raise
+
+
+def _label(src: Source, source: str | Path, teacher: Teacher, out: Path, fmt: str, every: int, start: int,
+           end: int | None, val_fraction: float, jpg_quality: int, progress: bool) -> LabelSummary:
+    """The work of :func:`label_source` on an opened ``src`` (closed here); the caller removes the
+    output when this raises."""
     images = out / "images"
     frames: list[LabelledFrame] = []
     times: list[float] = []
@@ -174,7 +211,11 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
                    desc=f"labelling {src.info.stem}", disable=not progress)
         for index, name, frame in bar:
             t0 = time.perf_counter()
-            dets = teacher(frame)
+            try:
+                dets = teacher(frame)
+            except Exception as e:  # noqa: BLE001 - any teacher failure ends the run with its frame named
+                raise LabelError(f"teacher {teacher.name} failed on frame {index} ({name}) of {source}: "
+                                 f"{type(e).__name__}: {e}; nothing was written") from e
             times.append((time.perf_counter() - t0) * 1e3)
             h, w = frame.shape[:2]
             dets = clip_detections(dets, w, h)
@@ -209,7 +250,8 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
         boxes=int(counts.sum()), boxes_per_class={n: int(k) for n, k in zip(names, per_class)},
         boxes_per_frame=(round(float(counts.mean()), 3), int(counts.min()), int(counts.max())),
         teacher_ms=(round(float(np.mean(times)), 2), round(float(np.median(times)), 2)),
-        first_frame=frames[0].index, last_frame=frames[-1].index, interrupted=interrupted)
+        first_frame=frames[0].index, last_frame=frames[-1].index, skipped=src.skipped,
+        truncated=list(src.truncated), interrupted=interrupted)
     header = (f"Auto-labelled by det-label: {summary.frames} frames of {source} "
               f"(frames {summary.first_frame}-{summary.last_frame}, every {every}); val = the last "
               f"{n_val} frames.\nTeacher: {teacher.name}.\n"
@@ -291,6 +333,7 @@ def main(source: str, teacher: str, fmt: str, project: Path, name: str | None, o
         raise click.UsageError("--out is the exact dataset folder: give it or --project/--name, not both")
     created = None
     try:
+        check_writable(out or project, "--out" if out else "--project")  # before the teacher loads
         t = make_teacher(teacher, device, conf, classes, imgsz, hog_score, hog_upscale, hog_stride)
         if out is None:  # after the teacher loaded: a bad teacher leaves no folder behind
             out = created = increment_path(project / (name or Path(source).stem or "source"))

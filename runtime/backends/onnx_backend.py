@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from det_toolkit.runtime.deps import cuda_provider_problem
 from det_toolkit.runtime.device import parse_device
 from det_toolkit.runtime.meta import META_KEY, MetadataError, ModelMeta
 
+log = logging.getLogger(__name__)
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 #: ``InferenceSession(providers=...)``: provider names, or ``(name, options)`` pairs.
 Providers = list[str | tuple[str, dict[str, str]]]
@@ -86,10 +88,18 @@ def create_session(path: str | Path, providers: Providers | None = None) -> ort.
     # cores, and spinning threads of one session slowed the others (measured ~1.5x per frame)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only: shape-inference warnings are noise here
+    providers = providers or providers_for()
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers or providers_for())
+        sess = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:
         raise BackendError(f"{path}: not a valid ONNX model ({type(e).__name__}: {e})") from e
+    asked = {p if isinstance(p, str) else p[0] for p in providers}
+    if CUDA_EP in asked and CUDA_EP not in sess.get_providers():
+        # ONNX Runtime falls back to the CPU silently when the CUDA/cuDNN libraries fail to load
+        log.warning("%s: the CUDA execution provider did not start (CUDA/cuDNN libraries not found or "
+                    "incompatible): running on the CPU. See ONNX Runtime's CUDA requirements for "
+                    "onnxruntime-gpu %s", path, ort.__version__)
+    return sess
 
 
 def session_metadata(sess: ort.InferenceSession, key: str, path: str | Path) -> str:

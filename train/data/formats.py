@@ -8,8 +8,21 @@ Conversions: COCO ``[x, y, w, h]`` -> ``[x, y, x + w, y + h]``; VOC 1-based incl
 -> ``[xmin - 1, ymin - 1, xmax, ymax]`` (Detectron2's convention); YOLO normalised ``cx cy w h`` ->
 absolute ``xyxy``.
 
-Every problem is recorded in a :class:`DataReport` with its file and what was done (box clipped,
-box skipped, image skipped, image kept as background); one bad box never drops its image.
+Every problem is recorded in a :class:`DataReport` with its file (and line, object or record
+where it has one) and what was done; one bad record never drops more than itself:
+
+* a whole file that cannot be used is an error (:class:`DatasetError`): a COCO JSON that does not
+  parse, lacks ``images``/``categories`` lists, has categories without an integer ``id`` and a string
+  ``name``, or repeats an image or category id (the annotations would be ambiguous);
+* an image that cannot be read (missing, unreadable header, truncated PNG/BMP/WebP) or whose label
+  file cannot be read is skipped and counted; a truncated JPEG is kept, decoded with grey bottom
+  rows, and counted (the policy of :func:`det_toolkit.runtime.sources.truncated_image`);
+* one bad record is skipped and counted: a YOLO line that is not ``class cx cy w h`` numbers (4 or
+  6+ fields, a segment polygon, a non-integer or out-of-range class, NaN/inf, a size <= 0), a VOC
+  object with an unknown class name or a missing/non-numeric coordinate, a COCO image record without
+  ``file_name`` or integer ``id``, a COCO annotation whose ``image_id`` names no image, whose
+  ``category_id`` is not a category (or not in ``names``), whose ``bbox`` is not 4 numbers or whose
+  ``iscrowd`` is not 0/1; degenerate and fully outside boxes are skipped, partly outside ones clipped.
 """
 
 from __future__ import annotations
@@ -17,15 +30,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from det_toolkit.runtime.files import IMAGE_SUFFIXES
+from det_toolkit.runtime.sources import truncated_image
 from det_toolkit.train.config import ConfigError, DataConfig, load_data_config
 
 #: boxes at most this many pixels past the border are clipped without a report (float rounding of
@@ -67,9 +83,23 @@ class Sample:
     image_id: int = 0
 
 
+#: :class:`DataReport` problems of truncated images, and what was done (see :func:`truncated_image`)
+TRUNCATED_JPEG = ("truncated JPEG", "decoded, missing bottom rows grey")
+
+
+def at(file: Path | str, where: str) -> str:
+    """``file`` with a location inside it (``labels/a.txt:line 3``, ``train.json:annotation 7``), the
+    form :class:`DataReport` rows name a record by."""
+    return f"{file}:{where}"
+
+
 @dataclass
 class DataReport:
-    """Problems found while reading a split: ``(file, problem, action)`` rows and counts."""
+    """Problems found while reading a split: ``(file, problem, action)`` rows and counts.
+
+    ``file`` is the file the problem is in, with the line/object/record appended by :func:`at` where
+    there is one.
+    """
 
     split: str
     issues: list[tuple[str, str, str]] = field(default_factory=list)
@@ -84,15 +114,25 @@ class DataReport:
         """How often each ``(problem, action)`` occurred."""
         return Counter((p, a) for _, p, a in self.issues)
 
+    def files(self, problem: str, action: str | None = None) -> list[str]:
+        """The files (with location) of every row of ``problem`` (and ``action``), in reading order."""
+        return [f for f, p, a in self.issues if p == problem and action in (None, a)]
+
+    def skipped_images(self) -> list[str]:
+        """Files of every row whose action is ``image skipped`` (the image left the split)."""
+        return [f for f, _, a in self.issues if a == "image skipped"]
+
     def table(self, max_files: int = 3) -> str:
-        """A human-readable summary table (with a few example files per problem)."""
+        """A human-readable summary table: per problem the count, the action and the first
+        ``max_files`` files (``+N more`` after them)."""
         lines = [f"[{self.split}] {self.n_images} images, {self.n_boxes} boxes"]
         if not self.issues:
             return lines[0] + ", no problems found"
-        lines.append(f"  {'count':>6}  {'problem':<44} action / example files")
+        lines.append(f"  {'count':>6}  {'problem':<44} action / files")
         for (prob, act), n in self.counts().most_common():
-            ex = [f for f, p, a in self.issues if (p, a) == (prob, act)][:max_files]
-            lines.append(f"  {n:>6}  {prob:<44} {act}: {', '.join(Path(e).name for e in ex)}")
+            ex = [Path(e).name for e in self.files(prob, act)]
+            more = f" (+{len(ex) - max_files} more)" if len(ex) > max_files else ""
+            lines.append(f"  {n:>6}  {prob:<44} {act}: {', '.join(ex[:max_files])}{more}")
         return "\n".join(lines)
 
 
@@ -109,10 +149,12 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def _fix_boxes(boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray, w: int, h: int,
-               file: Path, report: DataReport) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Skip non-finite, degenerate and fully-outside boxes; clip partly-outside ones."""
+               wheres: list[str], report: DataReport) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skip non-finite, degenerate and fully-outside boxes; clip partly-outside ones. ``wheres[i]``
+    names box ``i`` in the report."""
     keep = np.ones(len(boxes), dtype=bool)
     for i, (x1, y1, x2, y2) in enumerate(boxes):
+        file = wheres[i]
         if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
             report.add(file, "non-finite box coordinate", "box skipped")
             keep[i] = False
@@ -136,23 +178,32 @@ def _fix_boxes(boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray, w: in
 
 
 def _sample(image: Path, w: int, h: int, boxes: list[list[float]], labels: list[int],
-            crowd: list[bool], report: DataReport, label_file: Path, image_id: int) -> Sample:
+            crowd: list[bool], report: DataReport, wheres: list[str], image_id: int) -> Sample:
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     lab = np.asarray(labels, dtype=np.int64)
     cr = np.asarray(crowd, dtype=bool)
-    b, lab, cr = _fix_boxes(b, lab, cr, w, h, label_file, report)
+    b, lab, cr = _fix_boxes(b, lab, cr, w, h, wheres, report)
     return Sample(image=image, width=w, height=h, boxes=b, labels=lab, iscrowd=cr, image_id=image_id)
 
 
 def _read_image_size(image: Path, report: DataReport) -> tuple[int, int] | None:
+    """The image's displayed size, or ``None`` (reported) when it is missing, unreadable or a
+    truncated file that does not decode; a truncated JPEG is reported and kept."""
     if not image.is_file():
         report.add(image, "missing image", "image skipped")
         return None
+    kind = truncated_image(image)
+    if kind not in (None, "JPEG"):
+        report.add(image, f"truncated {kind} file (does not decode)", "image skipped")
+        return None
     try:
-        return image_size(image)
+        size = image_size(image)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         report.add(image, f"unreadable image ({type(e).__name__})", "image skipped")
         return None
+    if kind == "JPEG":
+        report.add(image, *TRUNCATED_JPEG)
+    return size
 
 
 def parse_voc(xml_file: Path, names: list[str], w: int, h: int, image: Path, report: DataReport,
@@ -163,50 +214,83 @@ def parse_voc(xml_file: Path, names: list[str], w: int, h: int, image: Path, rep
     except (ET.ParseError, OSError) as e:
         report.add(xml_file, f"unreadable label file ({e.__class__.__name__})", "image skipped")
         return None
-    boxes, labels, crowd = [], [], []
+    boxes, labels, crowd, wheres = [], [], [], []
     objects = root.findall("object")
     if not objects:
         report.add(xml_file, "label file has no objects", "image kept as background")
-    for obj in objects:
+    for k, obj in enumerate(objects, 1):
+        where = at(xml_file, f"object {k}")
         name = (obj.findtext("name") or "").strip()
         if name not in names:
-            report.add(xml_file, f"unknown class name '{name}'", "box skipped")
+            report.add(where, f"unknown class name '{name}'", "box skipped")
             continue
         bb = obj.find("bndbox")
+        if bb is None:
+            report.add(where, "object without <bndbox>", "box skipped")
+            continue
         try:
-            xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (TypeError, ValueError, AttributeError):
-            report.add(xml_file, "malformed <bndbox>", "box skipped")
+            xmin, ymin, xmax, ymax = (float((bb.findtext(t) or "").strip())
+                                      for t in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            report.add(where, "malformed <bndbox> (missing or non-numeric coordinate)", "box skipped")
             continue
         boxes.append([xmin - 1, ymin - 1, xmax, ymax])
         labels.append(names.index(name))
         crowd.append((obj.findtext("difficult") or "0").strip() == "1")
-    return _sample(image, w, h, boxes, labels, crowd, report, xml_file, image_id)
+        wheres.append(where)
+    return _sample(image, w, h, boxes, labels, crowd, report, wheres, image_id)
+
+
+def _yolo_line(parts: list[str], n_classes: int) -> tuple[int, float, float, float, float] | str:
+    """``(class, cx, cy, w, h)`` of one YOLO label line split on whitespace, or what is wrong with it."""
+    if len(parts) != 5:
+        if len(parts) >= 7 and len(parts) % 2:
+            return ("segment polygon, not a box (YOLO segmentation format; det-toolkit reads "
+                    "'class cx cy w h' boxes: convert the segments to boxes)")
+        if len(parts) == 6:
+            return "6 fields (need 5: class cx cy w h; a prediction file with a score column?)"
+        return f"malformed line: {len(parts)} field{'s' * (len(parts) != 1)} (need 5: class cx cy w h)"
+    try:
+        cls_f, cx, cy, bw, bh = (float(v) for v in parts)
+    except ValueError:
+        return "non-numeric value (need 5 numbers: class cx cy w h)"
+    if not math.isfinite(cls_f) or cls_f != int(cls_f):
+        return f"class id '{parts[0]}' is not an integer"
+    cls = int(cls_f)
+    if not 0 <= cls < n_classes:
+        return f"class id {cls} out of range 0..{n_classes - 1}"
+    if not all(math.isfinite(v) for v in (cx, cy, bw, bh)):
+        return "non-finite box coordinate"
+    if bw <= 0 or bh <= 0:
+        return "box width or height <= 0"
+    return cls, cx, cy, bw, bh
 
 
 def parse_yolo(txt_file: Path, n_classes: int, w: int, h: int, image: Path, report: DataReport,
-               image_id: int) -> Sample:
-    """Read one YOLO txt file (``class cx cy w h`` normalised, one box per line)."""
-    boxes, labels = [], []
-    lines = [ln for ln in txt_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+               image_id: int) -> Sample | None:
+    """Read one YOLO txt file (``class cx cy w h`` normalised, one box per line); ``None`` (image
+    skipped, reported) when the file cannot be read as UTF-8 text. A bad line is skipped and
+    reported with its line number (:func:`_yolo_line`)."""
+    try:
+        text = txt_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        report.add(txt_file, f"unreadable label file ({type(e).__name__})", "image skipped")
+        return None
+    boxes, labels, wheres = [], [], []
+    lines = [(n, ln.split()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines:
         report.add(txt_file, "empty label file", "image kept as background")
-    for ln in lines:
-        parts = ln.split()
-        try:
-            cls = int(float(parts[0]))
-            cx, cy, bw, bh = (float(v) for v in parts[1:5])
-            if len(parts) != 5:
-                raise ValueError
-        except (ValueError, IndexError):
-            report.add(txt_file, "malformed line (need: class cx cy w h)", "box skipped")
+    for n, parts in lines:
+        where = at(txt_file, f"line {n}")
+        got = _yolo_line(parts, n_classes)
+        if isinstance(got, str):
+            report.add(where, got, "box skipped")
             continue
-        if not 0 <= cls < n_classes:
-            report.add(txt_file, f"class id {cls} out of range 0..{n_classes - 1}", "box skipped")
-            continue
+        cls, cx, cy, bw, bh = got
         boxes.append([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
         labels.append(cls)
-    return _sample(image, w, h, boxes, labels, [False] * len(labels), report, txt_file, image_id)
+        wheres.append(where)
+    return _sample(image, w, h, boxes, labels, [False] * len(labels), report, wheres, image_id)
 
 
 def _unused_supercategories(cats: list[dict], anns: list[dict]) -> list[dict]:
@@ -217,72 +301,153 @@ def _unused_supercategories(cats: list[dict], anns: list[dict]) -> list[dict]:
     return [c for c in cats if c["name"] in parents and c["id"] not in used]
 
 
+def _is_int(v: Any) -> bool:
+    """An integer JSON value (``bool`` is not)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A real JSON number (``bool`` is not)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _coco_tables(json_file: Path) -> tuple[list[dict], list[Any], list[Any]]:
+    """``(categories sorted by id, images, annotations)`` of a COCO JSON, checked for what makes the
+    whole file unusable.
+
+    Raises:
+        DatasetError: unreadable or not JSON; ``images``/``categories`` missing or not lists; a
+            category without an integer ``id`` and a string ``name``; a repeated category id or name.
+    """
+    try:
+        d = json.loads(json_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{json_file}: not a COCO detection file ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict):
+        raise DatasetError(f"{json_file}: not a COCO detection file (a JSON {type(d).__name__}, not an object)")
+    for key in ("images", "categories", "annotations"):
+        if key == "annotations" and key not in d:
+            continue
+        if not isinstance(d.get(key), list):
+            got = "missing" if key not in d else f"a {type(d[key]).__name__}"
+            raise DatasetError(f"{json_file}: not a COCO detection file ('{key}' must be a list, got {got})")
+    for i, c in enumerate(d["categories"]):
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
+            raise DatasetError(f"{json_file}: categories[{i}]: needs an integer 'id' and a string 'name', "
+                               f"got {c!r}")
+    cats = sorted(d["categories"], key=lambda c: c["id"])
+    for key in ("id", "name"):
+        dups = sorted((v for v, n in Counter(c[key] for c in cats).items() if n > 1), key=str)
+        if dups:
+            raise DatasetError(f"{json_file}: categories: repeated {key} {dups} (which one do annotations mean?)")
+    return cats, d["images"], d.get("annotations", [])
+
+
+def _coco_image_records(json_file: Path, images: list[Any], report: DataReport) -> list[tuple[int, str]]:
+    """``(id, file_name)`` of every usable image record; a record without an integer ``id`` or a
+    string ``file_name`` is skipped and reported.
+
+    Raises:
+        DatasetError: two records share an id (their annotations would be ambiguous).
+    """
+    out: list[tuple[int, str]] = []
+    for i, im in enumerate(images):
+        where = at(json_file, f"images[{i}]")
+        if not isinstance(im, dict) or not _is_int(im.get("id")):
+            report.add(where, "image record without an integer 'id'", "image skipped")
+        elif not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            report.add(where, "image record without 'file_name'", "image skipped")
+        else:
+            out.append((int(im["id"]), im["file_name"]))
+    dups = sorted(i for i, n in Counter(i for i, _ in out).items() if n > 1)
+    if dups:
+        raise DatasetError(f"{json_file}: images: repeated id {dups[:10]} (which image do its annotations mean?)")
+    return out
+
+
+def _coco_box(json_file: Path, a: Any, index: int, label_of: dict[int, int], cat_name: dict[int, str],
+              image_ids: set[int], report: DataReport) -> tuple[int, list[float], int, bool, str] | None:
+    """``(image id, xyxy box, label, crowd, where)`` of annotation ``a`` (the ``index``-th), or
+    ``None`` when it is unusable (reported, box skipped)."""
+    if not isinstance(a, dict):
+        report.add(at(json_file, f"annotations[{index}]"), "annotation is not an object", "box skipped")
+        return None
+    where = at(json_file, f"annotation {a['id']}" if _is_int(a.get("id")) else f"annotations[{index}]")
+    iid, cid, bbox, crowd = a.get("image_id"), a.get("category_id"), a.get("bbox"), a.get("iscrowd", 0)
+    problem = None
+    if not _is_int(iid) or iid not in image_ids:
+        problem = "image_id names no (usable) image record"
+    elif not _is_int(cid) or cid not in cat_name:
+        problem = f"unknown category id {cid!r}"
+    elif cid not in label_of:
+        problem = f"category '{cat_name[cid]}' is not in names"
+    elif not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        problem = "bbox is not a list of 4 numbers [x, y, w, h]"
+    elif crowd not in (0, 1):  # True/False compare equal to 1/0
+        problem = "iscrowd is not 0 or 1"
+    if problem is not None:
+        report.add(where, problem, "box skipped")
+        return None
+    x, y, bw, bh = (float(v) for v in bbox)
+    return int(iid), [x, y, x + bw, y + bh], label_of[cid], bool(crowd), where
+
+
 def read_coco(json_file: Path, cfg: DataConfig, report: DataReport
               ) -> tuple[list[Sample], list[str], list[int]]:
     """Read a COCO detection JSON: returns samples, class names and their category ids.
 
     Category ids need not start at 0 or be contiguous: label ``i`` is category ``category_ids[i]``.
-    With ``cfg.names`` set, categories are matched by name in that order; otherwise every category
-    sorted by id, except a super-category that only groups the others and has no annotations
-    (Roboflow's category 0, named after the dataset): it is dropped and the report says so.
-    ``file_name`` is looked up under ``<root>/<images>``, ``<root>/<images>/<subset>`` (CVAT:
-    ``instances_<subset>.json``), ``<root>``, the JSON's folder and ``images/`` beside the JSON's folder.
+    With ``cfg.names`` set, categories are matched by name in that order (annotations of other
+    categories are skipped and counted); otherwise every category sorted by id, except a
+    super-category that only groups the others and has no annotations (Roboflow's category 0, named
+    after the dataset): it is dropped and the report says so. ``file_name`` is looked up under
+    ``<root>/<images>``, ``<root>/<images>/<subset>`` (CVAT: ``instances_<subset>.json``), ``<root>``,
+    the JSON's folder and ``images/`` beside the JSON's folder. Bad records are skipped and reported
+    (module docstring).
 
     Raises:
-        DatasetError: unreadable JSON or missing ``images``/``annotations``/``categories``.
+        DatasetError: a file that cannot be used as a whole (:func:`_coco_tables`,
+            :func:`_coco_image_records`), or ``cfg.names`` naming no category.
     """
-    try:
-        d = json.loads(json_file.read_text(encoding="utf-8"))
-        cats = sorted(d["categories"], key=lambda c: c["id"])
-        images, anns = d["images"], d.get("annotations", [])
-        by_name = {c["name"]: c["id"] for c in cats}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DatasetError(f"{json_file}: not a COCO detection file ({type(e).__name__}: {e})") from e
+    cats, images, raw_anns = _coco_tables(json_file)
+    by_name = {c["name"]: c["id"] for c in cats}
     if cfg.names:
         missing = [n for n in cfg.names if n not in by_name]
         if missing:
             raise DatasetError(f"{json_file}: names {missing} have no category (have {list(by_name)})")
         names = list(cfg.names)
     else:
-        dropped = _unused_supercategories(cats, anns)
+        dropped = _unused_supercategories(cats, [a for a in raw_anns if isinstance(a, dict)])
         for c in dropped:
             report.add(json_file, f"category {c['id']} '{c['name']}' is the super-category of the "
                                   "others and has no boxes", "category dropped")
         names = [c["name"] for c in cats if c not in dropped]
     cat_ids = [by_name[n] for n in names]
     label_of = {cid: i for i, cid in enumerate(cat_ids)}
-    per_image: dict[int, list[dict]] = {}
-    for a in anns:
-        per_image.setdefault(a.get("image_id"), []).append(a)
+    records = _coco_image_records(json_file, images, report)
+    image_ids = {i for i, _ in records}
+    cat_name = {c["id"]: c["name"] for c in cats}
+    per_image: dict[int, list[tuple[list[float], int, bool, str]]] = {}
+    for k, a in enumerate(raw_anns):
+        box = _coco_box(json_file, a, k, label_of, cat_name, image_ids, report)
+        if box is not None:
+            per_image.setdefault(box[0], []).append(box[1:])
     subset = json_file.stem.removeprefix("instances_")
     dirs = [cfg.root / cfg.images, cfg.root / cfg.images / subset, cfg.root, json_file.parent,
             json_file.parent.parent / "images", json_file.parent.parent / "images" / subset]
     samples = []
-    for im in images:
-        fn = Path(im["file_name"])
+    for image_id, file_name in records:
+        fn = Path(file_name)
         cands = [dr / fn for dr in dirs]
         path = next((c for c in cands if c.is_file()), cands[0])
         size = _read_image_size(path, report)
         if size is None:
             continue
-        w, h = size
-        boxes, labels, crowd = [], [], []
-        for a in per_image.get(im["id"], []):
-            cid = a.get("category_id")
-            if cid not in label_of:
-                report.add(json_file, f"unknown category id {cid} (image {fn})", "box skipped")
-                continue
-            try:
-                x, y, bw, bh = (float(v) for v in a["bbox"])
-            except (KeyError, TypeError, ValueError):
-                report.add(json_file, f"malformed bbox (image {fn})", "box skipped")
-                continue
-            boxes.append([x, y, x + bw, y + bh])
-            labels.append(label_of[cid])
-            crowd.append(bool(a.get("iscrowd", 0)))
-        if not boxes:
+        anns = per_image.get(image_id, [])
+        if not anns:
             report.add(path, "no annotations", "image kept as background")
-        samples.append(_sample(path, w, h, boxes, labels, crowd, report, json_file, int(im["id"])))
+        boxes, labels, crowd, wheres = (list(col) for col in zip(*anns)) if anns else ([], [], [], [])
+        samples.append(_sample(path, *size, boxes, labels, crowd, report, wheres, image_id))
     return samples, names, cat_ids
 
 
@@ -309,7 +474,12 @@ def list_split_images(cfg: DataConfig, spec: str | list[str]) -> list[Path]:
             continue
         if not p.is_file():
             raise ConfigError(f"{cfg.source}: split '{entry}' not found at {p}")
-        for ln in p.read_text(encoding="utf-8").splitlines():
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{cfg.source}: split '{entry}': {p} is not a text list of images "
+                              f"(not UTF-8: {e.reason} at byte {e.start})") from e
+        for ln in text.splitlines():
             ln = ln.strip()
             if not ln or ln.startswith("#"):
                 continue
@@ -412,7 +582,7 @@ def read_split(cfg: DataConfig, split: str) -> tuple[list[Sample], list[str], li
             lf = label_path(cfg, image, fmt)
             if not lf.is_file():
                 report.add(lf, "missing label file", "image kept as background")
-                s = _sample(image, *size, [], [], [], report, lf, idx)
+                s = _sample(image, *size, [], [], [], report, [], idx)
             elif fmt == "voc":
                 s = parse_voc(lf, names, *size, image, report, idx)
             else:
@@ -425,11 +595,13 @@ def read_split(cfg: DataConfig, split: str) -> tuple[list[Sample], list[str], li
 
 
 def require_labels(samples: list[Sample], report: DataReport, cfg: DataConfig) -> None:
-    """Raise :class:`DatasetError` when a split has no valid box at all."""
+    """Raise :class:`DatasetError` when a split has no valid box at all; its one-line message names
+    the config, the split and the report's most frequent problems (the full table is
+    :meth:`DataReport.table`)."""
     if not any(len(s.boxes) for s in samples):
-        raise DatasetError(
-            f"{cfg.source}: split '{report.split}' has no valid boxes "
-            f"({report.n_images} usable images).\n{report.table()}")
+        top = "; ".join(f"{n} x {p}: {a}" for (p, a), n in report.counts().most_common(3))
+        raise DatasetError(f"{cfg.source}: split '{report.split}' has no valid boxes ({report.n_images} usable "
+                           f"images{'; ' + top if top else ''})")
 
 
 #: Data YAML names looked for in a dataset folder (Ultralytics / Roboflow / CVAT "Ultralytics YOLO" exports).

@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from det_toolkit.train.models.fasterrcnn_mobilenet_v3_large_fpn import mobilenet_fpn
 from det_toolkit.train.models.weights import init_from_file, load_deepsort_mobilenet_v2
 
 
@@ -34,13 +31,7 @@ def build(num_classes: int, weights: str | None = "auto", trainable_layers: int 
     """
     pretrained = weights not in (None, "", "none")
     frozen = pretrained if frozen_bn is None else frozen_bn
-    backbone = mobilenet_backbone(
-        backbone_name="mobilenet_v2", weights=None, fpn=True,
-        norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d,
-        trainable_layers=trainable_layers if frozen else 6,
-    )
-    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
-    anchors = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    backbone, anchors = mobilenet_fpn("mobilenet_v2", frozen, trainable_layers)
     # CPU-friendly proposal/RoI budgets: the 12544->1024 box head dominates the cost per RoI, and
     # torchvision's COCO defaults (2000 train proposals, 512 sampled RoIs) cost ~3x the step time.
     for k, v in {"rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 300,

