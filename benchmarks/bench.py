@@ -110,20 +110,28 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
 
 def measure(path: str, data: str, batch: int, warmup: int, iters: int, device: str) -> dict[str, Any]:
     """Worker body (own process): latency, throughput, accuracy and peak RSS of one artifact."""
-    import cv2
     import numpy as np
 
     from det_toolkit.runtime.backends import load_backend
     from det_toolkit.runtime.preprocess import letterbox, to_input
     from det_toolkit.train.config import load_data_config
     from det_toolkit.train.data.formats import read_split
+    from det_toolkit.train.data.images import load_rgb
     from det_toolkit.train.evaluate import evaluate_weights
 
     backend = load_backend(path, device=device)
     samples = read_split(load_data_config(data), "val")[0]
-    imgs = [cv2.imread(str(s.image)) for s in samples[:batch]]
-    x = np.concatenate([to_input(letterbox(cv2.cvtColor(im, cv2.COLOR_BGR2RGB), backend.meta.imgsz,
-                                           backend.meta.pad_value)[0]) for im in imgs])
+    imgs = []  # the first `batch` val images that decode (the same decoder as training and det-eval)
+    for s in samples:
+        try:
+            imgs.append(load_rgb(s.image))
+        except OSError:
+            continue
+        if len(imgs) == batch:
+            break
+    if len(imgs) < batch:
+        raise ValueError(f"{data}: fewer than {batch} decodable val images for the latency batch")
+    x = np.concatenate([to_input(letterbox(im, backend.meta.imgsz, backend.meta.pad_value)[0]) for im in imgs])
     for _ in range(warmup):
         backend.infer(x)
     times = []

@@ -40,7 +40,8 @@ class ConstEmbedder:
 
 
 def test_track_class_is_the_majority_vote() -> None:
-    tracker = DeepSortTracker(ConstEmbedder(), TrackerConfig(n_init=1))
+    tracker = DeepSortTracker(ConstEmbedder(),  # every detection embedded
+                              TrackerConfig(n_init=1, embedder_input_size=224, reuse_embedding_iou=None))
     frame = np.zeros((200, 300, 3), np.uint8)
     labels = [1, 0, 0, 1, 0, 0, 1, 1, 1]
     got, ids = [], set()

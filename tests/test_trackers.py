@@ -38,7 +38,7 @@ NO_TORCH = no_torch_script("det_toolkit.runtime.cli")
 class ConstEmbedder:
     """Identical appearance for every box: Deep SORT then associates by motion and IoU alone."""
 
-    input_size, name = 224, "const"
+    input_size, name = 128, "const"
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         return np.ones((len(boxes_xyxy), 8), np.float32)
@@ -96,6 +96,31 @@ def test_ids_follow_objects(name: str) -> None:
     assert [len(v) for v in ids_of.values()] == [1, 1, 1], ids_of
     assert len(set.union(*ids_of.values())) == 3
     assert tracker.name == name and tracker.summary()["tracker"] == name
+    if isinstance(tracker, DeepSortTracker):  # the shipped settings reuse embeddings where motion decides
+        assert tracker.embed_crops + tracker.reused == 3 * 40 - 3
+        assert tracker.reused > tracker.embed_crops
+
+
+def test_deepsort_reuses_embeddings_only_when_unambiguous() -> None:
+    """``reuse_embedding_iou``: a detection reuses its track's embedding only when it overlaps that
+    track's predicted box by the gate and nothing else by more than 1 - gate."""
+    cfg = TrackerConfig(n_init=1, reuse_embedding_iou=0.7)
+    tracker = DeepSortTracker(ConstEmbedder(), cfg)
+    frame = np.zeros((300, 600, 3), np.uint8)
+    a, b = np.array([100, 50, 160, 200], np.float32), np.array([400, 50, 460, 200], np.float32)
+
+    def step(*boxes: np.ndarray) -> tuple[int, int]:
+        crops, reused = tracker.embed_crops, tracker.reused
+        tracker.update(frame, Detections(np.stack(boxes), np.full(len(boxes), 0.9, np.float32),
+                                         np.zeros(len(boxes), np.int64)))
+        return tracker.embed_crops - crops, tracker.reused - reused
+
+    assert step(a, b) == (2, 0)  # new tracks: embedded
+    assert step(a, b) == (2, 0)  # tracks not yet confirmed (confirmed by this update)
+    assert step(a + 2, b) == (0, 2)  # both assigned by motion alone
+    assert step(a + 4, b, a + [30, 0, 30, 0]) == (2, 1)  # a's neighbour overlaps it (IoU 0.33): both embedded
+    assert step(a + 6, b + [0, 0, 60, 0]) == (1, 1)  # b's box doubled: IoU 0.5 < 0.7, embedded
+    assert DeepSortTracker(ConstEmbedder(), TrackerConfig(reuse_embedding_iou=None)).reused == 0
 
 
 def test_motion_track_class_is_the_majority_vote() -> None:
@@ -175,7 +200,8 @@ def test_tracker_yaml_names_its_tracker(tmp_path: Path) -> None:
      "t.yaml: cmc_method: expected one of sparseOptFlow, orb, sift, ecc, got 'flow'"),
     ("t.yaml", "tracker: botsort\nlost_track_buffer: -1\n", "t.yaml: lost_track_buffer: must be >= 0, got -1"),
     ("t.yaml", "lost_track_buffer: 10\n", "t.yaml: unknown key 'lost_track_buffer' (valid keys: max_age, n_init, "
-     "max_iou_distance, max_cosine_distance, nn_budget, embedder_input_size) (read as Deep SORT settings: the "
+     "max_iou_distance, max_cosine_distance, nn_budget, embedder_input_size, reuse_embedding_iou) (read as Deep "
+     "SORT settings: the "
      "file has no 'tracker:' key; add one, e.g. 'tracker: bytetrack')"),
     ("t.yaml", "tracker: [a]\n", "t.yaml: tracker: unknown tracker a list ['a'] (one of deepsort, bytetrack, "
      "ocsort, botsort)"),
