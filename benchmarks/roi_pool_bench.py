@@ -9,7 +9,7 @@ static graphs at ``--batch`` sizes):
 * ``separable``: pooling as two matrix products into a bins-first box head, the head's first layer
   kept apart (``RoIPoolOptions(fold_head=False)``);
 * ``det-export``: as ``det-export`` does now (the box head's first layer folded into the pooling
-  where that is cheaper, :class:`det_toolkit.export.roi_pool.FoldedRoILinear`).
+  where that is cheaper, :class:`det_toolkit.export.roi_fold.FoldedRoILinear`).
 
 Then runs the versions interleaved, frame by frame, on video frames letterboxed as ``det-run``
 does, and prints the median ms per image and, for each graph, the fraction of the PyTorch

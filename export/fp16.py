@@ -41,7 +41,7 @@ DATA_INPUTS = {"Resize": (0,), "Pad": (0,), "Clip": (0,), "Conv": (0,), "ConvTra
                "Gemm": (0,), "BatchNormalization": (0,), "ReduceMean": (0,)}
 #: Ops whose outputs seed the dense region (feature maps pooled per RoI).
 SEED_OPS = frozenset({"RoiAlign"})
-#: Node-name scope of RoI pooling built from other ops (:func:`det_toolkit.export.roi_pool.separable_roi_align`
+#: Node-name scope of RoI pooling built from other ops (:func:`det_toolkit.export.roi_separable.separable_roi_align`
 #: in ``roi_heads.box_roi_pool`` or the static graph's ``box_roi_pool``): kept float32 as a whole,
 #: like ``RoiAlign``, its outputs seed the dense region.
 POOL_SCOPE = "/box_roi_pool/"

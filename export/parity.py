@@ -30,7 +30,8 @@ from det_toolkit.runtime.meta import META_KEY, ModelMeta
 from det_toolkit.runtime.preprocess import letterbox, to_input
 from det_toolkit.train.checkpoint import model_from_checkpoint
 from det_toolkit.train.config import ConfigError, DataConfig, from_dict
-from det_toolkit.train.data.formats import DatasetError, list_split_images, read_split
+from det_toolkit.train.data.formats import list_split_images, read_split
+from det_toolkit.train.data.samples import DatasetError
 
 
 class ParityError(RuntimeError):

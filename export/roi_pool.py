@@ -3,10 +3,14 @@
 * :class:`GatherMultiScaleRoIAlign` (dynamic graphs, :func:`with_gather_pooling`): torchvision's
   :class:`~torchvision.ops.MultiScaleRoIAlign` with the levels merged by one row ``Gather`` instead
   of a ``ScatterElements`` per level;
-* :func:`pyramid_roi_align` (static graphs, no ``NonZero``): one RoIAlign over the stacked pyramid;
-* :func:`separable_roi_align`: RoIAlign of small maps as two matrix products per RoI, optionally
-  with a ``TwoMLPHead``'s first layer folded in (:class:`FoldedRoILinear`) or its weights permuted to
-  the products' layout (:func:`bins_first_head`); :class:`RoIPoolOptions` says when.
+* :func:`pyramid_roi_align` (static graphs, no ``NonZero``): one RoIAlign over the stacked pyramid,
+  in :class:`StaticRoIPool`;
+* separable RoIAlign of small maps as two matrix products per RoI
+  (:mod:`det_toolkit.export.roi_separable`: :func:`use_separable`, :func:`separable_roi_align`),
+  optionally with a ``TwoMLPHead``'s first layer folded in (:class:`FoldedRoILinear`, where
+  :func:`fold_is_cheaper`, with a :func:`folded_head`) or its weights permuted to the products'
+  layout (:func:`bins_first_head`), all in :mod:`det_toolkit.export.roi_fold`;
+  :class:`RoIPoolOptions` says when.
 
 All equal torchvision's ``MultiScaleRoIAlign`` up to float rounding (one documented border
 difference in :func:`pyramid_roi_align`). Boxes are float32 ``xyxy`` in input pixels throughout.
@@ -25,13 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-#: Default of :attr:`RoIPoolOptions.separable_max_cells`: separable pooling while the pooled maps
-#: have at most this many cells in all (sum of ``H_l * W_l`` at the export size).
-SEPARABLE_MAX_CELLS = 1024
+from det_toolkit.export.roi_fold import FoldedRoILinear, separable_head
+from det_toolkit.export.roi_separable import SEPARABLE_MAX_CELLS, separable_roi_align, use_separable
 
 
 @dataclass(frozen=True)
@@ -54,225 +56,6 @@ class RoIPoolOptions:
 
 #: What ``det-export`` does (the defaults of :class:`RoIPoolOptions`).
 DEFAULT_POOLING = RoIPoolOptions()
-
-
-def use_separable(sizes: list[tuple[int, int]], sampling_ratio: int,
-                  max_cells: int = SEPARABLE_MAX_CELLS) -> bool:
-    """Whether :func:`separable_roi_align` pools maps of ``sizes`` (``(H_l, W_l)`` cells): a fixed
-    ``sampling_ratio > 0`` (adaptive sampling is not separable into fixed matrices) and at most
-    ``max_cells`` cells in all (:attr:`RoIPoolOptions.separable_max_cells`)."""
-    return sampling_ratio > 0 and sum(int(h) * int(w) for h, w in sizes) <= max_cells
-
-
-def _axis_weights(lo: Tensor, hi: Tensor, size: int, bins: int, samples: int, cells_first: bool = False) -> Tensor:
-    """RoIAlign's interpolation matrix along one axis (torchvision ``roi_align_kernel.cpp``,
-    ``aligned=False``): bin ``b`` averages ``samples`` bilinear samples at
-    ``lo + b * bin + (i + 0.5) * bin / samples`` with ``bin = max(hi - lo, 1) / bins``; a sample
-    outside ``[-1, size]`` contributes zero, one below 0 reads cell 0, one past ``size - 1`` reads
-    cell ``size - 1``.
-
-    Args:
-        lo, hi: float32 ``[...]`` RoI start and end on this axis, feature-map cells.
-        size: map cells on this axis.
-        cells_first: return the transpose, ``[..., size, bins]``, built in that layout (an ONNX
-            ``Transpose`` of it costs more than building it).
-
-    Returns:
-        float32 ``[..., bins, size]``; row sums are 1 for samples inside the map.
-    """
-    length = torch.clamp(hi - lo, min=1.0)
-    bin_size = (length / bins)[..., None, None]
-    b = torch.arange(bins, dtype=lo.dtype, device=lo.device)[:, None]
-    i = torch.arange(samples, dtype=lo.dtype, device=lo.device)[None, :] + 0.5
-    pos = lo[..., None, None] + b * bin_size + i * bin_size / samples  # [..., bins, samples]
-    valid = ((pos >= -1.0) & (pos <= size)).to(lo.dtype)
-    pos = torch.clamp(pos, min=0.0)
-    low = torch.floor(pos)
-    edge = low >= size - 1
-    low = torch.where(edge, torch.full_like(low, size - 1), low)
-    frac = torch.where(edge, torch.zeros_like(pos), pos - low)
-    cells = torch.arange(size, dtype=lo.dtype, device=lo.device)
-    if cells_first:  # [..., size, bins, samples]
-        cells = cells[:, None, None]
-        low, frac, valid = low[..., None, :, :], frac[..., None, :, :], valid[..., None, :, :]
-    else:  # [..., bins, samples, size]
-        low, frac, valid = low[..., None], frac[..., None], valid[..., None]
-    w = ((cells == low).to(lo.dtype) * (1.0 - frac) + (cells == low + 1.0).to(lo.dtype) * frac) * valid
-    return w.sum(-1 if cells_first else -2) / samples
-
-
-def _level_weights(boxes: Tensor, scale: float, h: int, w: int, oh: int, ow: int, sampling_ratio: int,
-                   levels: Tensor | None, level: int, n_levels: int,
-                   x_cells_first: bool = False) -> tuple[Tensor, Tensor]:
-    """RoIAlign matrices of ``boxes`` (float32 ``[N, R, 4]`` ``xyxy`` input pixels) on one level's
-    ``h x w`` map: ``A_y [N, R, oh, h]`` (zero for RoIs of other levels) and ``A_x [N, R, ow, w]``
-    (``[N, R, w, ow]`` with ``x_cells_first``)."""
-    b = boxes * scale
-    ay = _axis_weights(b[..., 1], b[..., 3], h, oh, sampling_ratio)
-    ax = _axis_weights(b[..., 0], b[..., 2], w, ow, sampling_ratio, x_cells_first)
-    if levels is not None and n_levels > 1:
-        ay = ay * (levels == level).to(ay.dtype)[..., None, None]
-    return ay, ax
-
-
-def separable_roi_align(features: list[Tensor], boxes: Tensor, levels: Tensor | None, scales: list[float],
-                        output_size: tuple[int, int] | list[int], sampling_ratio: int,
-                        bins_first: bool = False) -> Tensor:
-    """Multi-level RoIAlign as matrix products (He et al., "Mask R-CNN", ICCV 2017; ``aligned=False``).
-
-    For RoI ``r`` of image ``n`` on level ``l``: ``out[r, c] = A_y[r] @ F_l[n, c] @ A_x[r]^T`` with
-    :func:`_axis_weights` matrices, computed for all RoIs of an image at once:
-    ``[R*oh, H] @ [H, C*W]`` then a batched ``[oh*C, W] @ [W, ow]`` per RoI. Equal to torchvision's
-    ``roi_align`` up to float rounding (the same sample points and border rules; only the summation
-    order differs). Each RoI is computed against every level with zero weights off its own level,
-    so the cost grows with the pooled maps' total area (see :func:`use_separable`).
-
-    Args:
-        features: ``L`` float32 maps ``[N, C, H_l, W_l]``.
-        boxes: float32 ``[N, R, 4]`` ``xyxy`` input pixels, ``R`` RoIs per image.
-        levels: int64 ``[N, R]`` level of each RoI in ``[0, L)``; ``None`` for one level.
-        scales: ``L`` spatial scales (``1 / stride``).
-        output_size: ``(oh, ow)``.
-        sampling_ratio: samples per bin side, ``> 0``.
-        bins_first: return the products' own layout ``[N*R, oh, C, ow]`` instead of transposing
-            it, for a box head whose first layer expects it (:func:`bins_first_head`).
-
-    Returns:
-        float32 ``[N*R, C, oh, ow]`` (``[N*R, oh, C, ow]`` with ``bins_first``), image-major (RoI
-        ``r`` of image ``n`` at row ``n*R + r``).
-
-    Raises:
-        ValueError: ``sampling_ratio <= 0``.
-    """
-    if sampling_ratio <= 0:
-        raise ValueError("separable RoIAlign needs a fixed sampling_ratio > 0; use roi_align")
-    oh, ow = int(output_size[0]), int(output_size[1])
-    n, r = boxes.shape[0], boxes.shape[1]
-    c = features[0].shape[1]
-    out = None
-    for level, (f, scale) in enumerate(zip(features, scales)):
-        h, w = f.shape[2], f.shape[3]
-        ay, ax = _level_weights(boxes, scale, h, w, oh, ow, sampling_ratio, levels, level, len(features))
-        rows = torch.matmul(ay.reshape(n, r * oh, h), f.permute(0, 2, 1, 3).reshape(n, h, c * w))
-        part = torch.matmul(rows.reshape(n * r, oh * c, w), ax.reshape(n * r, ow, w).transpose(1, 2))
-        out = part if out is None else out + part
-    out = out.reshape(n * r, oh, c, ow)
-    return out if bins_first else out.permute(0, 2, 1, 3)
-
-
-def bins_first_head(head: TwoMLPHead, channels: int, output_size: tuple[int, int] | list[int]) -> TwoMLPHead:
-    """A copy of torchvision's ``TwoMLPHead`` that reads pooled features laid out ``[K, oh, C, ow]``.
-
-    ``head`` flattens ``[K, C, oh, ow]`` and applies ``fc6``; the copy's ``fc6`` weight columns are
-    permuted once from ``(c, y, x)`` to ``(y, c, x)`` order, so it gives the same ``[K, rep]``
-    output on ``separable_roi_align(..., bins_first=True)`` as ``head`` on the usual layout.
-    ``head`` is left unchanged.
-    """
-    out = copy.deepcopy(head)
-    oh, ow = int(output_size[0]), int(output_size[1])
-    w = out.fc6.weight.data
-    out.fc6.weight.data = w.view(w.shape[0], channels, oh, ow).permute(0, 2, 1, 3).reshape(w.shape[0], -1).contiguous()
-    return out
-
-
-def fold_is_cheaper(sizes: list[tuple[int, int]], channels: int, rep: int, rois: int,
-                    output_size: tuple[int, int] | list[int]) -> bool:
-    """Whether :class:`FoldedRoILinear` needs fewer multiply-adds per image than separable pooling
-    followed by the box head's first ``Linear`` (``channels * oh * ow -> rep``).
-
-    Folded: ``oh*ow*rep*sum(H_l*W_l) * (rois + channels)`` (``G`` per image, then one row of
-    ``[R, sum(H*W)*oh*ow] @ [.., rep]`` per RoI). Unfolded: per RoI, the two pooling products
-    ``oh*C*W*(H + ow)`` per level plus ``C*oh*ow*rep``. E.g. mini-darknet at 320 px (one 10x10 map,
-    C 256, rep 128, 300 RoIs): 349M against 571M; the MobileNetV2 FPN at 416 px (26x26 + 13x13,
-    rep 1024): 23.6G against 3.9G.
-
-    Args:
-        sizes: ``(H_l, W_l)`` of the pooled maps; channels: ``C``; rep: the layer's outputs;
-        rois: RoIs per image (the RPN's test budget); output_size: ``(oh, ow)``.
-    """
-    oh, ow = int(output_size[0]), int(output_size[1])
-    cells = sum(int(h) * int(w) for h, w in sizes)
-    folded = oh * ow * rep * cells * (rois + channels)
-    pooled = rois * (sum(oh * channels * int(w) * (int(h) + ow) for h, w in sizes) + channels * oh * ow * rep)
-    return folded < pooled
-
-
-class FoldedRoILinear(nn.Module):
-    """RoIAlign followed by a ``Linear`` on the flattened ``[C, oh, ow]`` bins, as one linear map.
-
-    With :func:`_axis_weights` matrices ``A_y [oh, H]``, ``A_x [ow, W]`` of a RoI and a level's map
-    ``F [C, H, W]``, RoIAlign is ``P[c, p, q] = sum_{h,w} A_y[p, h] F[c, h, w] A_x[q, w]``, so
-    ``fc(P)[j] = b[j] + sum_{h,w,p,q} A_y[p,h] A_x[q,w] G[h,w,p,q,j]`` with
-    ``G[h,w,p,q,j] = sum_c F[c,h,w] W[j,c,p,q]``: per image and level, ``oh`` products
-    ``[H*W, C] @ [C, ow*J]`` (one per bin row ``p``, giving rows ordered ``(p, h, w, q)`` without a
-    transpose), then one ``[R, oh*H*W*ow] @ [.., J]`` product with the RoIs' outer products
-    ``A_y[p,h] A_x[q,w]`` (a two-axis broadcast ``Mul``). Exact algebra; only the summation order
-    differs from pooling and then ``fc``.
-    The pooled features are never formed.
-
-    Args:
-        fc: the box head's first layer, ``in_features = C * oh * ow`` in ``(c, p, q)`` order
-            (``TwoMLPHead.fc6``); copied, not kept.
-        channels: ``C``; output_size: ``(oh, ow)``; sampling_ratio: RoIAlign samples per bin
-            side, ``> 0``.
-    """
-
-    def __init__(self, fc: nn.Linear, channels: int, output_size: tuple[int, int] | list[int],
-                 sampling_ratio: int) -> None:
-        super().__init__()
-        self.oh, self.ow, self.sampling_ratio = int(output_size[0]), int(output_size[1]), int(sampling_ratio)
-        j = fc.out_features
-        w = fc.weight.detach().view(j, channels, self.oh, self.ow)
-        # [oh, C, ow*J]
-        self.register_buffer("weight", w.permute(2, 1, 3, 0).reshape(self.oh, channels, -1).contiguous())
-        bias = fc.bias.detach().clone() if fc.bias is not None else torch.zeros(j)
-        self.register_buffer("bias", bias)
-
-    def forward(self, features: list[Tensor], boxes: Tensor, levels: Tensor | None, scales: list[float]) -> Tensor:
-        """``features`` ``L`` x float32 ``[N, C, H_l, W_l]``, ``boxes`` float32 ``[N, R, 4]`` ``xyxy``
-        input pixels, ``levels`` int64 ``[N, R]`` (``None`` for one level), ``scales`` ``1 / stride``
-        per level -> float32 ``[N*R, J]`` (the layer's output before its activation), image-major."""
-        n, r = boxes.shape[0], boxes.shape[1]
-        j = self.bias.shape[0]
-        out = None
-        for level, (f, scale) in enumerate(zip(features, scales)):
-            h, w = f.shape[2], f.shape[3]
-            ay, ax = _level_weights(boxes, scale, h, w, self.oh, self.ow, self.sampling_ratio,
-                                    levels, level, len(features), x_cells_first=True)
-            g = torch.matmul(f.flatten(2).transpose(1, 2)[:, None], self.weight)  # [N, oh, H*W, ow*J]
-            g = g.reshape(n, -1, j)  # rows (p, h, w, q)
-            outer = ay.reshape(n, r, self.oh * h, 1) * ax.reshape(n, r, 1, w * self.ow)
-            part = torch.matmul(outer.reshape(n, r, -1), g)  # [N, R, J]; outer [N, R, oh*H, W*ow]
-            out = part if out is None else out + part
-        return (out + self.bias).reshape(n * r, j)
-
-
-def folded_head(head: TwoMLPHead) -> TwoMLPHead:
-    """A copy of ``head`` without its first layer (``fc6`` is ``Identity``): ``ReLU -> fc7 -> ReLU``
-    on the ``[K, rep]`` output of :class:`FoldedRoILinear`. ``head`` is left unchanged."""
-    out = copy.deepcopy(head)
-    out.fc6 = nn.Identity()
-    return out
-
-
-def separable_head(head: nn.Module, sizes: list[tuple[int, int]], channels: int, rois: int,
-                   output_size: tuple[int, int] | list[int], sampling_ratio: int,
-                   fold: bool = True) -> tuple[nn.Module, FoldedRoILinear | None, bool]:
-    """The box head to put after separable pooling of maps ``sizes``, and how the pool feeds it.
-
-    For a ``TwoMLPHead``: its ``fc6`` folded into the pooling (:func:`folded_head`, a
-    :class:`FoldedRoILinear`) where ``fold`` (:attr:`RoIPoolOptions.fold_head`) and
-    :func:`fold_is_cheaper` for ``rois`` RoIs per image, else a :func:`bins_first_head`. Any other
-    head is returned as it is. ``head`` itself is left unchanged.
-
-    Returns:
-        ``(box_head, fold or None, bins_first)``.
-    """
-    if type(head) is not TwoMLPHead:
-        return head, None, False
-    if fold and fold_is_cheaper(sizes, channels, head.fc6.out_features, rois, output_size):
-        return folded_head(head), FoldedRoILinear(head.fc6, channels, output_size, sampling_ratio), False
-    return bins_first_head(head, channels, output_size), None, True
 
 
 class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):

@@ -35,7 +35,8 @@ from det_toolkit.runtime.classes import parse_classes
 from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder, OnnxEmbedder
 from det_toolkit.runtime.meta import ModelMeta
 from det_toolkit.runtime.predictor import Detections, Predictor
-from det_toolkit.runtime.sources import Source, SourceInfo, open_source
+from det_toolkit.runtime.source_types import Source, SourceInfo
+from det_toolkit.runtime.sources import open_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from det_toolkit.runtime.trackers import AnyTrackerConfig
@@ -275,7 +276,7 @@ class FrameStream:
     closed when the frames end, on :meth:`close`, or on leaving a ``with`` block.
 
     Attributes:
-        info: what the source is (:class:`det_toolkit.runtime.sources.SourceInfo`: ``fps``,
+        info: what the source is (:class:`det_toolkit.runtime.source_types.SourceInfo`: ``fps``,
             ``width``, ``height``, ``frames``, ``live``, ...).
         detector: the :class:`Detector` used.
         tracker: the :class:`det_toolkit.runtime.tracking.Tracker`, or ``None``.
@@ -356,7 +357,7 @@ def track(source: str | Path | int, detector: Detector | str | Path,
 
     Raises:
         FileNotFoundError: the source, the tracker YAML or (Deep SORT) the embedder is missing.
-        det_toolkit.runtime.sources.SourceError: the source cannot be opened (a ``ValueError``).
+        det_toolkit.runtime.source_types.SourceError: the source cannot be opened (a ``ValueError``).
         ValueError: an unknown ``tracker`` name, an unknown key or bad value in the tracker YAML,
             or ``max_frames < 1``; see also :class:`Detector` and :func:`open_embedder`.
         TypeError: ``tracker`` of another type.

@@ -30,7 +30,7 @@ from det_toolkit.runtime.pipeline import run_pipeline
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.trackers import TRACKERS, build_tracker, load_tracker_config
-from det_toolkit.runtime.tracking import TrackerConfig
+from det_toolkit.runtime.tracking import Tracker, TrackerConfig
 from det_toolkit.runtime.writers import RunOutputs
 
 
@@ -158,6 +158,7 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz,
                               rect=rect)
         if sahi:
+            # deferred: sahi takes ~0.25 s to import and only --sahi needs it
             from det_toolkit.runtime.tiling import SliceConfig, TiledPredictor
 
             sh, sw = slice_height or slice_size, slice_width or slice_size
@@ -167,13 +168,7 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
                 sh, sw, overlap if overlap_height is None else overlap_height,
                 overlap if overlap_width is None else overlap_width, sahi_full_frame, sahi_merge,
                 sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles))
-        tracker = None
-        if isinstance(tracker_config, TrackerConfig):  # Deep SORT: with its appearance embedder
-            tracker = build_tracker(tracker_config, load_embedder(weights, embedder, device, tracker_config))
-        elif tracker_config is not None:
-            tracker = build_tracker(tracker_config)
-            if embedder is not None:
-                click.echo(f"note: --embedder ignored: {tracker.name} tracks by motion alone", err=True)
+        tracker = _make_tracker(tracker_config, weights, embedder, device)
         src = open_source(source)  # last: a camera or stdin starts delivering frames once opened
         if sahi and src.info.height and src.info.width:  # before any output: images are checked per frame
             try:
@@ -213,10 +208,33 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
     if sahi:
         summary["sahi"] = {**asdict(predictor.config), "tiles": predictor.tiles}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _print_summary(summary, run_dir)
+    if summary["interrupted"]:
+        sig = summary["signal"]
+        click.echo(f"interrupted ({sig}): outputs hold every frame processed so far", err=True)
+        sys.exit(128 + int(getattr(signal, sig)))  # the shell's convention: 130 SIGINT, 143 SIGTERM
+
+
+def _make_tracker(config: TrackerConfig | object | None, weights: Path, embedder: Path | None,
+                  device: str) -> Tracker | None:
+    """The tracker ``config`` describes (``None``: no tracking); Deep SORT gets its appearance
+    embedder (:func:`load_embedder`), motion trackers ignore ``embedder`` with a note."""
+    if config is None:
+        return None
+    if isinstance(config, TrackerConfig):  # Deep SORT: with its appearance embedder
+        return build_tracker(config, load_embedder(weights, embedder, device, config))
+    tracker = build_tracker(config)
+    if embedder is not None:
+        click.echo(f"note: --embedder ignored: {tracker.name} tracks by motion alone", err=True)
+    return tracker
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    """The end-of-run lines: frames, FPS and per-stage ms, tracker, truncated images, embedder, SAHI."""
     ms = ", ".join(f"{k} {v:.1f}" for k, v in summary["mean_ms"].items())
     dropped = f", {summary['dropped']} dropped (live)" if summary["dropped"] else ""
     click.echo(f"{summary['frames']} frames processed ({summary['skipped']} skipped{dropped}) with "
-               f"{backend.name}\n"
+               f"{summary['backend']}\n"
                f"{summary['fps']:.2f} FPS after {summary['warmup_frames']} warm-up frames; "
                f"mean ms per frame: {ms}")
     if "tracker" in summary:
@@ -232,10 +250,6 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
     if "sahi" in summary:
         click.echo(f"SAHI: {summary['sahi']['tiles']} detector inputs per frame (tiles + full frame)")
     click.echo(f"Results saved to {run_dir}")
-    if summary["interrupted"]:
-        sig = summary["signal"]
-        click.echo(f"interrupted ({sig}): outputs hold every frame processed so far", err=True)
-        sys.exit(128 + int(getattr(signal, sig)))  # the shell's convention: 130 SIGINT, 143 SIGTERM
 
 
 if __name__ == "__main__":

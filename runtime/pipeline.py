@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from det_toolkit.runtime.predictor import STAGES, Detections
-from det_toolkit.runtime.sources import Source
+from det_toolkit.runtime.source_types import Source
 from det_toolkit.runtime.tracking import Track, Tracker
 from det_toolkit.runtime.writers import RunOutputs
 

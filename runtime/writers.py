@@ -17,7 +17,7 @@ import numpy as np
 
 from det_toolkit.runtime.draw import Trails, draw_detections, draw_fps
 from det_toolkit.runtime.predictor import Detections
-from det_toolkit.runtime.sources import SourceInfo
+from det_toolkit.runtime.source_types import SourceInfo
 from det_toolkit.runtime.tracking import Track
 
 W = TypeVar("W", bound="Writer")

@@ -25,7 +25,7 @@ from det_toolkit.runtime.backends import BackendError
 from det_toolkit.runtime.boxes import box_iou
 from det_toolkit.runtime.cli import main as det_run
 from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
-from det_toolkit.runtime.sources import SourceError
+from det_toolkit.runtime.source_types import SourceError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

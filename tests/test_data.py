@@ -12,7 +12,8 @@ from PIL import Image
 
 from det_toolkit.train.config import ConfigError, DataConfig, TrainConfig, from_dict, load_data_config
 from det_toolkit.train.data.dataset import DetectionDataset, collate, load_rgb
-from det_toolkit.train.data.formats import DatasetError, image_size, read_split, require_labels
+from det_toolkit.train.data.formats import read_split, require_labels
+from det_toolkit.train.data.samples import DatasetError, image_size
 from tests.conftest import make_synthetic, need_raccoon, write_voc
 
 

@@ -17,7 +17,8 @@ import pytest
 from click.testing import CliRunner
 
 from det_toolkit.train.config import ConfigError, DataConfig, load_data_config
-from det_toolkit.train.data.formats import Sample, detect_format, read_split
+from det_toolkit.train.data.formats import detect_format, read_split
+from det_toolkit.train.data.samples import Sample
 from tests.conftest import need_raccoon, write_voc
 
 N_TRAIN, N_VAL, N_TEST = 8, 4, 2

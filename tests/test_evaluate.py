@@ -17,7 +17,7 @@ from conftest import VTEST, no_torch_script
 
 from det_toolkit.runtime.teachers import HogTeacher
 from det_toolkit.train.coco_eval import confusion_matrix, evaluate_coco
-from det_toolkit.train.data.formats import Sample
+from det_toolkit.train.data.samples import Sample
 from det_toolkit.train.evaluate import evaluate_weights, main
 from det_toolkit.train.label import label_source
 

@@ -119,7 +119,7 @@ def test_fp16_variant(graph: Path, export: Result) -> None:
     first_conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
     assert dtype[first_conv] == TensorProto.FLOAT  # the stem sees raw pixels: float32
     assert dtype["/box_head/fc7/Gemm"] == TensorProto.FLOAT16  # backbone, FPN, box head: float16
-    # at this size the pooling absorbs fc6 (det_toolkit.export.roi_pool.FoldedRoILinear): float32, as pooling
+    # at this size the pooling absorbs fc6 (det_toolkit.export.roi_fold.FoldedRoILinear): float32, as pooling
     assert "/box_head/fc6/Gemm" not in dtype and weight["box_roi_pool.fold.weight"] == TensorProto.FLOAT
     assert sum(d == TensorProto.FLOAT16 for d in dtype.values()) > 40
     for name in ("/box_predictor/cls_score/Gemm", "/box_predictor/bbox_pred/Gemm", "/head/cls_logits/Conv",

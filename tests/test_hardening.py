@@ -13,21 +13,24 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from conftest import VTEST, make_synthetic, need_raccoon, write_voc
 from PIL import Image, ImageFile
 
 from det_toolkit.runtime.files import check_writable
+from det_toolkit.runtime.image_bytes import truncated_image
 from det_toolkit.runtime.predictor import Detections
-from det_toolkit.runtime.sources import open_source, truncated_image
+from det_toolkit.runtime.sources import open_source
 from det_toolkit.train.coco_eval import evaluate_coco
 from det_toolkit.train.config import DataConfig
-from det_toolkit.train.data.formats import DatasetError, read_split
+from det_toolkit.train.data.formats import read_split
 from det_toolkit.train.data.images import load_rgb
+from det_toolkit.train.data.samples import DatasetError
 
 need_video = pytest.mark.skipif(not VTEST.is_file(), reason=f"{VTEST} absent")
 BIN = Path(sys.executable).parent
@@ -54,6 +57,16 @@ def undecodable_png(src: Path, dst: Path) -> Path:
     d[i + 104:i + 4 + n] = np.random.default_rng(0).integers(0, 256, n - 100, dtype=np.uint8).tobytes()
     d[i + 4 + n:i + 8 + n] = (zlib.crc32(bytes(d[i:i + 4 + n])) & 0xFFFFFFFF).to_bytes(4, "big")
     dst.write_bytes(bytes(d))
+    return dst
+
+
+def truncated_tiff(src: Path, dst: Path) -> Path:
+    """``src`` as a TIFF cut in the middle of its pixel data: its header and tags are intact, so the
+    readers keep it (they detect truncated JPEG/PNG/BMP/WebP, not TIFF), and decoding it fails: the
+    image a training run meets only when it loads the pixels."""
+    Image.open(src).save(dst, "TIFF")
+    data = dst.read_bytes()
+    dst.write_bytes(data[:len(data) // 2])
     return dst
 
 
@@ -534,12 +547,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, detector: tuple[Path, Path]
     (d / "syntax.yaml").write_text("path: [unclosed\ntrain: a\n")
     (d / "types.yaml").write_text("path: .\ntrain: 5\nval: [1, 2]\nnames: 7\n")
     (d / "recipe.yaml").write_text("lr: fast\n")
+    (d / "recipe_epochs.yaml").write_text("epochs: many\n")  # overridden by --epochs 1: still an error
+    (d / "empty_val.txt").write_text("")
+    (d / "empty_val.yaml").write_text(f"path: {d / 'data'}\nformat: voc\ntrain: train.txt\nval: {d / 'empty_val.txt'}\n"
+                                      "names: [square, bar]\n")
     (d / "a_file").write_text("a regular file")
     (d / "text.pt").write_text("these are not weights\n")
     (d / "text.onnx").write_text("this is not a graph\n")
     torch.save({"a": 1}, d / "dict.pt")
     torch.save([1, 2], d / "list.pt")
     torch.save({"model": torch.nn.Linear(2, 2)}, d / "unsafe.pt")
+    torch.save({"w": torch.zeros(2)}, d / "state_dict.pt")
     fake = d / "fake_images"
     (fake / "images").mkdir(parents=True)
     (fake / "annotations").mkdir()
@@ -555,9 +573,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, detector: tuple[Path, Path]
     return d
 
 
+#: what every command that reads a checkpoint says of a pickle (not torch's weights_only=False advice)
+UNSAFE = "not a det-toolkit checkpoint (it pickles a torch.nn.modules.linear.Linear object)"
 TRAIN = ["--epochs", "1", "--batch", "1", "--workers", "0", "--imgsz", "64", "--no-cache", "--device", "cpu"]
-CHECKPOINT_PY = "train/checkpoint.py: load_checkpoint passes torch's multi-line UnpicklingError (with its " \
-                "weights_only=False advice) into CheckpointError; say 'not a plain checkpoint' in one line"
 
 #: (id, command, args ({c}: corpus folder), exit code, text the Error line contains, xfail reason)
 CASES: list[tuple[str, str, list[str], int, str, str | None]] = [
@@ -578,7 +596,14 @@ CASES: list[tuple[str, str, list[str], int, str, str | None]] = [
                                            *TRAIN], 1, "not a plain state dict", None),
     ("train-resume-text", "det-train", ["--resume", "{c}/text.pt", *TRAIN], 1, "text.pt", None),
     ("train-resume-dict", "det-train", ["--resume", "{c}/dict.pt", *TRAIN], 1, "not a det-toolkit checkpoint", None),
-    ("train-resume-unsafe", "det-train", ["--resume", "{c}/unsafe.pt", *TRAIN], 1, "unsafe.pt", CHECKPOINT_PY),
+    ("train-resume-unsafe", "det-train", ["--resume", "{c}/unsafe.pt", *TRAIN], 1, UNSAFE, None),
+    ("train-resume-state-dict", "det-train", ["--resume", "{c}/state_dict.pt", *TRAIN], 1,
+     "state_dict.pt: not a det-toolkit checkpoint: it holds a plain state dict of 1 tensors", None),
+    ("train-recipe-overridden", "det-train", ["--cfg", "{c}/recipe_epochs.yaml", "--data", "{c}/data/data.yaml",
+                                              *TRAIN], 1, "recipe_epochs.yaml: epochs: expected an integer, got 'many'",
+     None),
+    ("train-empty-val", "det-train", ["--data", "{c}/empty_val.yaml", *TRAIN], 1,
+     "empty_val.yaml has no images: det-train picks best.pt by val mAP; add val images", None),
     ("train-project-under-file", "det-train", ["--data", "{c}/data/data.yaml", "--project", "{c}/a_file/sub",
                                                *TRAIN], 1, "a_file", None),
     ("eval-yaml-syntax", "det-eval", ["--weights", "{c}/model.onnx", "--data", "{c}/syntax.yaml"], 1,
@@ -594,14 +619,16 @@ CASES: list[tuple[str, str, list[str], int, str, str | None]] = [
     ("eval-weights-list", "det-eval", ["--weights", "{c}/list.pt", "--data", "{c}/data/data.yaml"], 1,
      "not a det-toolkit checkpoint", None),
     ("eval-weights-unsafe", "det-eval", ["--weights", "{c}/unsafe.pt", "--data", "{c}/data/data.yaml"], 1,
-     "unsafe.pt", CHECKPOINT_PY),
+     UNSAFE, None),
     ("eval-project-under-file", "det-eval", ["--weights", "{c}/model.onnx", "--data", "{c}/data/data.yaml",
                                              "--project", "{c}/a_file/sub"], 1, "a_file is a file, not a folder", None),
     ("export-missing", "det-export", ["{c}/missing.pt"], 1, "missing.pt", None),
     ("export-text", "det-export", ["{c}/text.pt"], 1, "text.pt", None),
-    ("export-dict", "det-export", ["{c}/dict.pt"], 1, "not a det-toolkit checkpoint", None),
-    ("export-list", "det-export", ["{c}/list.pt"], 1, "not a det-toolkit checkpoint", None),
-    ("export-unsafe", "det-export", ["{c}/unsafe.pt"], 1, "unsafe.pt", CHECKPOINT_PY),
+    ("export-dict", "det-export", ["{c}/dict.pt"], 1, "not a det-toolkit checkpoint: it holds a dict with keys 'a'",
+     None),
+    ("export-list", "det-export", ["{c}/list.pt"], 1, "not a det-toolkit checkpoint: it holds a list", None),
+    ("export-state-dict", "det-export", ["{c}/state_dict.pt"], 1, "it holds a plain state dict of 1 tensors", None),
+    ("export-unsafe", "det-export", ["{c}/unsafe.pt"], 1, UNSAFE, None),
     ("run-missing-source", "det-run", ["{c}/missing.mp4", "--weights", "{c}/model.onnx"], 1, "source not found",
      None),
     ("run-fake-images", "det-run", ["{c}/fake_images/images", "--weights", "{c}/model.onnx", "--project",
@@ -610,8 +637,8 @@ CASES: list[tuple[str, str, list[str], int, str, str | None]] = [
      None),
     ("run-weights-dict", "det-run", ["{c}/fake_images/images", "--weights", "{c}/dict.pt"], 1,
      "not a det-toolkit checkpoint", None),
-    ("run-weights-unsafe", "det-run", ["{c}/fake_images/images", "--weights", "{c}/unsafe.pt"], 1, "unsafe.pt",
-     CHECKPOINT_PY),
+    ("run-weights-unsafe", "det-run", ["{c}/fake_images/images", "--weights", "{c}/unsafe.pt"], 1,
+     UNSAFE, None),
     ("run-project-under-file", "det-run", ["{c}/data/images", "--weights", "{c}/model.onnx", "--project",
                                            "{c}/a_file/sub"], 1, "a_file is a file, not a folder", None),
     ("run-video-header-only", "det-run", ["{c}/head_only.avi", "--weights", "{c}/model.onnx", "--project",
@@ -623,7 +650,7 @@ CASES: list[tuple[str, str, list[str], int, str, str | None]] = [
     ("label-teacher-text-onnx", "det-label", ["{c}/data/images", "--teacher", "{c}/text.onnx", "--out", "{c}/l3"],
      1, "text.onnx", None),
     ("label-teacher-unsafe", "det-label", ["{c}/data/images", "--teacher", "{c}/unsafe.pt", "--out", "{c}/l4"], 1,
-     "unsafe.pt", CHECKPOINT_PY),
+     UNSAFE, None),
     ("label-video-header-only", "det-label", ["{c}/head_only.avi", "--out", "{c}/l5"], 1, "head_only.avi", None),
     ("bench-missing-data", "det-bench", ["--weights", "{c}/text.pt", "--data", "{c}/missing.yaml"], 2,
      "missing.yaml", None),
@@ -672,12 +699,172 @@ def test_truncated_video_is_processed_up_to_the_cut(corpus: Path) -> None:
     assert 0 < summary["frames"] < 795
 
 
-@pytest.mark.xfail(strict=True, reason="train/trainer.py: _fit creates the run folder, writes the data "
-                   "report and caches images before _build_core loads --weights-init; call "
-                   "det_toolkit.train.models.weights.check_weights_init(cfg.weights_init) and "
-                   "runtime.files.check_writable(project/name) at the top of _fit")
 def test_det_train_checks_weights_init_before_the_run_folder(corpus: Path) -> None:
     proc = _run("det-train", ["--data", "{c}/data/data.yaml", "--weights-init", "{c}/unsafe.pt", "--project",
                               "{c}/train_runs", *TRAIN], corpus)
     assert proc.returncode == 1 and "not a plain state dict" in proc.stderr
     assert not (corpus / "train_runs").exists()
+
+
+# --- det-train: checks before work, unreadable images, nothing left behind when a run fails -------
+
+TINY_TRAIN = ["--epochs", "1", "--batch", "2", "--workers", "0", "--imgsz", "64", "--device", "cpu"]
+
+
+def _train(args: list[str]) -> Result:
+    from det_toolkit.train.cli import train_cli
+
+    return CliRunner().invoke(train_cli, args)
+
+
+def test_det_train_refuses_a_val_split_without_images_or_boxes(tmp_path: Path) -> None:
+    """best.pt is chosen by val mAP: an empty val split, or one without any box, is refused before any
+    folder is made (it used to train with mAP 0 every epoch and keep best.pt at epoch 1, silently)."""
+    data = make_synthetic(tmp_path / "s", n_train=2, n_val=2, size=64)
+    runs = tmp_path / "runs"
+    (data.parent / "val.txt").write_text("")
+    res = _train(["--data", str(data), *TINY_TRAIN, "--project", str(runs)])
+    assert res.exit_code == 1, res.output
+    assert (f"Error: the val split val.txt of {data} has no images: det-train picks best.pt by val mAP; add val "
+            "images (e.g. 20% of yours)") in res.output
+    (data.parent / "val.txt").write_text("img002\nimg003\n")
+    for stem in ("img002", "img003"):
+        write_voc(data.parent / "annotations" / f"{stem}.xml", f"{stem}.png", 64, 64, [])
+    res = _train(["--data", str(data), *TINY_TRAIN, "--project", str(runs)])
+    assert res.exit_code == 1, res.output
+    assert f"Error: the val split val.txt of {data} has no boxes in its 2 images" in res.output
+    assert "epoch 1/" not in res.output and not runs.exists()
+
+
+def test_cvat_export_without_a_val_subset_still_validates_on_its_images(tmp_path: Path) -> None:
+    """The other side of that rule: a CVAT COCO export with only its 'default' subset validates on the
+    training images (with the readers' warning) and passes det-train's data checks."""
+    pytest.importorskip("torch")
+    from det_toolkit.train.config import TrainConfig, load_data_config
+    from det_toolkit.train.run_data import load_data
+
+    data = make_synthetic(tmp_path / "s", n_train=3, n_val=1, size=64)
+    samples, names, _, _ = read_split(load_data_config(data), "train")
+    cvat = tmp_path / "task_shapes-coco"
+    (cvat / "images").mkdir(parents=True)
+    (cvat / "annotations").mkdir()
+    images, anns = [], []
+    for i, s in enumerate(samples, 1):
+        (cvat / "images" / s.image.name).write_bytes(s.image.read_bytes())
+        images.append({"id": i, "file_name": s.image.name, "width": s.width, "height": s.height})
+        anns += [{"id": len(anns) + 1, "image_id": i, "category_id": int(lab) + 1, "iscrowd": 0,
+                  "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+                 for b, lab in zip(s.boxes, s.labels)]
+    (cvat / "annotations" / "instances_default.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}))
+    dcfg, out = load_data(TrainConfig(data=str(cvat)), say=lambda *a: None)
+    assert dcfg.val == dcfg.train and len(out["val"][0]) == len(out["train"][0]) == 3
+
+
+def test_det_train_leaves_an_undecodable_val_image_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raccoon val set of 3 images, one of which does not decode (a truncated TIFF the readers keep):
+    every epoch evaluates the 2 others, ground truth included, as det-eval does; the count is printed
+    and recorded in the checkpoint."""
+    pytest.importorskip("torch")
+    from det_toolkit.train import trainer
+    from det_toolkit.train.checkpoint import load_checkpoint
+
+    root = need_raccoon()
+    ds = tmp_path / "rac"
+    (ds / "images").mkdir(parents=True)
+    (ds / "annotations").mkdir()
+    train = [root / "images" / f"{s}.jpg" for s in (root / "train.txt").read_text().split()[:2]]
+    val = raccoon_val(3)
+    for src in train + val[:2]:
+        (ds / "images" / src.name).write_bytes(src.read_bytes())
+    bad = truncated_tiff(val[2], ds / "images" / f"{val[2].stem}.tif")
+    for src in train + val:
+        (ds / "annotations" / f"{src.stem}.xml").write_bytes((root / "annotations" / f"{src.stem}.xml").read_bytes())
+    (ds / "train.txt").write_text("\n".join(p.stem for p in train) + "\n")
+    (ds / "val.txt").write_text("\n".join(p.stem for p in val) + "\n")
+    (ds / "data.yaml").write_text(f"path: {ds}\nformat: voc\ntrain: train.txt\nval: val.txt\nnames: [raccoon]\n")
+    calls = []
+    real = trainer.evaluate_coco
+
+    def spy(samples: list, preds: dict, *args: Any, **kw: Any) -> Any:
+        calls.append((samples, preds, kw.get("exclude")))
+        return real(samples, preds, *args, **kw)
+
+    monkeypatch.setattr(trainer, "evaluate_coco", spy)
+    res = _train(["--data", str(ds / "data.yaml"), *TINY_TRAIN, "--imgsz", "128", "--project", str(tmp_path / "runs"),
+                  "--name", "r"])
+    assert res.exit_code == 0, res.output
+    [(samples, preds, exclude)] = calls
+    assert samples[2].image == bad and set(exclude) == {2}
+    assert "(1 unreadable val image left out)" in res.output
+    ck = load_checkpoint(tmp_path / "runs" / "r" / "weights" / "best.pt")
+    assert ck["metrics"]["val_images_unreadable"] == 1
+    two = real(samples[:2], {i: p for i, p in preds.items() if i < 2}, ["raccoon"], [1])  # the set without it
+    assert {k: ck["metrics"][k] for k in two.stats} == two.stats
+
+
+@pytest.mark.parametrize("cache", ["--cache", "--no-cache"])
+def test_det_train_stops_before_work_when_no_training_image_decodes(tmp_path: Path, cache: str) -> None:
+    """Every training image undecodable (truncated TIFFs, which the readers keep): one error before
+    the first epoch and no run folder (it used to write untrained best.pt/last.pt, then crash with
+    KeyError: 'loss')."""
+    data = make_synthetic(tmp_path / "s", n_train=3, n_val=1, size=64)
+    for i in range(3):
+        png = data.parent / "images" / f"img{i:03d}.png"
+        truncated_tiff(png, png.with_suffix(".tif"))
+        png.unlink()
+    runs = tmp_path / "runs"
+    res = _train(["--data", str(data), *TINY_TRAIN, cache, "--project", str(runs)])
+    assert res.exit_code == 1, res.output
+    assert (f"Error: no image of the train split of {data} decodes (3 images, e.g. img000.tif, img001.tif, "
+            "img002.tif)") in res.output
+    assert "epoch 1/" not in res.output and not runs.exists()
+
+
+def test_an_epoch_without_a_training_step_writes_no_checkpoint(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last guard: an epoch that ran no step (what train_one_epoch returns when every batch came out
+    empty) ends the run with one error, no checkpoint, and the run folder it created removed."""
+    pytest.importorskip("torch")
+    from det_toolkit.train import trainer
+
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda *a, **k: {"lr": 0.01, "img_s": 0.0, "n_images": 0})
+    data = make_synthetic(tmp_path / "s", n_train=2, n_val=1, size=64)
+    runs = tmp_path / "runs"
+    res = _train(["--data", str(data), *TINY_TRAIN, "--project", str(runs), "--name", "r"])
+    assert res.exit_code == 1, res.output
+    assert ("Error: epoch 1 ran no training step: no image of its batches decoded (0 of 2 training images "
+            "unreadable)") in res.output
+    assert "KeyError" not in res.output and list(runs.iterdir()) == []
+
+
+def test_recipe_values_are_checked_even_when_a_flag_overrides_them(tmp_path: Path) -> None:
+    """`epochs: many` in a --cfg recipe is an error with --epochs 1 too; an overridden value is checked
+    against the rest of the config only for its own key (scheduler: step replaced by --scheduler cosine
+    needs no lr_step)."""
+    import re
+
+    from det_toolkit.train.config import ConfigError, load_train_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: many\nlr: 0.02\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(recipe))}: epochs: expected an integer, got 'many'$"):
+        load_train_config(recipe, {"epochs": 1})
+    recipe.write_text("imgsz: 100\n")
+    with pytest.raises(ConfigError, match="recipe.yaml: imgsz: must be a multiple of 32"):
+        load_train_config(recipe, {"imgsz": 128})
+    recipe.write_text("scheduler: step\nlr: 0.02\n")
+    cfg = load_train_config(recipe, {"scheduler": "cosine"})
+    assert (cfg.scheduler, cfg.lr) == ("cosine", 0.02)
+    for key, value, says in (("cache_mib", "lots", "expected auto or a number of MiB >= 0, got 'lots'"),
+                             ("cache_mib", "-1", "expected auto or a number of MiB >= 0, got '-1'"),
+                             ("class_weights", "1,abc", "expected auto or comma-separated positive numbers")):
+        recipe.write_text(f"{key}: '{value}'\n")
+        with pytest.raises(ConfigError, match=f"recipe.yaml: {key}: {re.escape(says)}"):
+            load_train_config(recipe, {})
+
+
+def test_det_train_checks_the_output_folder_before_reading_anything(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    res = _train(["--data", str(tmp_path / "missing.yaml"), *TINY_TRAIN, "--project", str(tmp_path / "a_file" / "sub")])
+    assert res.exit_code == 1 and "a_file is a file, not a folder" in res.output, res.output

@@ -1,4 +1,5 @@
-"""export/roi_pool.py: the exported graphs' multi-scale RoIAlign equals torchvision's."""
+"""export/roi_pool.py, roi_separable.py, roi_fold.py: the exported graphs' multi-scale RoIAlign equals
+torchvision's."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format
 
-from det_toolkit.export.roi_pool import (
-    SEPARABLE_MAX_CELLS,
-    FoldedRoILinear,
-    GatherMultiScaleRoIAlign,
-    RoIPoolOptions,
-    bins_first_head,
-    fold_is_cheaper,
-    folded_head,
-    pyramid_roi_align,
-    separable_roi_align,
-    use_separable,
-    with_gather_pooling,
-)
+from det_toolkit.export.roi_fold import FoldedRoILinear, bins_first_head, fold_is_cheaper, folded_head
+from det_toolkit.export.roi_pool import GatherMultiScaleRoIAlign, RoIPoolOptions, pyramid_roi_align, with_gather_pooling
+from det_toolkit.export.roi_separable import SEPARABLE_MAX_CELLS, separable_roi_align, use_separable
 
 NAMES, STRIDES, H, W = ["0", "1", "2", "3"], [4, 8, 16, 32], 320, 256
 

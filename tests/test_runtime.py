@@ -27,8 +27,9 @@ from det_toolkit.runtime.files import increment_path
 from det_toolkit.runtime.meta import PAD_VALUE, MetadataError, ModelMeta
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.preprocess import letterbox, to_input, unletterbox_boxes
-from det_toolkit.runtime.sources import MAX_BAD_FRAMES, open_source
+from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, TrackerConfig
+from det_toolkit.runtime.video_sources import MAX_BAD_FRAMES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"

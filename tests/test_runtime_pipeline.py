@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from det_toolkit.benchmarks.common import read_frames
-from det_toolkit.runtime.sources import split_images
+from det_toolkit.runtime.image_bytes import split_images
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = Path(__file__).resolve().parents[2] / "shared/videos/vtest.avi"
@@ -203,11 +203,11 @@ class FlakyCapture:
 
 
 def test_stream_reconnects_with_backoff(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from det_toolkit.runtime import sources
+    from det_toolkit.runtime import sources, video_sources
 
-    monkeypatch.setattr(sources.cv2, "VideoCapture", FlakyCapture)
-    monkeypatch.setattr(sources, "RECONNECT_BACKOFF_S", (0.01, 0.02))
-    monkeypatch.setattr(sources, "MAX_RECONNECTS", 3)
+    monkeypatch.setattr(video_sources.cv2, "VideoCapture", FlakyCapture)
+    monkeypatch.setattr(video_sources, "RECONNECT_BACKOFF_S", (0.01, 0.02))
+    monkeypatch.setattr(video_sources, "MAX_RECONNECTS", 3)
     FlakyCapture.connections = 0
     src = sources.open_source("rtsp://camera.local/stream")
     assert src.info.live and src.info.stem == "camera.local_stream" and (src.info.width, src.info.height) == (64, 48)
@@ -271,9 +271,9 @@ def test_real_http_stream_drops_and_reconnects(monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     """OpenCV's FFmpeg reads a real MJPEG-over-HTTP stream; when the server ends the connection the
     source reconnects and carries on with the next connection's frames."""
-    from det_toolkit.runtime import sources
+    from det_toolkit.runtime import sources, video_sources
 
-    monkeypatch.setattr(sources, "RECONNECT_BACKOFF_S", (0.05,))
+    monkeypatch.setattr(video_sources, "RECONNECT_BACKOFF_S", (0.05,))
     server = MjpegServer(frames=4)
     try:
         src = sources.open_source(server.url)

@@ -119,7 +119,8 @@ def test_deepsort_reuses_embeddings_only_when_unambiguous() -> None:
     assert step(a, b) == (2, 0)  # tracks not yet confirmed (confirmed by this update)
     assert step(a + 2, b) == (0, 2)  # both assigned by motion alone
     assert step(a + 4, b, a + [30, 0, 30, 0]) == (2, 1)  # a's neighbour overlaps it (IoU 0.33): both embedded
-    assert step(a + 6, b + [0, 0, 60, 0]) == (1, 1)  # b's box doubled: IoU 0.5 < 0.7, embedded
+    assert step(a + 6, b) == (1, 1)  # the neighbour's new (tentative) track still competes for a
+    assert step(a + 8, b + [0, 0, 60, 0]) == (1, 1)  # it is gone; b's box doubled: IoU 0.5 < 0.7, embedded
     assert DeepSortTracker(ConstEmbedder(), TrackerConfig(reuse_embedding_iou=None)).reused == 0
 
 
@@ -290,3 +291,21 @@ def test_det_run_tracker_by_name(det_only: Path, tmp_path: Path) -> None:
     proc = det_run_no_torch([*base, "--tracker", "sort"], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unknown tracker 'sort'" in proc.stderr and "use one of deepsort, bytetrack, ocsort, botsort" in proc.stderr
+
+
+@pytest.mark.skipif(not VTEST.is_file(), reason=f"{VTEST} absent")
+def test_python_api_tracker_argument(det_only: Path) -> None:
+    """``det_toolkit.track(..., tracker=...)`` takes what --tracker takes, or a settings object."""
+    from det_toolkit import Detector, track
+
+    det = Detector(det_only, device="cpu")
+    cfg = ByteTrackConfig(track_activation_threshold=0.3, high_conf_det_threshold=0.4)
+    for spec, name in (("ocsort", "ocsort"), (cfg, "bytetrack")):
+        with track(VTEST, det, tracker=spec, max_frames=8) as frames:  # no embedder beside det_only
+            assert isinstance(frames.tracker, MotionTracker) and frames.tracker.name == name
+            got = list(frames)
+        assert [f.index for f in got] == list(range(8))
+        if name == "bytetrack":
+            assert any(f.tracks for f in got)
+    with pytest.raises(TypeError, match="tracker must be"):
+        track(VTEST, det, tracker=3)  # type: ignore[arg-type]

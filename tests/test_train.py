@@ -74,13 +74,38 @@ def test_every_builder_trains_a_step_and_round_trips(name: str, tmp_path: Path) 
     assert (a["labels"] < 2).all() and (a["labels"] >= 0).all()  # 0-based outside the model
 
 
-def test_load_checkpoint_rejects_foreign_files(tmp_path: Path) -> None:
-    (tmp_path / "x.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="x.pt: not a readable checkpoint"):
-        load_checkpoint(tmp_path / "x.pt")
-    torch.save({"state_dict": {}}, tmp_path / "y.pt")
-    with pytest.raises(CheckpointError, match="not a det-toolkit checkpoint"):
-        load_checkpoint(tmp_path / "y.pt")
+@pytest.mark.parametrize("kind, says", [
+    ("garbage", "x.pt: not a readable PyTorch file (truncated, corrupt or another format"),
+    ("dict", "x.pt: not a det-toolkit checkpoint: it holds a dict with keys 'state_dict'; expected a det-toolkit "
+             "checkpoint (weights/best.pt or last.pt of a det-train run)"),
+    ("list", "x.pt: not a det-toolkit checkpoint: it holds a list;"),
+    ("state dict", "x.pt: not a det-toolkit checkpoint: it holds a plain state dict of 2 tensors (weights without "
+                   "the model's description; det-train --weights-init takes it)"),
+    ("pickle", "x.pt: not a det-toolkit checkpoint (it pickles a torch.nn.modules.linear.Linear object): the safe "
+               "loader, torch.load(weights_only=True), refused it, and det-toolkit loads nothing else. det-toolkit "
+               "checkpoints hold only tensors, numbers and strings: is it another tool's checkpoint (e.g. "
+               "Ultralytics)? Pass its weights to det-train --weights-init as a plain state dict"),
+    ("newer", "x.pt: a det-toolkit checkpoint of format_version 2, which this det-toolkit"),
+    ("incomplete", "x.pt: not a complete det-toolkit checkpoint: no model_args, class_names, imgsz, state_dict"),
+])
+def test_load_checkpoint_says_what_a_foreign_file_is(tmp_path: Path, kind: str, says: str) -> None:
+    """Every command that reads a .pt checkpoint (--resume, det-eval, det-export, det-run, det-label) goes
+    through load_checkpoint: one line naming the file and what it holds, never torch's advice to load
+    with weights_only=False."""
+    path = tmp_path / "x.pt"
+    objects = {"dict": {"state_dict": {}}, "list": [1, 2], "state dict": torch.nn.Linear(2, 2).state_dict(),
+               "pickle": {"model": torch.nn.Linear(2, 2), "epoch": 3},
+               "newer": {"format": "det-toolkit/checkpoint", "format_version": 2},
+               "incomplete": {"format": "det-toolkit/checkpoint", "format_version": 1, "model": "x"}}
+    if kind == "garbage":
+        path.write_bytes(b"garbage")
+    else:
+        torch.save(objects[kind], path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path}/") and says in msg and "\n" not in msg
+    assert "weights_only=False" not in msg and "WeightsUnpickler" not in msg
 
 
 def _run(args: list[str]) -> str:
@@ -137,6 +162,48 @@ def test_train_writes_run_folder_and_resume_is_exact(synthetic: Path, tmp_path: 
     assert a["metrics"]["mAP"] == b["metrics"]["mAP"]
     rows = list(csv.DictReader(open(Path(proj) / "part" / "results.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_resume_from_another_folder(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started with a relative --data and --project, stopped by Ctrl-C in epoch 2, resumes by its
+    last.pt from another folder (the checkpoint records the data config's absolute path); a finished
+    run has nothing to resume; an old checkpoint with a relative data path says where to resume from."""
+    from det_toolkit.train import trainer
+
+    start, elsewhere = tmp_path, tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    real = trainer._train_epoch
+
+    def ctrl_c_in_epoch_2(state: trainer.TrainState, run: trainer.RunData, epoch: int, show: bool) -> dict:
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(state, run, epoch, show)
+
+    monkeypatch.setattr(trainer, "_train_epoch", ctrl_c_in_epoch_2)
+    res = CliRunner().invoke(train_cli, ["--data", str(synthetic.relative_to(start)), "--epochs", "2", *TINY,
+                                         "--cache-mib", "0.2", "--project", "runs", "--name", "r"])
+    assert res.exit_code == 1 and "epoch 1/2 " in res.output, res.output
+    # 128 x 128 x 3 bytes per image: 4 training images fit 0.2 MiB, no val image fits what is left
+    assert "cache: 4/8 train + 0/4 val images in RAM (0.19 MiB of a 0.20 MiB budget, " in res.output
+    assert res.output.split("cache: ")[1].splitlines()[0].endswith("s), the rest read from disk")
+    last = start / "runs" / "r" / "weights" / "last.pt"
+    ck = load_checkpoint(last)
+    assert ck["epoch"] == 0 and ck["train_args"]["data"] == str(synthetic)
+    monkeypatch.setattr(trainer, "_train_epoch", real)
+    monkeypatch.chdir(elsewhere)
+    out = _run(["--resume", str(last)])
+    assert f"resuming {start / 'runs' / 'r'} from epoch 2/2" in out and "epoch 2/2 " in out
+    assert load_checkpoint(last)["epoch"] == 1 and list(elsewhere.iterdir()) == []
+    assert [int(r["epoch"]) for r in csv.DictReader(open(start / "runs" / "r" / "results.csv"))] == [1, 2]
+    res = CliRunner().invoke(train_cli, ["--resume", str(last)])
+    assert res.exit_code == 1 and f"{last}: the run finished all 2 epochs; nothing to resume" in res.output
+    ck["train_args"]["data"] = "synth/data.yaml"  # what runs of earlier versions recorded
+    save_atomic(ck, tmp_path / "old.pt")
+    res = CliRunner().invoke(train_cli, ["--resume", str(tmp_path / "old.pt")])
+    assert res.exit_code == 1, res.output
+    assert (f"the run's data config 'synth/data.yaml' is a relative path not found from {elsewhere}: resume from "
+            "the folder the run started in") in res.output
 
 
 def test_ema_step_schedule_patience_and_save_period(synthetic: Path, tmp_path: Path) -> None:
@@ -349,7 +416,7 @@ def test_confusion_matrix_counts_a_known_case() -> None:
     import numpy as np
 
     from det_toolkit.train.coco_eval import confusion_matrix
-    from det_toolkit.train.data.formats import Sample
+    from det_toolkit.train.data.samples import Sample
 
     def sample(boxes, labels):
         b = np.asarray(boxes, np.float32)

@@ -28,8 +28,10 @@ from det_toolkit.runtime.files import atomic_write
 from det_toolkit.runtime.meta import ModelMeta
 from det_toolkit.train.models import build_model
 from det_toolkit.train.models.common import Detector
+from det_toolkit.train.models.weights import WeightsError, load_safely
 
 FORMAT = "det-toolkit/checkpoint"
+FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -68,22 +70,51 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+#: keys every det-toolkit checkpoint has (:func:`make_checkpoint`)
+REQUIRED = ("model", "model_args", "class_names", "imgsz", "state_dict")
+
+
+def _describe(obj: Any) -> str:
+    """What a loaded object that is not a checkpoint is, for messages."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}"
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return (f"a plain state dict of {len(obj)} tensors (weights without the model's description; "
+                "det-train --weights-init takes it)")
+    keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
+    return f"a dict with keys {keys}" if obj else "an empty dict"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict with ``torch.load(weights_only=True)`` on CPU.
+    """Load a checkpoint dict with ``torch.load(weights_only=True)`` on CPU
+    (:func:`det_toolkit.train.models.weights.load_safely`: every failure is one line naming the file,
+    never torch's advice to load with ``weights_only=False``).
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: unreadable, or not a det-toolkit checkpoint.
+        CheckpointError: not a readable PyTorch file; a pickle of Python objects (another tool's
+            checkpoint); or not a det-toolkit checkpoint, saying what the file holds instead (a state
+            dict, a list, a dict with other keys, a checkpoint missing keys or of a newer format).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        ckpt = load_safely(path, "a det-toolkit checkpoint", advice=(
+            "det-toolkit checkpoints hold only tensors, numbers and strings: is it another tool's checkpoint "
+            "(e.g. Ultralytics)? Pass its weights to det-train --weights-init as a plain state dict"))
+    except WeightsError as e:
+        raise CheckpointError(str(e)) from e
+    expected = "expected a det-toolkit checkpoint (weights/best.pt or last.pt of a det-train run)"
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a det-toolkit checkpoint (no format '{FORMAT}')")
+        raise CheckpointError(f"{path}: not a det-toolkit checkpoint: it holds {_describe(ckpt)}; {expected}")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: a det-toolkit checkpoint of format_version {version!r}, which this "
+                              f"det-toolkit {__version__} (format_version {FORMAT_VERSION}) cannot read: upgrade it")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete det-toolkit checkpoint: no {', '.join(missing)}; {expected}")
     return ckpt
 
 
@@ -118,7 +149,7 @@ def make_checkpoint(
     core = getattr(model, "module", model)
     ckpt: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "model": core.name,
         "model_args": dict(core.build_args),
         "class_names": list(class_names),

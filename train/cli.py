@@ -62,7 +62,9 @@ HELP: dict[str, str] = {
     "device": "auto, cpu, cuda or cuda:N (under torchrun: each rank takes cuda:LOCAL_RANK)",
     "sync_bn": "convert BatchNorm to SyncBatchNorm (multi-GPU torchrun runs)",
     "seed": "random seed",
-    "cache": "decode and resize all images into RAM once",
+    "cache": "decode and resize the images into RAM once (up to --cache-mib; --no-cache: read from disk)",
+    "cache_mib": "RAM budget of the image cache in MiB, training images first: auto (half the available "
+                 "memory) or a number (0 = no cache)",
     "project": "parent folder of the run folder",
     "name": "run folder name (incremented: exp, exp2, ...)",
     "exist_ok": "reuse an existing run folder instead of incrementing",

@@ -1,6 +1,6 @@
 """COCO box mAP with faster-coco-eval (a C++ reimplementation of pycocotools' COCOeval).
 
-Ground truth comes from :class:`det_toolkit.train.data.formats.Sample` objects; crowd regions and VOC
+Ground truth comes from :class:`det_toolkit.train.data.samples.Sample` objects; crowd regions and VOC
 ``difficult`` boxes are passed as ``iscrowd=1`` so detections on them count neither as true nor as
 false positives. Label ``i`` is reported under the dataset's category id ``category_ids[i]``.
 
@@ -27,7 +27,7 @@ import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 from faster_coco_eval.extra import PreviewResults
 
-from det_toolkit.train.data.formats import Sample
+from det_toolkit.train.data.samples import Sample
 
 STAT_NAMES = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 

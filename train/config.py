@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -159,7 +160,7 @@ def load_data_config(path: str | Path) -> DataConfig:
     (Ultralytics). Keys other tools add (:data:`FOREIGN_DATA_KEYS`, and any unknown key that is not a
     near-miss of a valid one) are ignored with one logged note; a near-miss (``nmaes``) is an error.
 
-    A folder: see :func:`det_toolkit.train.data.formats.folder_config` (its ``data.yaml``, a Roboflow
+    A folder: see :func:`det_toolkit.train.data.layouts.folder_config` (its ``data.yaml``, a Roboflow
     COCO export, a CVAT/COCO ``annotations/*.json`` + ``images/`` export, a Pascal VOC/CVAT VOC
     folder).
 
@@ -170,7 +171,7 @@ def load_data_config(path: str | Path) -> DataConfig:
     """
     path = Path(path)
     if path.is_dir():
-        from det_toolkit.train.data.formats import folder_config  # formats imports this module
+        from det_toolkit.train.data.layouts import folder_config  # layouts imports this module
 
         return folder_config(path)
     if not path.is_file():
@@ -213,6 +214,10 @@ class TrainConfig:
     ``ema_decay * (1 - exp(-updates / ema_tau))``, Ultralytics' ModelEMA), which is then what is
     evaluated and saved. ``patience`` > 0 stops after that many epochs without a better mAP;
     ``save_period`` > 0 also keeps ``weights/epoch<N>.pt``; ``l1`` adds ``l1 * sum(|w|)`` to the loss.
+    ``cache`` decodes the images into RAM once, up to ``cache_mib`` MiB (:meth:`cache_budget`: ``auto``
+    = half the memory available when the run starts, ``0`` = no cache), the training split first.
+    ``data`` is made absolute when a run starts (:func:`det_toolkit.train.trainer.fit`), so that
+    ``--resume`` works from any folder.
     """
 
     data: str = ""
@@ -258,6 +263,7 @@ class TrainConfig:
     sync_bn: bool = False
     seed: int = 0
     cache: bool = True
+    cache_mib: str = "auto"
     project: str = "runs/train"
     name: str = "exp"
     exist_ok: bool = False
@@ -292,6 +298,8 @@ class TrainConfig:
             raise FieldError("device", str(e)) from e
         if self.imgsz % 32:
             raise FieldError("imgsz", f"must be a multiple of 32 (the FPN stride), got {self.imgsz}")
+        self.cache_budget()
+        self.class_weight_values()
         if self.scheduler == "step" and not self.milestones():
             raise FieldError("lr_step", "the step scheduler needs --lr-step (lr_step:), the epochs at "
                                         "which to decay, e.g. 8,11")
@@ -316,6 +324,40 @@ class TrainConfig:
             raise FieldError("lr_step", f"expected comma-separated epochs such as 8,11, got "
                                         f"'{self.lr_step}'") from e
 
+    def cache_budget(self) -> float | None:
+        """``cache_mib`` in MiB: ``None`` for ``auto`` (the trainer takes half the available memory).
+
+        Raises:
+            FieldError: neither ``auto`` nor a finite number ``>= 0``.
+        """
+        if self.cache_mib.strip().lower() == "auto":
+            return None
+        try:
+            mib = float(self.cache_mib)
+        except ValueError:
+            mib = math.nan
+        if not (math.isfinite(mib) and mib >= 0):
+            raise FieldError("cache_mib", f"expected auto or a number of MiB >= 0, got '{self.cache_mib}'")
+        return mib
+
+    def class_weight_values(self) -> list[float] | None:
+        """``class_weights`` as numbers (``"1,2.5"`` -> ``[1.0, 2.5]``); ``None`` for ``""`` and ``auto``.
+        Their count is checked against the classes when the model is built.
+
+        Raises:
+            FieldError: not ``auto`` nor comma-separated positive numbers.
+        """
+        if self.class_weights in ("", "auto"):
+            return None
+        try:
+            values = [float(v) for v in self.class_weights.split(",")]
+        except ValueError:
+            values = []
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise FieldError("class_weights", f"expected auto or comma-separated positive numbers such as 1,2.5, "
+                                              f"got '{self.class_weights}'")
+        return values
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields."""
         return dataclasses.asdict(self)
@@ -328,12 +370,25 @@ def load_train_config(recipe: str | Path | None, flags: Mapping[str, Any]) -> Tr
         recipe: path of a YAML mapping of :class:`TrainConfig` keys, or ``None``.
         flags: values of the flags given on the command line (not click's defaults), by field name.
 
+    A recipe value that a flag overrides is checked too (``epochs: many`` with ``--epochs 1`` is an
+    error, not a recipe that silently works until the flag is dropped): each such value is checked in
+    place of the flag's, and only an error about that key counts (``scheduler: step`` overridden by
+    ``--scheduler cosine`` does not need ``lr_step``).
+
     Raises:
         FileNotFoundError: no such recipe file.
         ConfigError: YAML syntax error (``recipe.yaml:3: invalid YAML: ...``), unknown key, a bad
             value: ``recipe.yaml: lr: expected a number, got 'abc'`` for a recipe key,
             ``--imgsz: must be >= 1, got -3`` for a flag.
     """
-    values: dict[str, Any] = load_yaml_mapping(recipe) if recipe else {}
-    values.update(flags)
-    return from_dict(TrainConfig, values, str(recipe) if recipe else "command line", flags=set(flags))
+    recipe_values: dict[str, Any] = load_yaml_mapping(recipe) if recipe else {}
+    source = str(recipe) if recipe else "command line"
+    values = {**recipe_values, **flags}
+    cfg = from_dict(TrainConfig, values, source, flags=set(flags))
+    for key in sorted(set(recipe_values) & set(flags)):
+        try:
+            from_dict(TrainConfig, {**values, key: recipe_values[key]}, source, flags=set(flags) - {key})
+        except ConfigError as e:
+            if isinstance(e.__cause__, FieldError) and e.__cause__.key == key:
+                raise
+    return cfg

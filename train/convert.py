@@ -41,9 +41,10 @@ from det_toolkit import __version__
 from det_toolkit.runtime.files import increment_path
 from det_toolkit.runtime.predictor import Detections
 from det_toolkit.train.config import ConfigError, load_data_config
-from det_toolkit.train.data.formats import FORMATS, DataReport, Sample, detect_format, read_split
+from det_toolkit.train.data.formats import FORMATS, detect_format, read_split
 from det_toolkit.train.data.pennfudan import CITATION, CLASS_NAMES, MASK_TOL, MaskCheck, is_pennfudan, read_pennfudan
 from det_toolkit.train.data.pennfudan import SPLITS as PENNFUDAN_SPLITS
+from det_toolkit.train.data.samples import DataReport, Sample
 from det_toolkit.train.data.writers import IMAGES_DIR, SPLITS, LabelledFrame, write_splits
 
 #: ``--from``: ``data`` is anything ``det-train --data`` reads; ``auto`` also detects Penn-Fudan

@@ -40,8 +40,9 @@ from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.preprocess import resize_longest
 from det_toolkit.train.coco_eval import CocoResult, confusion_matrix, evaluate_coco
 from det_toolkit.train.config import load_data_config
-from det_toolkit.train.data.formats import TRUNCATED_JPEG, DatasetError, Sample, read_split
+from det_toolkit.train.data.formats import read_split
 from det_toolkit.train.data.images import load_rgb
+from det_toolkit.train.data.samples import TRUNCATED_JPEG, DatasetError, Sample
 
 #: sample index -> ``(boxes float32 [K, 4] xyxy image px, scores float32 [K], labels int64 [K] 0-based)``
 Predictions = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -56,7 +57,7 @@ class EvalOutput(NamedTuple):
         info: ``weights``, ``backend``, ``split``, ``n_images`` (images predicted), ``ms_per_image``
             (pre-process + inference + post-process in ms, mean after one warm-up image), ``rect``,
             ``class_names``, ``category_ids``, ``images_truncated`` (truncated JPEGs decoded) and
-            ``data_report`` (the readers' :meth:`~det_toolkit.train.data.formats.DataReport.table`);
+            ``data_report`` (the readers' :meth:`~det_toolkit.train.data.samples.DataReport.table`);
             JSON-ready.
         samples: the split's ground truth (:func:`det_toolkit.train.data.formats.read_split`).
         predictions: sample index -> detections in original-image pixels (unreadable images absent).

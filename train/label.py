@@ -49,7 +49,8 @@ from det_toolkit import __version__
 from det_toolkit.runtime.classes import ClassSpecError
 from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.files import check_writable, increment_path
-from det_toolkit.runtime.sources import Source, open_source
+from det_toolkit.runtime.source_types import Source
+from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.teachers import ARTIFACT_SUFFIXES, Teacher, clip_detections, is_artifact_spec, make_teacher
 from det_toolkit.train.data.formats import FORMATS
 from det_toolkit.train.data.writers import LabelledFrame, write_dataset
@@ -119,7 +120,7 @@ def select_frames(source: Source, every: int = 1, start: int = 0,
                   end: int | None = None) -> Iterator[tuple[int, str, np.ndarray]]:
     """The frames of ``source`` with index in ``[start, end)`` and ``(index - start) % every == 0``.
 
-    Yields ``(index, name, frame_bgr)`` as :class:`~det_toolkit.runtime.sources.Source` does; stops reading at
+    Yields ``(index, name, frame_bgr)`` as :class:`~det_toolkit.runtime.source_types.Source` does; stops reading at
     ``end`` (exclusive). Frames before ``start`` are decoded and dropped (sources cannot seek).
     """
     for index, name, frame in source:
@@ -154,7 +155,7 @@ def label_source(source: str | Path, teacher: Teacher, out: str | Path, fmt: str
     it found it, absent or empty, so the same call can be repeated.
 
     Raises:
-        FileNotFoundError / det_toolkit.runtime.sources.SourceError: ``source`` cannot be opened.
+        FileNotFoundError / det_toolkit.runtime.source_types.SourceError: ``source`` cannot be opened.
         NotADirectoryError / PermissionError: ``out`` cannot be created
             (:func:`det_toolkit.runtime.files.check_writable`).
         LabelError: bad arguments, ``out`` not empty, no frame in the range, a frame that cannot be

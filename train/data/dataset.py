@@ -24,8 +24,8 @@ from torchvision.transforms import v2
 from det_toolkit.runtime.draw import draw_boxes
 from det_toolkit.runtime.meta import PAD_VALUE
 from det_toolkit.runtime.preprocess import resize_longest
-from det_toolkit.train.data.formats import Sample
 from det_toolkit.train.data.images import load_rgb
+from det_toolkit.train.data.samples import Sample
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,11 @@ class DetectionDataset(Dataset):
                 self.bad.add(i)
                 log.warning("%s: unreadable image (%s), skipped", self.samples[i].image, e)
             return None
+
+    def readable(self, i: int) -> bool:
+        """Whether image ``i`` decodes: known for a cached image, decoded now for another (an
+        undecodable one joins :attr:`bad`, with its warning). Consumes no random numbers."""
+        return (self._cache[i] if i < self.cached else self._load(i)) is not None  # type: ignore[index]
 
     def _item(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
         """``(image uint8 [H, W, 3], boxes float32 [M, 4] xyxy px of it, labels, scale)``."""

@@ -6,7 +6,7 @@ pixels agree for photos taken with a rotated camera. Used by the training datase
 (:mod:`det_toolkit.train.data.dataset`) and by det-eval (:mod:`det_toolkit.train.evaluate`), which
 must run without PyTorch.
 
-Truncated files follow the policy of :func:`det_toolkit.runtime.sources.truncated_image`: a truncated
+Truncated files follow the policy of :func:`det_toolkit.runtime.image_bytes.truncated_image`: a truncated
 JPEG is decoded with its missing bottom rows grey, other truncated formats are unreadable. The
 readers count the truncated files in the data report; this module only decodes.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from det_toolkit.runtime.sources import JPEG_EOI
+from det_toolkit.runtime.image_bytes import JPEG_EOI
 
 
 def _open_decoded(path: str | Path) -> Image.Image:

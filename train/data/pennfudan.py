@@ -16,10 +16,10 @@ An annotation file holds lines such as::
     Bounding box for object 1 "PASpersonWalking" (Xmin, Ymin) - (Xmax, Ymax) : (160, 182) - (302, 431)
 
 Boxes are 1-based inclusive pixel indices (top-left pixel ``(1, 1)``), read exactly as the Pascal VOC
-reader reads VOC boxes (:func:`det_toolkit.train.data.formats.parse_voc`): ``[xmin - 1, ymin - 1, xmax,
+reader reads VOC boxes (:func:`det_toolkit.train.data.voc.parse_voc`): ``[xmin - 1, ymin - 1, xmax,
 ymax]``, continuous ``xyxy`` pixels. Every object (``PASpersonWalking``, ``PASpersonStanding``) is
 class ``person``. Samples, validation (clipping, skipping) and the :class:`DataReport` are those of
-:mod:`det_toolkit.train.data.formats`; problems name the file and the object
+:mod:`det_toolkit.train.data.samples`; problems name the file and the object
 (``FudanPed00001.txt:object 2``) or the line (``FudanPed00001.txt:line 11``).
 
 Mask cross-check: the torchvision tutorial derives each box from its mask instead of reading the
@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from det_toolkit.train.config import ConfigError
-from det_toolkit.train.data.formats import DataReport, Sample, _read_image_size, _sample, at
+from det_toolkit.train.data.samples import DataReport, Sample, at, make_sample, read_image_size
 
 ANNOTATION_DIR = "Annotation"
 IMAGE_DIR = "PNGImages"
@@ -72,7 +72,7 @@ def is_pennfudan(root: Path) -> bool:
 def one_based_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> list[float]:
     """1-based inclusive pixel indices ``(xmin, ymin, xmax, ymax)`` -> continuous ``xyxy`` pixels
     ``[xmin - 1, ymin - 1, xmax, ymax]``: the conversion of the VOC reader
-    (:func:`det_toolkit.train.data.formats.parse_voc`, Detectron2's convention)."""
+    (:func:`det_toolkit.train.data.voc.parse_voc`, Detectron2's convention)."""
     return [xmin - 1, ymin - 1, xmax, ymax]
 
 
@@ -249,7 +249,7 @@ def read_pennfudan(root: Path, split: str, mask_tol: float = MASK_TOL) -> PennFu
     checks: list[MaskCheck] = []
     for idx, stem in enumerate(split_stems(root, split)):
         image = root / IMAGE_DIR / f"{stem}.png"
-        size = _read_image_size(image, report)
+        size = read_image_size(image, report)
         if size is None:
             continue
         w, h = size
@@ -269,7 +269,7 @@ def read_pennfudan(root: Path, split: str, mask_tol: float = MASK_TOL) -> PennFu
                 checks += _cross_check(ann, mask, mask_tol, report)
         boxes = [box for _, _, box in ann.objects]
         wheres = [at(txt, f"object {index}") for index, _, _ in ann.objects]
-        samples.append(_sample(image, w, h, boxes, [0] * len(boxes), [False] * len(boxes), report, wheres, idx))
+        samples.append(make_sample(image, w, h, boxes, [0] * len(boxes), [False] * len(boxes), report, wheres, idx))
     report.n_images = len(samples)
     report.n_boxes = int(sum(len(s.boxes) for s in samples))
     return PennFudanSplit(samples, report, checks)
@@ -277,7 +277,7 @@ def read_pennfudan(root: Path, split: str, mask_tol: float = MASK_TOL) -> PennFu
 
 def _report_annotation(ann: PedAnnotation, image: Path, w: int, h: int, report: DataReport) -> None:
     """Report the problems of a parsed annotation file other than its boxes' (those are checked by
-    :func:`det_toolkit.train.data.formats._sample`, each named by its object)."""
+    :func:`det_toolkit.train.data.samples.make_sample`, each named by its object)."""
     txt = ann.file
     for lineno in ann.malformed:
         report.add(at(txt, f"line {lineno}"), "malformed bounding-box line", "box skipped")

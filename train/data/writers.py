@@ -76,7 +76,7 @@ def voc_xml(frame: LabelledFrame, class_names: Sequence[str], folder: str = "ima
 
     Continuous ``xyxy`` boxes become 1-based inclusive integer pixels
     ``xmin = round(x1) + 1, ymin = round(y1) + 1, xmax = round(x2), ymax = round(y2)`` (the inverse of
-    the ``[xmin - 1, ymin - 1, xmax, ymax]`` reading in :func:`det_toolkit.train.data.formats.parse_voc`);
+    the ``[xmin - 1, ymin - 1, xmax, ymax]`` reading in :func:`det_toolkit.train.data.voc.parse_voc`);
     ``truncated`` is 1 for boxes touching the frame border, ``difficult`` from ``frame.difficult``.
     """
     root = ET.Element("annotation")

@@ -81,6 +81,10 @@ def load_safely(path: str | Path, what: str = "a plain state dict", advice: str 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        op = re.search(r"Unsupported operand \d+", str(e))
+        if op:  # the bytes are no pickle at all (e.g. b"garbage"), not a refused object
+            raise WeightsError(f"{path}: not a readable PyTorch file (truncated, corrupt or another format: "
+                               f"{op.group(0)} of the unpickler)") from e
         if "Weights only load failed" not in str(e):
             raise WeightsError(f"{path}: not a readable PyTorch file ({type(e).__name__}: "
                                f"{str(e).strip().splitlines()[0][:200]})") from e
