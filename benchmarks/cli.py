@@ -12,6 +12,7 @@ from det_toolkit import __version__
 from det_toolkit.benchmarks.bench import FORMATS, machine_info, run_bench, write_report
 from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.files import check_writable, increment_path
+from det_toolkit.runtime.preprocess import MAX_IMGSZ
 
 
 def _check_model_spec(spec: str) -> None:
@@ -58,7 +59,7 @@ def _model_weights(spec: str, data: str, imgsz: int | None, workdir: Path) -> Pa
               help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--models", default=None, help="Comma-separated checkpoints (.pt) or model names "
               "(untrained, ImageNet backbone) to compare instead of/besides --weights.")
-@click.option("--imgsz", type=click.IntRange(32), default=None, show_default="the checkpoint's",
+@click.option("--imgsz", type=click.IntRange(32, MAX_IMGSZ), default=None, show_default="the checkpoint's",
               help="Square input size for the exports.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Images per inference call (latency/throughput; static graph batch).")

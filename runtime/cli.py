@@ -28,6 +28,7 @@ from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder
 from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.pipeline import run_pipeline
 from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.preprocess import MAX_IMGSZ
 from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.trackers import TRACKERS, build_tracker, load_tracker_config
 from det_toolkit.runtime.tracking import Tracker, TrackerConfig
@@ -71,7 +72,7 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 @click.option("--conf", default=0.25, type=click.FloatRange(0, 1), help="Minimum detection score kept.")
 @click.option("--classes", default=None, show_default="all", help="Keep only these classes: names or "
               "0-based ids, comma separated (e.g. 'raccoon' or '0,2').")
-@click.option("--imgsz", default=None, type=click.IntRange(32), show_default="the model's",
+@click.option("--imgsz", default=None, type=click.IntRange(32, MAX_IMGSZ), show_default="the model's",
               help="Letterbox size in pixels (square); only for models exported with dynamic H/W.")
 @click.option("--rect/--square", "rect", default=False, show_default="square",
               help="Rectangular inputs (frame scaled to fit --imgsz, padded only to the model's stride; "

@@ -29,6 +29,10 @@ class LetterboxInfo:
     resized_hw: tuple[int, int]
 
 
+#: Largest input side (px) any command accepts: a 8192 px square float32 batch of one is 768 MiB;
+#: a typo such as --imgsz 100000 would otherwise try to allocate ~110 GiB.
+MAX_IMGSZ = 8192
+
 def resize_longest(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """Resize so the longest side equals ``size``, keeping aspect ratio.
 

@@ -376,3 +376,16 @@ def test_int_imgsz_in_metadata_means_square() -> None:
     d = json.loads(meta.to_json())
     d["imgsz"] = 320
     assert ModelMeta.from_dict(d, "m.onnx") == meta
+
+
+def test_input_size_is_bounded(tmp_path: Path) -> None:
+    """--imgsz 100000 would letterbox into a ~110 GiB float32 input: refused at the flag, before loading."""
+    from det_toolkit.runtime.preprocess import MAX_IMGSZ
+    from det_toolkit.train.config import TrainConfig, from_dict
+
+    res = CliRunner().invoke(main, ["x.jpg", "--weights", "m.onnx", "--imgsz", "100000",
+                                    "--project", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "--imgsz" in res.output and f"32<=x<={MAX_IMGSZ}" in res.output
+    with pytest.raises(ValueError, match=f"imgsz: must be <= {MAX_IMGSZ}, got 100000"):
+        from_dict(TrainConfig, {"imgsz": 100000}, "recipe.yaml")
+    assert not (tmp_path / "runs").exists()

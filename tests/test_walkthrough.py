@@ -1,4 +1,4 @@
-"""The README's "Your own data in five minutes" walkthrough, run word for word (slow: it trains).
+"""The README's "Your own data" walkthrough, run word for word (slow: it trains).
 
 The shell block between ``<!-- walkthrough -->`` and ``<!-- /walkthrough -->`` in the repository's
 README.md is run with bash, ``set -e``, in a temporary folder that holds ``my_data/``: the real raccoon

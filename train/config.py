@@ -19,6 +19,7 @@ from typing import Any
 
 from det_toolkit.runtime.config_utils import ConfigError, FieldError, from_dict, load_yaml_mapping, nearest, suggest
 from det_toolkit.runtime.device import format_device, parse_device
+from det_toolkit.runtime.preprocess import MAX_IMGSZ
 
 __all__ = ["ConfigError", "DataConfig", "TrainConfig", "from_dict", "load_data_config", "load_train_config",
            "expand_env"]
@@ -296,6 +297,8 @@ class TrainConfig:
             self.device = format_device(*parse_device(self.device))
         except ValueError as e:
             raise FieldError("device", str(e)) from e
+        if self.imgsz > MAX_IMGSZ:
+            raise FieldError("imgsz", f"must be <= {MAX_IMGSZ}, got {self.imgsz}")
         if self.imgsz % 32:
             raise FieldError("imgsz", f"must be a multiple of 32 (the FPN stride), got {self.imgsz}")
         self.cache_budget()

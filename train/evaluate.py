@@ -37,7 +37,7 @@ from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.draw import draw_boxes
 from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.predictor import Predictor
-from det_toolkit.runtime.preprocess import resize_longest
+from det_toolkit.runtime.preprocess import MAX_IMGSZ, resize_longest
 from det_toolkit.train.coco_eval import CocoResult, confusion_matrix, evaluate_coco
 from det_toolkit.train.config import load_data_config
 from det_toolkit.train.data.formats import read_split
@@ -207,7 +207,7 @@ def write_eval_plots(res: CocoResult, samples: list[Sample], preds: Predictions,
               "(class-agnostic); not the model's NMS IoU")
 @click.option("--plot-conf", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="score threshold of the confusion matrix and prediction samples")
-@click.option("--imgsz", default=None, type=click.IntRange(32), show_default="the model's",
+@click.option("--imgsz", default=None, type=click.IntRange(32, MAX_IMGSZ), show_default="the model's",
               help="input size override (dynamic graphs only)")
 @click.option("--rect/--square", "rect", default=False, show_default="square",
               help="rectangular inputs padded only to the model's stride (dynamic H/W graphs) "

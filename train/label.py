@@ -49,6 +49,7 @@ from det_toolkit import __version__
 from det_toolkit.runtime.classes import ClassSpecError
 from det_toolkit.runtime.device import DEVICE
 from det_toolkit.runtime.files import check_writable, increment_path
+from det_toolkit.runtime.preprocess import MAX_IMGSZ
 from det_toolkit.runtime.source_types import Source
 from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.teachers import ARTIFACT_SUFFIXES, Teacher, clip_detections, is_artifact_spec, make_teacher
@@ -289,7 +290,7 @@ def _label(src: Source, source: str | Path, teacher: Teacher, out: Path, fmt: st
 @click.option("--conf", default=0.5, type=click.FloatRange(0, 1), help="Artifact teacher: minimum score kept.")
 @click.option("--classes", default=None, show_default="all", help="Artifact teacher: keep only these "
               "classes (names or 0-based ids, comma separated); the dataset has these classes.")
-@click.option("--imgsz", default=None, type=click.IntRange(32), show_default="the model's",
+@click.option("--imgsz", default=None, type=click.IntRange(32, MAX_IMGSZ), show_default="the model's",
               help="Artifact teacher: letterbox size in pixels.")
 @click.option("--device", default="auto", type=DEVICE,
               help="Artifact teacher: inference device.")
