@@ -71,7 +71,11 @@ def test_flag_errors_name_the_flag_and_flags_override_the_recipe(tmp_path: Path)
     with pytest.raises(ConfigError) as e:
         load_train_config(recipe, {"imgsz": -3, "lr": 0.01})
     assert str(e.value) == "--imgsz: must be >= 1, got -3"
-    assert load_train_config(recipe, {"lr": 0.02}).lr == 0.02  # the flag replaces the bad value
+    with pytest.raises(ConfigError) as e:  # a flag overriding a bad recipe value does not hide it
+        load_train_config(recipe, {"lr": 0.02})
+    assert str(e.value) == f"{recipe}: lr: expected a number, got 'abc'"
+    good = _write(tmp_path / "good.yaml", "lr: 1e-3\nepochs: 3\n")
+    assert load_train_config(good, {"lr": 0.02}).lr == 0.02  # the flag replaces the recipe's value
     with pytest.raises(ConfigError) as e:
         load_train_config(None, {"warmup_factor": -0.5})
     assert str(e.value) == "--warmup-factor: must be >= 0, got -0.5"

@@ -159,7 +159,7 @@ def test_cli_errors(tmp_path: Path, ckpt_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     result = runner.invoke(main, [str(junk)])
-    assert result.exit_code == 1 and "not a readable checkpoint" in result.output
+    assert result.exit_code == 1 and "junk.pt: not a readable PyTorch file" in result.output
     result = runner.invoke(main, [str(ckpt_path), "--trt"])
     assert result.exit_code == 1 and "TensorRT" in result.output and "not available" in result.output
     result = runner.invoke(main, [str(ckpt_path), "--device", "gpu"])  # the --device forms of every command
