@@ -32,7 +32,7 @@ def _copy_tree(dst: Path) -> Path:
         return [n for n in names if n == "__pycache__" or (not (Path(folder) / n).is_dir() and not n.endswith(".py"))]
 
     for folder in _package_folders():
-        shutil.copytree(REPO / folder, dst / folder, ignore=keep_py)
+        shutil.copytree(REPO / folder, dst / folder, ignore=keep_py, symlinks=True)
     for f in ("setup.cfg", ".importlinter"):
         shutil.copy2(REPO / f, dst / f)
     return dst
