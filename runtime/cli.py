@@ -12,7 +12,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -20,34 +19,18 @@ import cv2
 import numpy as np
 
 from det_toolkit import __version__
-from det_toolkit.runtime.api import open_embedder
-from det_toolkit.runtime.backends import load_backend
-from det_toolkit.runtime.classes import ClassSpecError, parse_classes
+from det_toolkit.runtime.backends import Backend, load_backend
+from det_toolkit.runtime.classes import ClassSpecError
 from det_toolkit.runtime.device import DEVICE
-from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
 from det_toolkit.runtime.files import check_writable, increment_path
-from det_toolkit.runtime.pipeline import run_pipeline
-from det_toolkit.runtime.predictor import Predictor
+from det_toolkit.runtime.pipeline import FramePredictor
 from det_toolkit.runtime.preprocess import MAX_IMGSZ
+from det_toolkit.runtime.run import RunSettings, SahiSettings, expand_sources, make_predictor, make_tracker, run_source
+from det_toolkit.runtime.source_types import Source
 from det_toolkit.runtime.sources import open_source
-from det_toolkit.runtime.trackers import TRACKERS, build_tracker, load_tracker_config
-from det_toolkit.runtime.tracking import Tracker, TrackerConfig
-from det_toolkit.runtime.writers import RunOutputs
-
-
-def load_embedder(weights: Path, embedder: Path | None, device: str, config: TrackerConfig) -> Embedder:
-    """The appearance embedder for ``--track``: :func:`det_toolkit.runtime.api.open_embedder`.
-
-    Raises:
-        FileNotFoundError: an explicit ``embedder`` is missing.
-        click.UsageError: ``.onnx`` weights and no embedder ONNX beside them.
-    """
-    try:
-        return open_embedder(weights, embedder, device, config.embedder_input_size)
-    except FileNotFoundError as e:
-        if embedder is None:  # nothing given: a usage problem, the message says what to do
-            raise click.UsageError(str(e)) from e
-        raise
+from det_toolkit.runtime.trackers import TRACKERS
+from det_toolkit.runtime.tracking import Tracker
 
 
 def has_display() -> bool:
@@ -66,7 +49,7 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, "--version", prog_name="det-run")
-@click.argument("source")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("--weights", required=True, type=click.Path(path_type=Path),
               help="Detector: .onnx (onnxruntime) or .pt checkpoint (PyTorch).")
 @click.option("--conf", default=0.25, type=click.FloatRange(0, 1), help="Minimum detection score kept.")
@@ -131,13 +114,17 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
               help="--sahi: most tiles per frame (each is one detector input); more is an error.")
 @click.option("--sahi-class-agnostic", is_flag=True, default=False, show_default="off",
               help="SAHI: merge detections of different classes too.")
-def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              show_default="off", help="Run the sources on a Ray cluster (the [ray] extra): 'auto' (the "
+              "default when --ray has no value: a running cluster, else a local one), 'local', or a cluster "
+              "address (HOST:PORT, ray://HOST:PORT). Write it after the sources or as --ray=ADDRESS.")
+def main(sources: tuple[str, ...], weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
          device: str, track: bool, tracker_spec: str | None, embedder: Path | None, project: Path, name: str,
          save: bool, save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None,
          sahi: bool, slice_size: int | None, slice_height: int | None, slice_width: int | None,
          overlap: float, overlap_height: float | None, overlap_width: float | None, sahi_full_frame: bool,
          sahi_merge: str, sahi_match: str, sahi_match_thr: float, sahi_class_agnostic: bool,
-         max_tiles: int) -> None:
+         max_tiles: int, ray_address: str | None) -> None:
     """Detect (and with --track, track) objects in SOURCE: an image, a folder of images, a glob
     pattern (quote it), a video file, a camera index (0), a stream URL (rtsp://, http://, ...) or
     - for concatenated JPEG/PNG images on stdin (e.g. ffmpeg -i IN -f image2pipe -c:v mjpeg -).
@@ -146,43 +133,82 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
     (one line per frame), <stem>_mot.txt (MOT-challenge tracks, with --track) and summary.json
     (frames, FPS, mean ms per stage). Decoding, detection and writing run in overlapping threads;
     Ctrl-C stops reading and finishes the outputs with every frame detected so far.
-    """
-    try:  # everything that can fail on bad input fails here, before any output is written
-        check_writable(project / name, "--project/--name")
-        tracker_config = None  # cheap checks first
-        if track or tracker_spec is not None:
-            tracker_config = load_tracker_config(tracker_spec or "deepsort")
-        backend = load_backend(weights, device)
-        names = backend.meta.class_names
-        if sahi and rect:
-            raise ValueError("--rect does not apply to --sahi: tiles and the full frame are letterboxed square")
-        predictor = Predictor(backend, conf, parse_classes(classes, names) if classes else None, imgsz,
-                              rect=rect)
-        if sahi:
-            # deferred: sahi takes ~0.25 s to import and only --sahi needs it
-            from det_toolkit.runtime.tiling import SliceConfig, TiledPredictor
 
-            sh, sw = slice_height or slice_size, slice_width or slice_size
-            if (sh is None) != (sw is None):  # one axis given: the other defaults to it
-                sh = sw = sh or sw
-            predictor = TiledPredictor(predictor, SliceConfig(
-                sh, sw, overlap if overlap_height is None else overlap_height,
-                overlap if overlap_width is None else overlap_width, sahi_full_frame, sahi_merge,
-                sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles))
-        tracker = _make_tracker(tracker_config, weights, embedder, device)
+    Several SOURCEs (or a *.streams file listing one per line) run as streams of one model: one
+    folder per source under PROJECT/NAME (what a det-run on that source alone writes) plus one
+    summary.json; a source that fails is reported and the others go on. With --ray the sources are
+    shared out to Ray workers instead.
+    """
+    sahi_settings = None
+    if sahi:
+        sahi_settings = SahiSettings(slice_height or slice_size, slice_width or slice_size,
+                                     overlap if overlap_height is None else overlap_height,
+                                     overlap if overlap_width is None else overlap_width, sahi_full_frame,
+                                     sahi_merge, sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles)
+    settings = RunSettings(weights, conf, classes, imgsz, rect, device,
+                           (tracker_spec or "deepsort") if (track or tracker_spec is not None) else None,
+                           embedder, save, save_txt, save_json, live, max_frames, sahi_settings)
+    try:
+        specs = expand_sources(sources)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    if ray_address is not None:
+        _run_ray(specs, settings, project, name, ray_address, show)
+    elif len(specs) > 1:
+        _run_streams(specs, settings, project, name, show)
+    else:
+        _run_one(specs[0], settings, project, name, show)
+
+
+def _usage_errors(fn: Callable[[], object]) -> object:
+    """Call ``fn``, turning bad-input exceptions into click errors (no traceback for the user)."""
+    try:
+        return fn()
+    except ClassSpecError as e:
+        raise click.BadParameter(str(e), param_hint="--classes") from e
+    except (FileNotFoundError, ValueError, NotImplementedError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _run_ray(specs: list[str], settings: RunSettings, project: Path, name: str, address: str, show: bool) -> None:
+    """``--ray``: the sources on a Ray cluster (:mod:`det_toolkit.runtime.ray_run`)."""
+    from det_toolkit.runtime.ray_run import run_on_ray
+
+    if show:
+        click.echo("note: --show ignored with --ray: workers have no display", err=True)
+    run_on_ray(specs, settings, project, name, address, echo=click.echo)
+
+
+def _run_streams(specs: list[str], settings: RunSettings, project: Path, name: str, show: bool) -> None:
+    """Several sources as streams of one model in this process (:mod:`det_toolkit.runtime.multistream`)."""
+    from det_toolkit.runtime.multistream import run_streams
+
+    if show:
+        click.echo("note: --show ignored with several sources", err=True)
+    run_streams(specs, settings, project, name, echo=click.echo)
+
+
+def _run_one(source: str, settings: RunSettings, project: Path, name: str, show: bool) -> None:
+    """One source: the threaded pipeline into PROJECT/NAME (incremented), summary printed."""
+    def prepare() -> tuple[Backend, FramePredictor, Tracker | None, Source]:
+        # everything that can fail on bad input fails here, before any output is written
+        check_writable(project / name, "--project/--name")
+        settings.check()  # cheap checks first
+        backend = load_backend(settings.weights, settings.device)
+        predictor = make_predictor(settings, backend)
+        tracker = _make_tracker(settings)
         src = open_source(source)  # last: a camera or stdin starts delivering frames once opened
-        if sahi and src.info.height and src.info.width:  # before any output: images are checked per frame
+        if settings.sahi is not None and src.info.height and src.info.width:  # images: checked per frame
             try:
                 predictor.config.check_tiles(src.info.height, src.info.width)
             except ValueError:
                 src.close()
                 raise
-    except ClassSpecError as e:
-        raise click.BadParameter(str(e), param_hint="--classes") from e
-    except (FileNotFoundError, ValueError, NotImplementedError, OSError) as e:
-        raise click.ClickException(str(e)) from e
-    if conf < backend.meta.score_thresh:
-        click.echo(f"note: --conf {conf} is below the graph's score threshold "
+        return backend, predictor, tracker, src
+
+    backend, predictor, tracker, src = _usage_errors(prepare)
+    if settings.conf < backend.meta.score_thresh:
+        click.echo(f"note: --conf {settings.conf} is below the graph's score threshold "
                    f"{backend.meta.score_thresh}; lower scores were already dropped", err=True)
     on_frame = None
     if show and has_display():
@@ -191,9 +217,7 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         click.echo("note: --show ignored: no display found (DISPLAY/WAYLAND_DISPLAY unset)", err=True)
     run_dir = increment_path(project / name)
     try:
-        with RunOutputs(run_dir, src.info, names, track=tracker is not None, save=save,
-                        save_txt=save_txt, save_json=save_json) as outputs:
-            summary = run_pipeline(src, predictor, tracker, outputs, max_frames, live, on_frame)
+        summary = run_source(settings, backend, source, src, run_dir, predictor, tracker, on_frame)
     except ValueError as e:  # a frame that breaks a limit (e.g. --sahi --max-tiles on a large image)
         raise click.ClickException(f"{e}; outputs so far are in {run_dir}") from e
     finally:
@@ -204,10 +228,6 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         shutil.rmtree(run_dir)
         raise click.ClickException(f"no frame of {source} could be decoded ({summary['skipped']} unreadable); "
                                    "nothing was processed")
-    summary = {"source": str(source), "weights": str(weights), "backend": backend.name,
-               "imgsz": list(predictor.imgsz), **summary}
-    if sahi:
-        summary["sahi"] = {**asdict(predictor.config), "tiles": predictor.tiles}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _print_summary(summary, run_dir)
     if summary["interrupted"]:
@@ -216,18 +236,15 @@ def main(source: str, weights: Path, conf: float, classes: str | None, imgsz: in
         sys.exit(128 + int(getattr(signal, sig)))  # the shell's convention: 130 SIGINT, 143 SIGTERM
 
 
-def _make_tracker(config: TrackerConfig | object | None, weights: Path, embedder: Path | None,
-                  device: str) -> Tracker | None:
-    """The tracker ``config`` describes (``None``: no tracking); Deep SORT gets its appearance
-    embedder (:func:`load_embedder`), motion trackers ignore ``embedder`` with a note."""
-    if config is None:
-        return None
-    if isinstance(config, TrackerConfig):  # Deep SORT: with its appearance embedder
-        return build_tracker(config, load_embedder(weights, embedder, device, config))
-    tracker = build_tracker(config)
-    if embedder is not None:
-        click.echo(f"note: --embedder ignored: {tracker.name} tracks by motion alone", err=True)
-    return tracker
+def _make_tracker(settings: RunSettings) -> Tracker | None:
+    """:func:`det_toolkit.runtime.run.make_tracker`, notes to stderr; a missing default embedder
+    (none given) is a usage problem whose message says what to do."""
+    try:
+        return make_tracker(settings, note=lambda m: click.echo(m, err=True))
+    except FileNotFoundError as e:
+        if settings.embedder is None:
+            raise click.UsageError(str(e)) from e
+        raise
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
