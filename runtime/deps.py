@@ -51,6 +51,10 @@ TORCH = Extra("train", "PyTorch", ("torch", "torchvision"))
 #: det-export and det-bench (exports checkpoints, then measures them).
 EXPORT = Extra("export", "PyTorch and ONNX",
                ("torch", "torchvision", "matplotlib", "onnx", "onnxscript", "onnxslim", "onnxconverter_common"))
+#: det-run / det-label ``--ray`` (Ray Core and Ray Data; torch-free).
+RAY = Extra("ray", "Ray", ("ray",))
+#: det-export ``--triton`` (tritonclient's ``ModelConfig`` protobuf; ``grpc`` is the ``grpcio`` distribution).
+TRITON = Extra("triton", "tritonclient's ModelConfig protobuf", ("tritonclient", "grpc"))
 
 
 class MissingExtraError(ImportError):

@@ -21,7 +21,7 @@ from det_toolkit.runtime import deps
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("det-train", "det-eval", "det-export", "det-run", "det-label", "det-bench", "det-convert")
-EXTRAS = {"train", "export", "gpu", "all", "dev"}
+EXTRAS = {"train", "export", "ray", "triton", "gpu", "all", "dev"}
 #: Distributions only an extra may bring: the base install is the edge runtime.
 HEAVY = {"torch", "torchvision", "onnx", "onnxscript", "onnxslim", "onnxconverter-common", "tensorrt",
          "onnxruntime-gpu", "matplotlib"}
@@ -103,7 +103,8 @@ def test_base_install_is_torch_free_and_every_extra_exists(metadata: email.messa
     assert reqs[None] and not reqs[None].keys() & HEAVY, reqs[None].keys() & HEAVY
     assert {"onnxruntime", "opencv-python", "numpy", "deep-sort-realtime", "click"} <= reqs[None].keys()
     assert {"torch", "torchvision"} <= reqs["train"].keys() and {"torch", "onnx", "onnxslim"} <= reqs["export"].keys()
-    assert reqs["train"].keys() | reqs["export"].keys() <= reqs["all"].keys()
+    for extra in ("train", "export", "ray", "triton"):  # [all]: everything but the GPU stack
+        assert reqs[extra].keys() <= reqs["all"].keys(), extra
     assert {"onnxruntime-gpu", "tensorrt"} <= reqs["gpu"].keys()
     assert metadata["License"] == "Apache-2.0" and metadata["Requires-Python"]
     for extra in reqs.values():  # ranges in the metadata; exact pins live in constraints.txt
@@ -120,6 +121,10 @@ def test_extra_checks_match_the_metadata(metadata: email.message.Message) -> Non
         return {canonicalize_name(m) for m in extra.modules}
 
     assert dists(deps.TRAIN) == reqs["train"].keys() and dists(deps.EXPORT) == reqs["export"].keys()
+    assert dists(deps.RAY) == reqs["ray"].keys() and deps.RAY.name == "ray"
+    # tritonclient's [grpc] extra brings grpcio, imported as grpc (the protobuf modules import it)
+    assert reqs["triton"].keys() == {"tritonclient"} and reqs["triton"]["tritonclient"].extras == {"grpc"}
+    assert set(deps.TRITON.modules) == {"tritonclient", "grpc"} and deps.TRITON.name == "triton"
     assert dists(deps.TORCH) <= reqs["train"].keys() and deps.TORCH.name == deps.TRAIN.name == "train"
     gpu = Requirement(deps.ORT_GPU_REQUIREMENT)
     assert gpu.specifier == reqs["gpu"][canonicalize_name(gpu.name)].specifier
@@ -137,7 +142,7 @@ def test_constraints_pin_every_requirement(metadata: email.message.Message) -> N
             assert sep and version, f"constraints.txt: '{line}' is not NAME==VERSION"
             pins[canonicalize_name(name)] = version.strip()
     reqs = requirements(metadata)
-    for extra in (None, "train", "export", "dev"):
+    for extra in (None, "train", "export", "ray", "triton", "dev"):
         for name, req in reqs[extra].items():
             assert name in pins, f"constraints.txt lacks {name}"
             assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
