@@ -239,7 +239,7 @@ def test_run_folder_increments_and_bad_flags_fail(synthetic: Path, tmp_path: Pat
     res = CliRunner().invoke(train_cli, ["--data", str(synthetic), "--device", "gpu"])  # det-run's forms
     assert res.exit_code != 0 and "--device: unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in res.output
     res = CliRunner().invoke(train_cli, ["--help"])
-    assert "--imgsz" in res.output and "default: 416" in res.output
+    assert "--imgsz" in res.output and "default: 0" in res.output  # 0: chosen from the data (test_recipe.py)
 
 
 def test_det_eval_on_checkpoint(synthetic: Path, tmp_path: Path) -> None:

@@ -22,8 +22,9 @@ HELP: dict[str, str] = {
             "CVAT/Ultralytics export (data.yaml, _annotations.coco.json, annotations/*.json, VOC)",
     "model": "model builder name; 'list' prints them with parameters and GFLOPs",
     "weights_init": "initial weights: auto (offline defaults), none, or a local .pth path",
-    "imgsz": "longest image side in pixels (multiple of 32)",
-    "epochs": "number of epochs",
+    "imgsz": "longest image side in pixels (multiple of 32); 0: chosen from the box sizes (416-832), printed first",
+    "epochs": "number of epochs; 0: chosen from the training set size (~800 optimizer steps, 12-100 epochs), "
+              "printed first",
     "batch": "images per SGD step",
     "workers": "DataLoader worker processes",
     "optimizer": "sgd or adamw",
@@ -73,6 +74,10 @@ HELP: dict[str, str] = {
 }
 
 
+#: TrainConfig fields that are records, not options (``from_data``: which values the data chose).
+NOT_FLAGS = frozenset({"from_data"})
+
+
 def _options_from(cls: type) -> Callable[[Callable], Callable]:
     """click options for every field of dataclass ``cls``, defaults shown in ``--help``.
 
@@ -82,6 +87,8 @@ def _options_from(cls: type) -> Callable[[Callable], Callable]:
 
     def deco(f: Callable) -> Callable:
         for fld in reversed(dataclasses.fields(cls)):
+            if fld.name in NOT_FLAGS:
+                continue
             default = fld.default if fld.default is not dataclasses.MISSING else None
             flag = "--" + fld.name.replace("_", "-")
             help_ = HELP.get(fld.name, "")
@@ -133,7 +140,7 @@ def train_cli(ctx: click.Context, cfg: str | None, **flags: Any) -> None:
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if flags["model"] == "list":
-        print_models(flags["imgsz"])
+        print_models(flags["imgsz"] or 640)
         return
     try:
         tc = load_train_config(cfg, _given(ctx, flags))

@@ -203,6 +203,10 @@ def load_data_config(path: str | Path) -> DataConfig:
     return from_dict(DataConfig, d, str(path))
 
 
+#: :class:`TrainConfig` keys whose value ``0`` means "chosen from the training data when the run starts"
+AUTO_KEYS = ("epochs", "imgsz")
+
+
 @dataclass
 class TrainConfig:
     """Everything ``det-train`` needs; saved as ``args.yaml`` in the run folder and in checkpoints.
@@ -219,13 +223,19 @@ class TrainConfig:
     = half the memory available when the run starts, ``0`` = no cache), the training split first.
     ``data`` is made absolute when a run starts (:func:`det_toolkit.train.trainer.fit`), so that
     ``--resume`` works from any folder.
+
+    ``epochs`` and ``imgsz`` of ``0`` (the defaults) are chosen from the training split when a run
+    starts (:func:`det_toolkit.train.run_data.choose_recipe`: epochs from its size, imgsz from its box
+    sizes) and printed; any other value, from a flag, ``--cfg`` or the API, is used as given. The run's
+    saved config (``args.yaml``, checkpoints' ``train_args``) holds the values used, and ``from_data``
+    lists which of them the data chose (set by the trainer; a value given in it is replaced).
     """
 
     data: str = ""
     model: str = "fasterrcnn_mobilenet_v2_fpn"
     weights_init: str = "auto"
-    imgsz: int = 416
-    epochs: int = 20
+    imgsz: int = 0
+    epochs: int = 0
     batch: int = 4
     workers: int = 2
     optimizer: str = "sgd"
@@ -270,6 +280,7 @@ class TrainConfig:
     exist_ok: bool = False
     resume: str = ""
     verbose: bool = False
+    from_data: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         checks = {
@@ -283,7 +294,10 @@ class TrainConfig:
         for key, (val, ok) in checks.items():
             if val not in ok:
                 raise FieldError(key, f"'{val}' is not one of {', '.join(ok)}")
-        for key, low in (("imgsz", 1), ("epochs", 1), ("batch", 1), ("workers", 0), ("patience", 0),
+        for key in ("imgsz", "epochs"):  # 0: chosen from the data when the run starts
+            if getattr(self, key) < 0:
+                raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
+        for key, low in (("batch", 1), ("workers", 0), ("patience", 0),
                          ("save_period", 0), ("show_aug", 0), ("trainable_layers", 0), ("freeze", 0),
                          ("rpn_pre_nms_test", 0), ("rpn_post_nms_test", 0), ("rpn_post_nms_train", 0),
                          ("roi_batch", 0), ("max_det", 0), ("momentum", 0), ("weight_decay", 0),
@@ -301,6 +315,10 @@ class TrainConfig:
             raise FieldError("imgsz", f"must be <= {MAX_IMGSZ}, got {self.imgsz}")
         if self.imgsz % 32:
             raise FieldError("imgsz", f"must be a multiple of 32 (the FPN stride), got {self.imgsz}")
+        unknown = sorted(set(self.from_data) - set(AUTO_KEYS))
+        if unknown:
+            raise FieldError("from_data", f"{unknown} are not among the keys chosen from the data: "
+                                          f"{', '.join(AUTO_KEYS)}")
         self.cache_budget()
         self.class_weight_values()
         if self.scheduler == "step" and not self.milestones():

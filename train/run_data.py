@@ -1,5 +1,5 @@
-"""The data of a training run: both splits read and checked, the datasets with their RAM cache, the
-loaders.
+"""The data of a training run: both splits read and checked, the recipe values chosen from them
+(:func:`choose_recipe`), the datasets with their RAM cache, the loaders.
 
 Everything here runs before the run folder exists, so a dataset det-train cannot learn from or
 select weights on fails with one message and leaves nothing on disk: a val split without images or
@@ -8,16 +8,19 @@ boxes (best.pt is chosen by val mAP), a split none of whose images decodes.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from det_toolkit.train import distributed as ddp
-from det_toolkit.train.config import DataConfig, TrainConfig, load_data_config
+from det_toolkit.train.config import AUTO_KEYS, DataConfig, TrainConfig, load_data_config
 from det_toolkit.train.data.dataset import (
     DetectionDataset,
     aug_params,
@@ -90,6 +93,74 @@ def load_data(cfg: TrainConfig, say: Say = print) -> tuple[DataConfig, dict[str,
         out[split] = (samples, report)
         out["names"], out["category_ids"] = names, cat_ids
     return dcfg, out
+
+
+#: Automatic epochs: about this many optimizer steps in all: the 20 epochs x 40 steps (160 images at
+#: batch 4) of the former default on raccoon, which this rule keeps (docs/training.md explains the rules).
+TARGET_STEPS = 800
+#: Automatic epochs stay within these bounds: at least Detectron's "1x" schedule (~12 passes over
+#: COCO) on large datasets; at most 100 passes over a tiny one.
+MIN_EPOCHS, MAX_EPOCHS = 12, 100
+#: Automatic input size: the smallest ``SMALL_BOX_QUANTILE`` of the training boxes should reach a
+#: side ``sqrt(w h)`` of ``MIN_BOX_PX`` pixels at the input size: the smallest RPN anchor of the
+#: Faster R-CNN models (32 px), two cells of the default MobileNetV2-FPN's finest (stride 16) map.
+MIN_BOX_PX, SMALL_BOX_QUANTILE = 32.0, 0.10
+#: Automatic input size bounds: the long-standing default 416 as the floor (never smaller), at most
+#: twice it (4x the compute), and never above the training images' median longest side.
+BASE_IMGSZ, MAX_AUTO_IMGSZ = 416, 832
+
+
+def auto_epochs(n_images: int, batch: int, world: int = 1) -> tuple[int, str]:
+    """Epochs for a training split of ``n_images``: ``ceil(TARGET_STEPS / steps per epoch)`` within
+    ``[MIN_EPOCHS, MAX_EPOCHS]``, where an epoch is ``n_images // (batch * world)`` optimizer steps
+    (at least 1, as the loader drops the last partial batch). Returns ``(epochs, why)``, ``why`` a
+    short explanation for the printed recipe."""
+    steps = max(1, n_images // (batch * world))
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps)))
+    return epochs, (f"from {n_images} train images: {steps} steps/epoch at batch {batch * world}, "
+                    f"{epochs * steps} steps in all (rule: ~{TARGET_STEPS} steps, {MIN_EPOCHS}-{MAX_EPOCHS} epochs)")
+
+
+def auto_imgsz(samples: list[Sample]) -> tuple[int, str]:
+    """Input size (longest side, pixels) for training boxes ``samples``: the smallest multiple of 32
+    at which the ``SMALL_BOX_QUANTILE`` quantile of the box sides ``sqrt(w h)`` (each scaled as its
+    image's longest side is to the input size) reaches ``MIN_BOX_PX``, within ``[BASE_IMGSZ,
+    min(MAX_AUTO_IMGSZ, the images' median longest side rounded up to 32)]``; ``BASE_IMGSZ`` without
+    boxes. Returns ``(imgsz, why)`` for the printed recipe."""
+    rel = [np.sqrt(np.clip((s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1]), 0, None))
+           / max(s.width, s.height, 1) for s in samples if len(s.boxes)]
+    if not rel:
+        return BASE_IMGSZ, "no training boxes: the default"
+    q = float(np.quantile(np.concatenate(rel), SMALL_BOX_QUANTILE))
+    native = 32 * math.ceil(float(np.median([max(s.width, s.height) for s in samples])) / 32)
+    cap = min(MAX_AUTO_IMGSZ, max(BASE_IMGSZ, native))
+    need = 32 * math.ceil(MIN_BOX_PX / max(q, 1e-6) / 32)
+    imgsz = min(cap, max(BASE_IMGSZ, need))
+    n = sum(len(r) for r in rel)
+    return imgsz, (f"from box sizes: the smallest {SMALL_BOX_QUANTILE:.0%} of the {n} train boxes are under "
+                   f"{q * imgsz:.0f} px at {imgsz} (rule: >= {MIN_BOX_PX:.0f} px, {BASE_IMGSZ}-{cap} px"
+                   f"{', capped' if need > cap else ''})")
+
+
+def choose_recipe(cfg: TrainConfig, train_samples: list[Sample], say: Say = print) -> TrainConfig:
+    """``cfg`` with its automatic values (``0``, :data:`det_toolkit.train.config.AUTO_KEYS`) chosen
+    from the training split (:func:`auto_epochs`, :func:`auto_imgsz`) and ``from_data`` listing them;
+    values given (non-zero) are kept. Prints the recipe: one line per data-dependent value, saying
+    where it came from."""
+    chosen: dict[str, tuple[int, str]] = {}
+    if not cfg.epochs:
+        chosen["epochs"] = auto_epochs(len(train_samples), cfg.batch, ddp.world_size())
+    if not cfg.imgsz:
+        chosen["imgsz"] = auto_imgsz(train_samples)
+    lines = [f"  {k:<8}{chosen[k][0]:<8}{chosen[k][1]}" if k in chosen else f"  {k:<8}{getattr(cfg, k):<8}given"
+             for k in AUTO_KEYS]
+    anchors = ("given" if cfg.anchors != "default" else
+               "the model's layout (--anchors auto fits them to the box statistics; not the default: no "
+               "measured mAP gain yet)")
+    lines.append(f"  {'anchors':<8}{cfg.anchors:<8}{anchors}")
+    say("recipe (0 = chosen from the data; a flag or --cfg value overrides it):\n" + "\n".join(lines))
+    return dataclasses.replace(cfg, from_data=[k for k in AUTO_KEYS if k in chosen],
+                               **{k: v[0] for k, v in chosen.items()})
 
 
 def _spec(dcfg: DataConfig, split: str) -> str:

@@ -36,7 +36,7 @@ from det_toolkit.train.models import check_model_name
 from det_toolkit.train.models.common import Detector
 from det_toolkit.train.models.weights import check_weights_init
 from det_toolkit.train.plots import plot_results
-from det_toolkit.train.run_data import RunData, load_data, make_loaders, require_decodable
+from det_toolkit.train.run_data import RunData, choose_recipe, load_data, make_loaders, require_decodable
 from det_toolkit.train.run_files import (
     claim_run_dir,
     csv_row,
@@ -141,6 +141,9 @@ def fit(cfg: TrainConfig, show: bool = True) -> Path:
     rank trains on its ``DistributedSampler`` shard and predicts on its share of the val images;
     rank 0 evaluates the union, writes every file and prints; losses are averaged across ranks.
 
+    Epochs and input size left at ``0`` are chosen from the training split and printed as the run's
+    recipe (:func:`det_toolkit.train.run_data.choose_recipe`) before any training.
+
     Nothing is written before the inputs have passed every check that does not need training: the
     model name, ``--weights-init``, a writable ``--project``, both splits (a val split with images and
     boxes: best.pt is chosen by val mAP; an image that decodes in each), the model and its options.
@@ -171,6 +174,8 @@ def _fit(cfg: TrainConfig, show: bool, ddp_device: torch.device | None, main: bo
     device = ddp_device or select_device(cfg.device)
     seed_everything(cfg.seed)
     dcfg, data = load_data(cfg, say)
+    if ckpt is None:  # a resumed run keeps the values its checkpoint records
+        cfg = choose_recipe(cfg, data["train"][0], say)
     if cfg.show_aug:
         ds = DetectionDataset(data["train"][0], cfg.imgsz, aug_params(cfg.aug, cfg.aug_set), cache=False, train=True)
         require_decodable(ds, "train", dcfg)
