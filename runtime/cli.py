@@ -26,6 +26,7 @@ from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
 from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.pipeline import FramePredictor
 from det_toolkit.runtime.preprocess import MAX_IMGSZ
+from det_toolkit.runtime.ray_run import ray_address_option
 from det_toolkit.runtime.run import RunSettings, SahiSettings, expand_sources, make_predictor, make_tracker, run_source
 from det_toolkit.runtime.source_types import Source
 from det_toolkit.runtime.sources import open_source
@@ -117,14 +118,21 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
 @click.option("--ray", "ray_address", default=None, is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               show_default="off", help="Run the sources on a Ray cluster (the [ray] extra): 'auto' (the "
               "default when --ray has no value: a running cluster, else a local one), 'local', or a cluster "
-              "address (HOST:PORT, ray://HOST:PORT). Write it after the sources or as --ray=ADDRESS.")
+              "address (HOST:PORT, ray://HOST:PORT). Write it after the sources or as --ray=ADDRESS. "
+              "PROJECT/NAME is not incremented: running the same job again skips finished sources.",
+              callback=ray_address_option)
+@click.option("--ray-workers", default=None, type=click.IntRange(1), show_default="one per source, at most the CPUs",
+              help="--ray: worker actors (each loads the model once).")
+@click.option("--ray-threads", default=None, type=click.IntRange(1),
+              show_default="the most that fit: workers x threads <= each node's CPUs",
+              help="--ray: CPUs per worker (its ONNX Runtime and OpenCV threads).")
 def main(sources: tuple[str, ...], weights: Path, conf: float, classes: str | None, imgsz: int | None, rect: bool,
          device: str, track: bool, tracker_spec: str | None, embedder: Path | None, project: Path, name: str,
          save: bool, save_txt: bool, save_json: bool, live: bool | None, show: bool, max_frames: int | None,
          sahi: bool, slice_size: int | None, slice_height: int | None, slice_width: int | None,
          overlap: float, overlap_height: float | None, overlap_width: float | None, sahi_full_frame: bool,
          sahi_merge: str, sahi_match: str, sahi_match_thr: float, sahi_class_agnostic: bool,
-         max_tiles: int, ray_address: str | None) -> None:
+         max_tiles: int, ray_address: str | None, ray_workers: int | None, ray_threads: int | None) -> None:
     """Detect (and with --track, track) objects in SOURCE: an image, a folder of images, a glob
     pattern (quote it), a video file, a camera index (0), a stream URL (rtsp://, http://, ...) or
     - for concatenated JPEG/PNG images on stdin (e.g. ffmpeg -i IN -f image2pipe -c:v mjpeg -).
@@ -152,8 +160,10 @@ def main(sources: tuple[str, ...], weights: Path, conf: float, classes: str | No
         specs = expand_sources(sources)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from e
+    if ray_address is None and (ray_workers or ray_threads):
+        raise click.UsageError("--ray-workers and --ray-threads apply to --ray only")
     if ray_address is not None:
-        _run_ray(specs, settings, project, name, ray_address, show)
+        _run_ray(specs, settings, project, name, ray_address, show, ray_workers, ray_threads)
     elif len(specs) > 1:
         _run_streams(specs, settings, project, name, show)
     else:
@@ -170,22 +180,42 @@ def _usage_errors(fn: Callable[[], object]) -> object:
         raise click.ClickException(str(e)) from e
 
 
-def _run_ray(specs: list[str], settings: RunSettings, project: Path, name: str, address: str, show: bool) -> None:
-    """``--ray``: the sources on a Ray cluster (:mod:`det_toolkit.runtime.ray_run`)."""
+def _run_ray(specs: list[str], settings: RunSettings, project: Path, name: str, address: str, show: bool,
+             workers: int | None, threads: int | None) -> None:
+    """``--ray``: the sources on a Ray cluster (:mod:`det_toolkit.runtime.ray_run`); exits with status 1
+    when a source failed (the job summary says why)."""
+    from det_toolkit.runtime.deps import MissingExtraError
     from det_toolkit.runtime.ray_run import run_on_ray
 
     if show:
         click.echo("note: --show ignored with --ray: workers have no display", err=True)
-    run_on_ray(specs, settings, project, name, address, echo=click.echo)
+    try:
+        job = _usage_errors(lambda: run_on_ray(specs, settings, project, name, address, echo=click.echo,
+                                               workers=workers, threads=threads))
+    except MissingExtraError as e:
+        raise click.ClickException(str(e)) from e
+    if job["failed"]:
+        raise click.ClickException(f"{job['failed']} of {len(specs)} sources failed (reasons in "
+                                   f"{project / name / 'summary.json'}); run the same command again to retry them")
 
 
 def _run_streams(specs: list[str], settings: RunSettings, project: Path, name: str, show: bool) -> None:
-    """Several sources as streams of one model in this process (:mod:`det_toolkit.runtime.multistream`)."""
+    """Several sources as streams of one model in this process (:mod:`det_toolkit.runtime.multistream`).
+
+    Exit status: 128 + signal when interrupted, 1 when every source failed, else 0.
+    """
     from det_toolkit.runtime.multistream import run_streams
 
     if show:
         click.echo("note: --show ignored with several sources", err=True)
-    run_streams(specs, settings, project, name, echo=click.echo)
+    summary = _usage_errors(lambda: run_streams(specs, settings, project, name, echo=click.echo))
+    if summary["interrupted"]:
+        sig = summary["signal"]
+        click.echo(f"interrupted ({sig}): outputs hold every frame processed so far", err=True)
+        sys.exit(128 + int(getattr(signal, sig)))
+    if all(r["status"] == "failed" for r in summary["streams"]):
+        raise click.ClickException(f"all {len(summary['streams'])} sources failed; see {summary['run_dir']}"
+                                   "/summary.json")
 
 
 def _run_one(source: str, settings: RunSettings, project: Path, name: str, show: bool) -> None:

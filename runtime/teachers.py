@@ -57,6 +57,10 @@ class Teacher(Protocol):
         ...
 
 
+#: OpenCV's default people detector window, ``(height, width)`` pixels.
+HOG_WINDOW = (128, 64)
+
+
 class HogTeacher:
     """OpenCV's HOG people detector (64x128 window, default INRIA linear SVM) as a teacher.
 
@@ -112,6 +116,9 @@ class HogTeacher:
         h, w = frame_bgr.shape[:2]
         img = frame_bgr if self.upscale == 1.0 else cv2.resize(
             frame_bgr, None, fx=self.upscale, fy=self.upscale, interpolation=cv2.INTER_LINEAR)
+        if img.shape[0] < HOG_WINDOW[0] or img.shape[1] < HOG_WINDOW[1]:
+            # smaller than one detection window: nothing to find (and OpenCV's detectMultiScale crashes)
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
         rects, weights = self.hog.detectMultiScale(img, winStride=self.win_stride, padding=self.padding,
                                                    scale=self.scale)
         rects = np.asarray(rects, np.float32).reshape(-1, 4)

@@ -21,7 +21,7 @@ from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.teachers import HogTeacher
 from det_toolkit.train.config import load_data_config
 from det_toolkit.train.data.formats import read_split
-from det_toolkit.train.label import LabelError, label_source, main
+from det_toolkit.train.label import LabelError, label_source, label_sources, main
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = REPO.parent / "shared/videos/vtest.avi"
@@ -110,6 +110,14 @@ def test_formats_read_back(photos: Path, tmp_path: Path, fmt: str, atol: float) 
         d = json.loads((out / "annotations/train.json").read_text())
         assert [c["id"] for c in d["categories"]] == [1, 2]
         assert len(d["images"]) == 4 and len(d["annotations"]) == 4
+
+
+@pytest.mark.parametrize("hw,upscale", [((64, 96), 1.0), ((80, 40), 1.5), ((127, 300), 1.0)])
+def test_hog_teacher_on_frames_smaller_than_its_window(hw: tuple[int, int], upscale: float) -> None:
+    """A frame (after upscaling) smaller than HOG's 128x64 window has no people; OpenCV's
+    detectMultiScale would crash the process (SIGSEGV) on it."""
+    d = HogTeacher(upscale=upscale)(np.full((*hw, 3), 128, np.uint8))
+    assert len(d) == 0 and d.boxes.shape == (0, 4) and d.labels.dtype == np.int64
 
 
 @need_video
@@ -218,3 +226,41 @@ def test_project_name_run_folders(tmp_path: Path) -> None:
     assert sorted(p.name for p in runs.iterdir()) == ["people", "vtest", "vtest2"]
     res = run(main, [str(VIDEO), "--end", "1", "--out", str(tmp_path / "d"), "--name", "x"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+
+class OneBoxTeacher:
+    """A teacher that finds one ``person`` box in the top-left quarter of every frame."""
+
+    name = "one box"
+    class_names = ["person"]
+
+    def __call__(self, frame_bgr: np.ndarray) -> Detections:
+        h, w = frame_bgr.shape[:2]
+        return Detections(np.array([[0, 0, w / 2, h / 2]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
+
+
+def test_several_sources_make_one_dataset(photos: Path, tmp_path: Path) -> None:
+    """Several sources: one dataset in the order given; a repeated file name gets its index appended;
+    a missing source is recorded as failed and the others are labelled (det-label: exit 1); no
+    shard folder is left."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in sorted(photos.iterdir())[:3]:
+        (other / f.name).write_bytes(f.read_bytes())
+    missing = tmp_path / "missing.avi"
+    out = tmp_path / "ds"
+    summary = label_sources([photos, missing, other], OneBoxTeacher(), out, "yolo", progress=False)
+    assert (summary.frames, summary.train, summary.val, summary.boxes) == (8, 6, 2, 8)
+    assert summary.failed == [{"source": str(missing), "reason": f"source not found: {missing}"}]
+    assert summary.source == f"{photos}, {missing}, {other}"
+    want = [f"img{i}.jpg" for i in range(5)] + [f"img{i}_{i:06d}.jpg" for i in range(3)]
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(want)
+    assert (out / "val.txt").read_text().split() == ["./images/img1_000001.jpg", "./images/img2_000002.jpg"]
+    assert not (out / ".shards").exists()
+    assert "failed: " in summary.table() and json.loads((out / "label_summary.json").read_text())["failed"]
+    samples = read_split(load_data_config(out / "data.yaml"), "val")[0]
+    np.testing.assert_allclose(samples[0].boxes, [[0, 0, W / 2, H / 2]], atol=1e-3)
+    with pytest.raises(LabelError, match="source not found"):  # every source failed: nothing is written
+        label_sources([missing, tmp_path / "gone.avi"], OneBoxTeacher(), tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()

@@ -68,21 +68,29 @@ def providers_for(device: str = "auto") -> Providers:
     raise BackendError(f"--device {device}: {cuda_provider_problem(available)}; or use --device cpu")
 
 
-def create_session(path: str | Path, providers: Providers | None = None) -> ort.InferenceSession:
-    """Open ``path`` with tuned session options (all graph optimisations, one intra-op thread per
-    physical core without spin-waiting, sequential execution).
+def create_session(path: str | Path, providers: Providers | None = None,
+                   threads: int | None = None) -> ort.InferenceSession:
+    """Open ``path`` with tuned session options (all graph optimisations, ``threads`` intra-op
+    threads, default one per physical core, without spin-waiting, sequential execution).
+
+    Args:
+        threads: intra-op threads (>= 1); ``None``: :func:`physical_cores`. Several sessions
+            sharing a machine (e.g. ``det-run --ray`` workers) set it so their sum fits its CPUs.
 
     Raises:
+        ValueError: ``threads`` < 1.
         FileNotFoundError: no such file.
         BackendError: the file is not a loadable ONNX model.
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"ONNX Runtime intra-op threads must be >= 1, got {threads}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = physical_cores()
+    opts.intra_op_num_threads = threads or physical_cores()
     opts.inter_op_num_threads = 1
     # idle workers sleep instead of spinning: detector, embedder and tracker alternate on the same
     # cores, and spinning threads of one session slowed the others (measured ~1.5x per frame)
@@ -127,6 +135,8 @@ class OnnxBackend(Backend):
     Args:
         path: ``.onnx`` file written by ``det-export`` (graph contract in :mod:`det_toolkit.runtime.meta`).
         providers: execution providers in priority order; default :func:`providers_for` ``("auto")``.
+        threads: intra-op threads of the session (:func:`create_session`); ``None``: one per
+            physical core.
 
     Attributes:
         max_batch: images per forward pass (``meta.batch``).
@@ -136,11 +146,12 @@ class OnnxBackend(Backend):
         BackendError: not a valid ONNX model, graph names differ from the metadata, or a batched
             graph without a ``num_dets`` output.
         MetadataError: the :data:`det_toolkit.runtime.meta.META_KEY` metadata is missing or corrupt.
+        ValueError: ``threads`` < 1.
     """
 
-    def __init__(self, path: str | Path, providers: Providers | None = None) -> None:
+    def __init__(self, path: str | Path, providers: Providers | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
-        self._sess = create_session(self.path, providers)
+        self._sess = create_session(self.path, providers, threads)
         self.meta = ModelMeta.from_json(session_metadata(self._sess, META_KEY, self.path),
                                         str(self.path))
         inputs = [i.name for i in self._sess.get_inputs()]
