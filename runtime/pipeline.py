@@ -11,6 +11,10 @@ newest frame: ``q_in`` holds one frame, and a new one replaces an unprocessed on
 (``timeout``, ``docker stop``, systemd, a closed terminal) when the pipeline runs in the main
 thread, stop reading, let the writer finish every frame already detected, and return normally with
 ``interrupted: true`` and the signal's name, so the output video is closed and playable.
+
+:func:`run_pipeline` runs one source. Its parts (:class:`FrameReader`, :class:`FrameWriter`,
+:class:`Profile`, :func:`run_until_stopped`, :func:`run_summary`) are what
+:mod:`det_toolkit.runtime.multistream` reuses to run several sources through one model.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ WARMUP_FRAMES = 5
 ALL_STAGES = ("decode", *STAGES, "tracking", "encode")
 #: Capacity of each inter-thread queue (frames) for non-live sources.
 QUEUE_SIZE = 4
-_END = object()
+#: Queue item that ends a stream (reader -> detector, detector -> writer).
+END = object()
 #: Signals handled like Ctrl-C while the pipeline runs in the main thread.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -55,6 +60,38 @@ def _raise_stop(signum: int, frame: object) -> None:
 def _set_handlers(handlers: dict[int, Any]) -> dict[int, Any]:
     """Install ``{signum: handler}``; returns the handlers they replace."""
     return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+
+def run_until_stopped(loop: Callable[[], None], finish: Callable[[], None]) -> str | None:
+    """Run ``loop`` until it returns or Ctrl-C, SIGTERM or SIGHUP stops it, then ``finish``.
+
+    While ``loop`` runs in the main thread, SIGTERM and SIGHUP raise :class:`StopSignal` in it, as
+    Ctrl-C raises ``KeyboardInterrupt``; either ends ``loop`` early. ``finish`` (stop the readers,
+    let the writers write every frame already detected) always runs, with the three signals
+    ignored so that a second one cannot cut the outputs short; the previous handlers are restored
+    afterwards. Off the main thread no handler is touched (Python allows none there).
+
+    Returns:
+        The name of the signal that stopped ``loop`` (``"SIGINT"``, ``"SIGTERM"``, ``"SIGHUP"``),
+        or ``None`` if it returned by itself.
+
+    Raises:
+        Whatever ``loop`` (other than the interruption) or ``finish`` raised, after ``finish``.
+    """
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    stopped_by = None
+    saved = _set_handlers({signal.SIGTERM: _raise_stop, signal.SIGHUP: _raise_stop}) if main else {}
+    try:
+        loop()
+    except KeyboardInterrupt as e:
+        stopped_by = signal.Signals(e.signum).name if isinstance(e, StopSignal) else "SIGINT"
+    finally:
+        ignored = _set_handlers(dict.fromkeys(STOP_SIGNALS, signal.SIG_IGN)) if main else {}
+        try:  # finish the files first: a second signal must not cut the video short
+            finish()
+        finally:
+            _set_handlers({**ignored, **saved})
+    return stopped_by
 
 
 class FramePredictor(Protocol):
@@ -118,8 +155,13 @@ def _put_latest(q: queue.Queue, item: object) -> int:
                 pass
 
 
-class _Reader(threading.Thread):
-    """Decodes ``source`` into ``q`` until the source ends or ``stop`` is set."""
+class FrameReader(threading.Thread):
+    """Decodes ``source`` into ``q`` until the source ends or ``stop`` is set.
+
+    Puts ``(index, name, frame_bgr, decode_ms)`` per frame, then :data:`END`; an exception raised
+    while decoding is put instead of :data:`END`. ``live``: keep only the newest frame (``q``
+    should hold one), counting replaced ones in ``dropped``; otherwise block while ``q`` is full.
+    """
 
     def __init__(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool) -> None:
         super().__init__(name="det-run-reader", daemon=True)
@@ -151,11 +193,16 @@ class _Reader(threading.Thread):
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
             self._put(e)
             return
-        self._put(_END)
+        self._put(END)
 
 
-class _Writer(threading.Thread):
-    """Writes detected frames from ``q`` to ``outputs`` and keeps the :class:`Profile`."""
+class FrameWriter(threading.Thread):
+    """Writes detected frames from ``q`` to ``outputs`` and keeps the :class:`Profile`.
+
+    Takes ``(index, name, frame_bgr, dets, tracks, stage_ms)`` items until :data:`END`. An
+    exception while writing (or ``on_frame`` returning ``False``) sets ``stop``; the exception is
+    kept in ``error`` and later items are drained unwritten.
+    """
 
     def __init__(self, q: queue.Queue, outputs: RunOutputs, bar: tqdm, stop: threading.Event,
                  on_frame: Callable[[np.ndarray], bool] | None) -> None:
@@ -169,7 +216,7 @@ class _Writer(threading.Thread):
         fps, prof = 0.0, self.profile
         while True:
             item = self.q.get()
-            if item is _END:
+            if item is END:
                 return
             if self.error is not None:
                 continue  # keep draining so the detector thread never blocks
@@ -228,21 +275,20 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
     total = source.info.frames or None
     if total is not None and max_frames is not None:
         total = min(total, max_frames)
-    interrupted, taken, stopped_by = False, 0, None
-    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
     with tqdm(total=total, unit="frame", desc=source.info.stem, dynamic_ncols=True, disable=not progress) as bar:
-        reader = _Reader(source, q_in, stop, live)
-        writer = _Writer(q_out, outputs, bar, stop, on_frame)
+        reader = FrameReader(source, q_in, stop, live)
+        writer = FrameWriter(q_out, outputs, bar, stop, on_frame)
         reader.start()
         writer.start()
-        saved = _set_handlers({signal.SIGTERM: _raise_stop, signal.SIGHUP: _raise_stop}) if main else {}
-        try:
+
+        def loop() -> None:
+            taken = 0
             while (max_frames is None or taken < max_frames) and not stop.is_set():
                 try:
                     item = q_in.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                if item is _END:
+                if item is END:
                     break
                 if isinstance(item, BaseException):
                     raise item
@@ -256,23 +302,26 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
                     stage_ms["tracking"] = (time.perf_counter() - t0) * 1e3
                 q_out.put((index, name, frame, dets, tracks, stage_ms))
                 taken += 1
-        except KeyboardInterrupt as e:
-            interrupted = True
-            stopped_by = signal.Signals(e.signum).name if isinstance(e, StopSignal) else "SIGINT"
-        finally:
+
+        def finish() -> None:
             stop.set()
-            ignored = _set_handlers(dict.fromkeys(STOP_SIGNALS, signal.SIG_IGN)) if main else {}
-            try:  # finish the files first: a second signal must not cut the video short
-                q_out.put(_END)
-                writer.join()
-                reader.join(timeout=5)
-            finally:
-                _set_handlers({**ignored, **saved})
+            q_out.put(END)
+            writer.join()
+            reader.join(timeout=5)
+
+        stopped_by = run_until_stopped(loop, finish)
     if writer.error is not None:
         raise writer.error
+    return run_summary(source, reader, writer, tracker, stopped_by)
+
+
+def run_summary(source: Source, reader: FrameReader, writer: FrameWriter, tracker: Tracker | None,
+                stopped_by: str | None) -> dict[str, Any]:
+    """The summary of one finished source (keys: see :func:`run_pipeline`'s Returns);
+    ``stopped_by``: the signal's name that interrupted the run, or ``None``."""
     summary: dict[str, Any] = {"frames": writer.profile.frames, "skipped": source.skipped,
                                "truncated": list(source.truncated), "dropped": reader.dropped,
-                               "interrupted": interrupted, "signal": stopped_by,
+                               "interrupted": stopped_by is not None, "signal": stopped_by,
                                **writer.profile.summary(), "track_ids": len(writer.seen_ids)}
     if tracker is not None:
         summary.update(tracker.summary())
