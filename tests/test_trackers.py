@@ -38,7 +38,7 @@ NO_TORCH = no_torch_script("det_toolkit.runtime.cli")
 class ConstEmbedder:
     """Identical appearance for every box: Deep SORT then associates by motion and IoU alone."""
 
-    input_size, name = 128, "const"
+    input_size, name = (128, 64), "const"  # the shipped crop size
 
     def __call__(self, frame_bgr: np.ndarray, boxes_xyxy: np.ndarray) -> np.ndarray:
         return np.ones((len(boxes_xyxy), 8), np.float32)
@@ -96,9 +96,12 @@ def test_ids_follow_objects(name: str) -> None:
     assert [len(v) for v in ids_of.values()] == [1, 1, 1], ids_of
     assert len(set.union(*ids_of.values())) == 3
     assert tracker.name == name and tracker.summary()["tracker"] == name
-    if isinstance(tracker, DeepSortTracker):  # the shipped settings reuse embeddings where motion decides
-        assert tracker.embed_crops + tracker.reused == 3 * 40 - 3
-        assert tracker.reused > tracker.embed_crops
+    if isinstance(tracker, DeepSortTracker):  # the shipped settings embed every detection
+        assert tracker.embed_crops == 3 * 40 - 3 and tracker.reused == 0
+        reusing = DeepSortTracker(ConstEmbedder(), dataclasses.replace(tracker.config, reuse_embedding_iou=0.7))
+        for boxes, obj in moving_objects():  # with reuse, motion decides most of these unambiguous frames
+            reusing.update(frame, Detections(boxes, np.full(len(boxes), 0.9, np.float32), np.zeros(len(obj), int)))
+        assert reusing.embed_crops + reusing.reused == 3 * 40 - 3 and reusing.reused > reusing.embed_crops
 
 
 def test_deepsort_reuses_embeddings_only_when_unambiguous() -> None:
@@ -166,6 +169,41 @@ def test_deepsort_is_the_default_and_unchanged() -> None:
         build_tracker(TrackerConfig())
 
 
+def test_cosine_gallery_equals_deep_sort_realtime_metric() -> None:
+    """``CosineGallery`` (stacked unit galleries, only the asked tracks computed) gives the distances of
+    deep-sort-realtime's ``NearestNeighborDistanceMetric("cosine")`` for any subset of tracks, budget kept."""
+    from deep_sort_realtime.deep_sort.nn_matching import NearestNeighborDistanceMetric
+
+    from det_toolkit.runtime.tracking import CosineGallery
+
+    rng = np.random.default_rng(0)
+    ours, ref = CosineGallery(0.2, 5), NearestNeighborDistanceMetric("cosine", 0.2, 5)
+    for step in range(4):  # galleries grow past the budget; track 3 is dropped at the last step
+        targets = np.array([1, 2, 3, 1, 2, 7] if step < 3 else [1, 2, 7, 7])
+        feats = rng.standard_normal((len(targets), 32)).astype(np.float32)
+        active = [1, 2, 3, 7] if step < 3 else [1, 2, 7]
+        ours.partial_fit(feats, targets, active)
+        ref.partial_fit(feats, targets, active)
+    query = rng.standard_normal((5, 32)).astype(np.float32)
+    for subset in ([1, 2, 7], [7], [2, 1]):
+        np.testing.assert_allclose(ours.distance(query, subset), ref.distance(query, subset), atol=1e-5)
+    assert ours.distance(query, []).shape == (0, 5) and len(ours.samples[1]) == 5
+
+
+def test_deepsort_crop_size_setting(tmp_path: Path) -> None:
+    """``embedder_input_size``: person-aspect ``[H, W]`` by default, one int for square crops (older
+    settings files); the embedder must run at that size."""
+    assert TrackerConfig().crop_hw == (128, 64) and TrackerConfig(embedder_input_size=224).crop_hw == (224, 224)
+    assert load_tracker_config(_write(tmp_path / "sq.yaml", "embedder_input_size: 128\n")).crop_hw == (128, 128)
+    assert load_tracker_config(_write(tmp_path / "hw.yaml", "embedder_input_size: [160, '80']\n")).crop_hw == (160, 80)
+    square = ConstEmbedder()
+    square.input_size = 128  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"embedder crops are 128x128 \(HxW\) but the tracker config says 128x64"):
+        DeepSortTracker(square, TrackerConfig())
+    assert DeepSortTracker(square, TrackerConfig(embedder_input_size=[128, 128])).summary()["embedder"][
+        "input_size"] == "128x128"
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -206,6 +244,14 @@ def test_tracker_yaml_names_its_tracker(tmp_path: Path) -> None:
      "file has no 'tracker:' key; add one, e.g. 'tracker: bytetrack')"),
     ("t.yaml", "tracker: [a]\n", "t.yaml: tracker: unknown tracker a list ['a'] (one of deepsort, bytetrack, "
      "ocsort, botsort)"),
+    ("t.yaml", "tracker: deepsort\nembedder_input_size: [128]\n",
+     "t.yaml: embedder_input_size: must be a side >= 1 or [height, width] >= 1 in pixels, got a list [128]"),
+    ("t.yaml", "tracker: deepsort\nembedder_input_size: [128, 0]\n",
+     "t.yaml: embedder_input_size: must be a side >= 1 or [height, width] >= 1 in pixels, got a list [128, 0]"),
+    ("t.yaml", "tracker: deepsort\nembedder_input_size: 128x64\n",
+     "t.yaml: embedder_input_size: expected an integer or a list of integers, got '128x64'"),
+    ("t.yaml", "tracker: deepsort\nembedder_input_size: [128, 6.5]\n",
+     "t.yaml: embedder_input_size: expected an integer or a list of integers, got a list [128, 6.5]"),
 ])
 def test_bad_tracker_settings(tmp_path: Path, spec: str, text: str | None, message: str) -> None:
     if text is not None:

