@@ -1,6 +1,6 @@
 """``det-bench``: every export format of a detector measured on the same images, as a report.
 
-Per model and format (``torch``, ``onnx``, ``onnx-fp16``, ``onnx-static``, ``trt``) the report has:
+Per model and format (``torch``, ``onnx``, ``onnx-fp16``, ``onnx-int8``, ``onnx-static``, ``trt``) the report has:
 file size (MiB), COCO mAP@[.5:.95] and AP50 on the data config's val split (through
 :func:`det_toolkit.train.evaluate.evaluate_weights`, i.e. the runtime backends and letterbox, as ``det-eval``),
 latency p50/p95 (ms per ``Backend.infer`` call on a batch of letterboxed val images, after warm-up;
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("torch", "onnx", "onnx-fp16", "onnx-static", "trt")
-SUFFIX = {"torch": ".pt", "onnx": ".onnx", "onnx-fp16": "_fp16.onnx", "onnx-static": "_static.onnx",
-          "trt": ".engine"}
+FORMATS = ("torch", "onnx", "onnx-fp16", "onnx-int8", "onnx-static", "trt")
+SUFFIX = {"torch": ".pt", "onnx": ".onnx", "onnx-fp16": "_fp16.onnx", "onnx-int8": "_int8.onnx",
+          "onnx-static": "_static.onnx", "trt": ".engine"}
 
 
 class Unavailable(RuntimeError):
@@ -88,7 +88,7 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
             p = Path(f"{stem}.onnx")
             return p if p.is_file() else export_onnx(weights, p, imgsz=hw, parity_images=imgs, echo=echo)
         static = Path(f"{stem}_b{batch}_static.onnx")
-        if not static.is_file() and fmt in ("onnx-static", "onnx-fp16", "trt"):
+        if not static.is_file() and fmt in ("onnx-static", "onnx-fp16", "onnx-int8", "trt"):
             export_onnx(weights, static, imgsz=hw, static=True, batch=batch, parity_images=imgs, echo=echo)
         if fmt == "onnx-static":
             return static
@@ -99,6 +99,16 @@ def artifact(fmt: str, weights: Path, imgsz: int | None, batch: int,
                 from det_toolkit.export.parity import synthetic_images
 
                 export_fp16(src, p, images=imgs or synthetic_images(), min_match=0.0, echo=echo)
+            return p
+        if fmt == "onnx-int8":  # INT8 (QDQ) variant of the static graph, as det-export --batch N --int8
+            p = static.with_name(f"{static.stem}_int8.onnx")
+            if not p.is_file():  # gate off: the measured INT8 match rate (and pass/fail) is reported
+                from det_toolkit.export.int8 import calibration_images, export_int8
+                from det_toolkit.export.parity import synthetic_images
+
+                calib, source = calibration_images(load_checkpoint(weights), echo=echo)
+                export_int8(static, p, calib_images=calib, calib_source=source,
+                            parity_images=imgs or synthetic_images(), min_match=0.0, echo=echo)
             return p
         from det_toolkit.export.trt_build import build_engine
 
@@ -267,15 +277,22 @@ def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | N
                 echo(f"   skipped: {e}")
                 continue
             row.path, row.size_mib = str(path), round(path.stat().st_size / 2**20, 2)
-            if fmt == "onnx-fp16":
+            if fmt in ("onnx-fp16", "onnx-int8"):
                 import onnx
 
                 from det_toolkit.runtime.meta import META_KEY, ModelMeta
 
                 props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-                fp = ModelMeta.from_json(props[META_KEY]).extra.get("fp16_parity", {})
-                row.extra.update({f"fp16_{k}": fp.get(k) for k in (
-                    "match_rate", "n_matched", "n_ref_boxes", "criterion", "strict_match_rate", "n_images")})
+                meta = ModelMeta.from_json(props[META_KEY])
+                if fmt == "onnx-fp16":
+                    fp = meta.extra.get("fp16_parity", {})
+                    row.extra.update({f"fp16_{k}": fp.get(k) for k in (
+                        "match_rate", "n_matched", "n_ref_boxes", "criterion", "strict_match_rate", "n_images")})
+                else:
+                    q = meta.quantization or {}
+                    row.extra.update({f"int8_{k}": q.get("parity", {}).get(k) for k in (
+                        "match_rate", "n_matched", "n_ref_boxes", "criterion", "strict_match_rate", "n_images")})
+                    row.extra.update(int8_scope=q.get("scope"), int8_calib_images=q.get("calib_images"))
             if fmt in ("onnx", "onnx-fp16", "torch") and batch > 1:
                 row.note = "batch-1 graph: images run one by one"
             row.extra["load_avg_1m_before"] = round(os.getloadavg()[0], 2)  # other jobs on this CPU
@@ -318,6 +335,26 @@ def fp16_note(extra: dict[str, Any]) -> str:
     return note
 
 
+def int8_note(extra: dict[str, Any]) -> str:
+    """The report note of an ``onnx-int8`` row from its ``int8_*`` extras (see :func:`run_bench`):
+    scope and calibration, match rate against the FP32 static graph with the criterion, the verdict
+    against det-export's INT8 gate, and the strict all-boxes figure when recorded."""
+    from det_toolkit.export.int8 import INT8_MIN_MATCH
+
+    rate = extra["int8_match_rate"]
+    note = f"INT8 vs FP32 boxes matched {rate:.1%}"
+    if extra.get("int8_n_ref_boxes") is not None:
+        note += f" ({extra.get('int8_n_matched')}/{extra['int8_n_ref_boxes']}"
+        note += f" on {extra['int8_n_images']} val images)" if extra.get("int8_n_images") else ")"
+    if extra.get("int8_criterion"):
+        note += f" [{extra['int8_criterion']}], {'PASS' if rate >= INT8_MIN_MATCH else 'FAIL'} at {INT8_MIN_MATCH:.0%}"
+    if extra.get("int8_strict_match_rate") is not None:
+        note += f"; all boxes at IoU >= 0.9, |score diff| <= 0.01: {extra['int8_strict_match_rate']:.1%}"
+    if extra.get("int8_scope"):
+        note += f"; scope {extra['int8_scope']}, {extra.get('int8_calib_images')} calibration images"
+    return note
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) and v < 1 else f"{v}"
 
@@ -343,6 +380,8 @@ def write_report(rows: list[Row], info: dict[str, Any], out_dir: Path, name: str
         note = r.note if r.status == "ok" else f"{r.status}: {r.note}"
         if r.extra.get("fp16_match_rate") is not None:
             note = fp16_note(r.extra) + (f"; {note}" if note else "")
+        if r.extra.get("int8_match_rate") is not None:
+            note = int8_note(r.extra) + (f"; {note}" if note else "")
         note = note.replace("|", "\\|")  # a literal pipe inside a Markdown table cell
         lines.append("| " + " | ".join(_fmt(v) for v in (
             r.model, r.format, r.size_mib, r.params_m, r.gflops, r.map, r.ap50, r.p50_ms, r.p95_ms,
@@ -358,7 +397,7 @@ def write_report(rows: list[Row], info: dict[str, Any], out_dir: Path, name: str
     return paths
 
 
-MARKERS = {"torch": "o", "onnx": "s", "onnx-static": "^", "onnx-fp16": "D", "trt": "*"}
+MARKERS = {"torch": "o", "onnx": "s", "onnx-static": "^", "onnx-fp16": "D", "onnx-int8": "v", "trt": "*"}
 
 
 def _plot(rows: list[Row], path: Path) -> None:

@@ -55,7 +55,7 @@ def _model_weights(spec: str, data: str, imgsz: int | None, workdir: Path) -> Pa
               help="Checkpoint (.pt) whose formats are measured.")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Data config YAML (val split for mAP and latency images).")
-@click.option("--formats", default="torch,onnx,onnx-fp16,trt", show_default=True,
+@click.option("--formats", default="torch,onnx,onnx-fp16,onnx-int8,trt", show_default=True,
               help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--models", default=None, help="Comma-separated checkpoints (.pt) or model names "
               "(untrained, ImageNet backbone) to compare instead of/besides --weights.")

@@ -1,11 +1,18 @@
 """ONNX -> TensorRT engine (``det-export --trt``), through the TensorRT Python API.
 
 Written against the TensorRT 10.x Python API (``tensorrt`` 10.0-10.15: ``trt.Builder``,
-``IBuilderConfig.set_memory_pool_limit``, ``BuilderFlag.FP16/INT8``, ``IInt8EntropyCalibrator2``,
-``ITimingCache``, ``OnnxParser``, ``IParserError``; NVIDIA's ``samples/python/common_runtime.py``
-for cuda-python buffers) with a switch for TensorRT >= 11, where networks are strongly typed only:
-precision then comes from the graph (build ``--fp16`` from the FP16 ONNX, INT8 from a Q/DQ ONNX)
-and no precision flags are set.
+``IBuilderConfig.set_memory_pool_limit``, ``BuilderFlag.FP16``, ``ITimingCache``, ``OnnxParser``,
+``IParserError``; NVIDIA's ``samples/python/common_runtime.py`` for cuda-python buffers) with a
+switch for TensorRT >= 11, where networks are strongly typed only: precision then comes from the
+graph (build ``--fp16`` from the FP16 ONNX) and no precision flags are set.
+
+INT8 engines use explicit quantization on every version: the network is parsed from the Q/DQ
+ONNX of :func:`det_toolkit.export.int8.export_int8` (``target="tensorrt"``: symmetric INT8,
+zero point 0) as a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), and
+no precision flag or calibrator is set: TensorRT's explicit-quantization guide ("Use explicit
+quantization with Strong Typing. Precision-control build flags are not required and should not be
+specified"). The implicit INT8 calibrators are deprecated since TensorRT 10.1 and removed in 11
+(``IBuilderConfig.int8_calibrator``, ``BuilderFlag.INT8``).
 
 ``tensorrt`` and ``cuda-python`` are imported lazily; without them (or without a CUDA device)
 :func:`require_tensorrt` fails at once saying what to install. The engine's metadata is written as
@@ -21,8 +28,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from det_toolkit.runtime.backends.trt_backend import (
     engine_meta_path,
@@ -64,56 +69,12 @@ def trt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-def make_calibrator(trt: Any, cudart: Any, images: list[np.ndarray], batch: int, cache: Path) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding letterboxed calibration inputs (TensorRT 10.x only).
-
-    Args:
-        trt, cudart: the modules from :func:`require_tensorrt`.
-        images: float32 ``[3, H, W]`` RGB 0-1 graph inputs (letterboxed).
-        batch: the engine's batch size.
-        cache: calibration cache file (read if present, written after calibration).
-    """
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
-        """TensorRT's calibrator interface over ``images``: whole batches only (a remainder is not
-        used), copied one by one into one device buffer."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.batches = [np.ascontiguousarray(np.stack(images[i:i + batch]))
-                            for i in range(0, len(images) - batch + 1, batch)]
-            self.nbytes = self.batches[0].nbytes if self.batches else 0
-            _, self.dev = cudart.cudaMalloc(max(self.nbytes, 1))
-            self.i = 0
-
-        def get_batch_size(self) -> int:
-            return batch
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.i >= len(self.batches):
-                return None
-            host = self.batches[self.i]
-            cudart.cudaMemcpy(self.dev, host.ctypes.data, self.nbytes,
-                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
-            self.i += 1
-            return [int(self.dev)]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data: Any) -> None:
-            atomic_write(cache, bytes(data))
-
-    return EntropyCalibrator()
-
-
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path | None = None,
     *,
     fp16: bool = False,
     int8: bool = False,
-    calib_images: list[np.ndarray] | None = None,
     workspace_gib: float = 4.0,
     echo: Callable[[str], None] = print,
 ) -> Path:
@@ -121,12 +82,14 @@ def build_engine(
 
     Args:
         onnx_path: the static graph (``det-export --imgsz H W --batch N``); with TensorRT >= 11 and
-            ``fp16``, pass the FP16 ONNX (strongly typed networks take precision from the graph).
+            ``fp16``, pass the FP16 ONNX (strongly typed networks take precision from the graph);
+            with ``int8``, the Q/DQ graph (``det-export --trt --int8`` writes ``<name>_int8.onnx``).
         engine_path: output ``.engine``; default ``onnx_path`` with suffix ``.engine``. The timing
             cache is kept beside it (``<engine>.timing.cache``) and reused by later builds.
         fp16: allow FP16 kernels (TensorRT 10.x: ``BuilderFlag.FP16``).
-        int8: INT8 with entropy calibration (TensorRT 10.x only; needs ``calib_images``).
-        calib_images: float32 ``[3, H, W]`` letterboxed inputs for INT8 calibration.
+        int8: INT8 by explicit quantization: ``onnx_path`` must hold ``QuantizeLinear`` /
+            ``DequantizeLinear`` nodes; built strongly typed (the layers outside Q/DQ run in the
+            graph's float32).
         workspace_gib: ``MemoryPoolType.WORKSPACE`` limit in GiB.
         echo: progress output.
 
@@ -135,7 +98,8 @@ def build_engine(
 
     Raises:
         TrtBuildError: TensorRT/CUDA missing, parser errors (all printed: node, op, description),
-            unsupported option for this TensorRT version, or a failed build.
+            unsupported option for this TensorRT version, ``int8`` without Q/DQ nodes in the graph,
+            ``fp16`` with ``int8``, or a failed build.
         det_toolkit.runtime.meta.MetadataError: the ONNX has no det-toolkit metadata.
     """
     import onnx
@@ -146,9 +110,9 @@ def build_engine(
     model = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     meta = ModelMeta.from_json(props.get(META_KEY, "{}"), str(onnx_path))
-    strongly_typed = trt_major(trt) >= 11
+    strongly_typed = trt_major(trt) >= 11 or int8  # explicit quantization: strongly typed everywhere
     _check_precision(trt, strongly_typed, fp16=fp16, int8=int8, fp16_graph=_is_fp16_graph(model),
-                     has_calib=bool(calib_images))
+                     qdq_graph=_is_qdq_graph(model))
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")  # RoiAlign/NMS plugins must be registered before parsing
     builder = trt.Builder(logger)
@@ -156,15 +120,14 @@ def build_engine(
     network, _parser = parse_network(trt, builder, logger, onnx_path, strongly_typed)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-    if not strongly_typed:  # strongly typed networks take every precision from the graph
-        _set_precision_flags(trt, cudart, config, fp16=fp16, int8=int8, calib_images=calib_images,
-                             batch=meta.batch, calib_cache=out.with_name(out.name + ".calib.cache"))
+    if fp16 and not strongly_typed:  # strongly typed networks take every precision from the graph
+        config.set_flag(trt.BuilderFlag.FP16)
     _add_batch_profile(builder, network, config, meta.batch)
     cache_path = out.with_name(out.name + ".timing.cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=True)
     echo(f"building TensorRT {trt.__version__} engine from {onnx_path.name} "
-         f"({'strongly typed' if strongly_typed else 'fp16' if fp16 else 'int8' if int8 else 'fp32'}, "
+         f"({'int8, Q/DQ, ' if int8 else ''}{'strongly typed' if strongly_typed else 'fp16' if fp16 else 'fp32'}, "
          f"workspace {workspace_gib:g} GiB)")
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -182,21 +145,21 @@ def build_engine(
 
 
 def _check_precision(trt: Any, strongly_typed: bool, *, fp16: bool, int8: bool, fp16_graph: bool,
-                     has_calib: bool) -> None:
+                     qdq_graph: bool) -> None:
     """Reject a precision request this TensorRT cannot honour, before any work is done.
 
     Raises:
-        TrtBuildError: ``fp16`` from an FP32 graph or ``int8`` at all on a strongly typed TensorRT
-            (>= 11), or ``int8`` without calibration images on TensorRT 10.x.
+        TrtBuildError: ``int8`` from a graph without Q/DQ nodes, ``int8`` with ``fp16``, or
+            ``fp16`` from an FP32 graph on a strongly typed TensorRT (>= 11).
     """
+    if int8 and not qdq_graph:
+        raise TrtBuildError("INT8 engines are built from a Q/DQ-quantized ONNX (explicit quantization; TensorRT "
+                            "11 has no calibrator): det-export --trt --int8 writes <name>_int8.onnx and builds it")
+    if int8 and fp16:
+        raise TrtBuildError("choose one engine precision: --int8 (from the Q/DQ graph) or --fp16")
     if strongly_typed and fp16 and not fp16_graph:
         raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: build "
                             "--fp16 engines from the FP16 ONNX (det-export --fp16 writes it)")
-    if strongly_typed and int8:
-        raise TrtBuildError(f"TensorRT {trt.__version__} builds strongly typed networks only: "
-                            "INT8 needs a Q/DQ-quantized ONNX, not --int8 calibration")
-    if int8 and not has_calib:
-        raise TrtBuildError("--int8 needs calibration images (--calib DIR)")
 
 
 def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> tuple[Any, Any]:
@@ -217,17 +180,6 @@ def parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly
     return network, parser
 
 
-def _set_precision_flags(trt: Any, cudart: Any, config: Any, *, fp16: bool, int8: bool,
-                         calib_images: list[np.ndarray] | None, batch: int, calib_cache: Path) -> None:
-    """TensorRT 10.x: ``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` with an entropy calibrator
-    (:func:`make_calibrator` over ``calib_images`` in batches of ``batch``, cache ``calib_cache``)."""
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = make_calibrator(trt, cudart, calib_images or [], batch, calib_cache)
-
-
 def _add_batch_profile(builder: Any, network: Any, config: Any, batch: int) -> None:
     """A graph with a dynamic batch axis gets one optimization profile from 1 to ``batch`` images
     (optimum at ``batch``); the det-toolkit static graphs are fully static and need none."""
@@ -244,6 +196,12 @@ def _is_fp16_graph(model: Any) -> bool:
     import onnx
 
     return any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+
+
+def _is_qdq_graph(model: Any) -> bool:
+    """Whether an ONNX model is explicitly quantized (has ``QuantizeLinear`` and ``DequantizeLinear`` nodes)."""
+    ops = {n.op_type for n in model.graph.node}
+    return {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
 def _parser_error(err: Any) -> str:

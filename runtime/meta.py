@@ -52,6 +52,11 @@ class ModelMeta:
         max_det: maximum detections per image the graph returns.
         toolkit_version: det-toolkit version that wrote the artifact.
         extra: free-form provenance (torch version, opset, source checkpoint, metrics, ...).
+        quantization: ``None`` for float graphs; for INT8 graphs (``det-export --int8``) how they
+            were quantized: ``format`` (``"QDQ"``), ``method`` (calibration), ``calib_images``
+            (count), ``scope``, ``float_nodes`` (weighted layers left float32), ``parity`` (vs the
+            float32 graph), ... (:func:`det_toolkit.export.int8.export_int8`). Omitted from the
+            JSON when ``None``, so float artifacts are unchanged.
     """
 
     model: str
@@ -67,10 +72,14 @@ class ModelMeta:
     format_version: int = FORMAT_VERSION
     toolkit_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        """Serialise to a JSON string (tuples become lists)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Serialise to a JSON string (tuples become lists; ``quantization`` only when set)."""
+        d = asdict(self)
+        if d["quantization"] is None:
+            del d["quantization"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "<metadata>") -> ModelMeta:
@@ -113,6 +122,7 @@ class ModelMeta:
             format_version=version,
             toolkit_version=check.string(d, "toolkit_version", "unknown"),
             extra=check.mapping(d, "extra"),
+            quantization=check.mapping(d, "quantization") if d.get("quantization") is not None else None,
         )
 
     @classmethod

@@ -88,6 +88,25 @@ def test_report_shows_skipped_rows(tmp_path: Path) -> None:
     assert "| FP16 vs FP32 boxes matched 99.0% |" in md  # older metadata without the criterion
 
 
+def test_report_int8_row_note(tmp_path: Path) -> None:
+    """An onnx-int8 row says how its boxes compare with the fp32 static graph, against det-export's
+    INT8 gate, and which scope and calibration made it."""
+    from det_toolkit.benchmarks.bench import FORMATS, SUFFIX
+    from det_toolkit.export.int8 import INT8_MIN_MATCH
+
+    assert "onnx-int8" in FORMATS and SUFFIX["onnx-int8"] == "_int8.onnx"
+    extra = {"int8_match_rate": 0.985, "int8_n_matched": 197, "int8_n_ref_boxes": 200, "int8_n_images": 40,
+             "int8_criterion": "boxes scoring >= 0.25, IoU >= 0.5", "int8_strict_match_rate": 0.7,
+             "int8_scope": "heads", "int8_calib_images": 64}
+    rows = [Row(model="m", format="onnx-int8", size_mib=20.0, p50_ms=5.0, extra=extra),
+            Row(model="m", format="onnx-int8", extra={**extra, "int8_match_rate": INT8_MIN_MATCH - 0.01})]
+    md = write_report(rows, machine_info(), tmp_path, "r")["md"].read_text()
+    assert (f"INT8 vs FP32 boxes matched 98.5% (197/200 on 40 val images) [boxes scoring >= 0.25, IoU >= 0.5], "
+            f"PASS at {INT8_MIN_MATCH:.0%}; all boxes at IoU >= 0.9, " + r"\|score diff\| <= 0.01: 70.0%; "
+            "scope heads, 64 calibration images |") in md
+    assert f"FAIL at {INT8_MIN_MATCH:.0%}" in md
+
+
 def test_cli_errors(tmp_path: Path) -> None:
     """Bad arguments are usage errors that leave no run folder behind."""
     project = ["--project", str(tmp_path / "runs")]

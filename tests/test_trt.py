@@ -127,6 +127,29 @@ def test_fp16_engine_matches_onnxruntime(static_onnx: Path) -> None:
     _compare_with_ort(engine, static_onnx, 0.9)
 
 
+@pytest.mark.gpu
+def test_int8_engine_from_the_qdq_graph_matches_onnxruntime(static_onnx: Path) -> None:
+    """Explicit quantization: the TensorRT-target Q/DQ graph (symmetric INT8) is built strongly
+    typed and reproduces ONNX Runtime's run of the same Q/DQ graph on real photos."""
+    import onnxruntime as ort
+
+    from det_toolkit.export.int8 import export_int8
+    from det_toolkit.export.trt_build import build_engine
+
+    images = load_images(GLOB)
+    calib = load_images(str(RACCOON / "images" / "raccoon-1[0-9].jpg"))
+    int8_path, _ = export_int8(static_onnx, calib_images=calib, parity_images=images, target="tensorrt",
+                               min_match=0.0, echo=lambda _: None)
+    engine = build_engine(int8_path, static_onnx.with_name("int8.engine"), int8=True, workspace_gib=2)
+    assert json.loads(engine_meta_path(engine).read_text())["extra"]["precision"] == "int8"
+    backend = load_backend(engine, device="cuda")
+    xs = parity_inputs(images, backend.meta)
+    got = backend.infer(np.concatenate(xs))
+    sess = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    report = compare_detections(onnx_detections(sess, backend.meta, xs), got, backend.meta, 0.5, 0.1, 0.8)
+    assert report.n_ref_boxes > 0 and report.passed, report.table()
+
+
 class _FakeTrt:
     """Records the TensorRT 10.x/11 Python API calls :func:`build_engine` makes (no GPU needed).
 
@@ -147,11 +170,6 @@ class _FakeTrt:
 
     class BuilderFlag:
         FP16 = "fp16"
-        INT8 = "int8"
-
-    class IInt8EntropyCalibrator2:
-        def __init__(self) -> None:
-            pass
 
     def __init__(self, version: str, input_shape: tuple[int, ...] = (2, 3, 64, 64), parse_ok: bool = True,
                  engine: bytes | None = b"ENGINE") -> None:
@@ -181,8 +199,6 @@ class _FakeTrt:
                 return b"CACHE"
 
         class Config:
-            int8_calibrator = None
-
             def set_memory_pool_limit(self, pool: str, size: int) -> None:
                 outer.log.append(("pool", pool, size))
 
@@ -217,7 +233,7 @@ class _FakeTrt:
                 return Profile()
 
             def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
-                outer.log.append(("build", config.int8_calibrator is not None))
+                outer.log.append(("build",))
                 return engine
 
         class OnnxParser:
@@ -238,30 +254,26 @@ class _FakeTrt:
 
 
 class _FakeCudart:
-    class cudaMemcpyKind:  # noqa: N801 - cuda-python's name
-        cudaMemcpyHostToDevice = 1
-
     def cudaGetDeviceCount(self) -> tuple[int, int]:  # noqa: N802 - cuda-python's name
         return 0, 1
 
     def cudaGetDeviceProperties(self, device: int) -> tuple[int, SimpleNamespace]:  # noqa: N802
         return 0, SimpleNamespace(name=b"Fake GPU\x00", major=9, minor=0)
 
-    def cudaMalloc(self, n: int) -> tuple[int, int]:  # noqa: N802
-        return 0, 1234
 
-    def cudaMemcpy(self, *args: object) -> tuple[int]:  # noqa: N802
-        return (0,)
-
-
-def _static_onnx(path: Path, batch: int = 2, fp16: bool = False) -> Path:
-    """A one-node graph carrying det-toolkit metadata (what ``build_engine`` reads before parsing)."""
+def _static_onnx(path: Path, batch: int = 2, fp16: bool = False, qdq: bool = False) -> Path:
+    """A one-node graph carrying det-toolkit metadata (what ``build_engine`` reads before parsing);
+    ``qdq``: a ``QuantizeLinear -> DequantizeLinear`` pair instead (an explicitly quantized graph)."""
     dtype = onnx.TensorProto.FLOAT16 if fp16 else onnx.TensorProto.FLOAT
+    nodes = ([onnx.helper.make_node("QuantizeLinear", ["images", "s"], ["q"]),
+              onnx.helper.make_node("DequantizeLinear", ["q", "s"], ["boxes"])] if qdq
+             else [onnx.helper.make_node("Identity", ["images"], ["boxes"])])
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["images"], ["boxes"])], "g",
+        nodes, "g",
         [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [batch, 3, 64, 64])],
         [onnx.helper.make_tensor_value_info("boxes", onnx.TensorProto.FLOAT, [batch, 3, 64, 64])],
-        [onnx.helper.make_tensor("w", dtype, [1], [1.0])])
+        [onnx.helper.make_tensor("w", dtype, [1], [1.0]), onnx.helper.make_tensor("s", onnx.TensorProto.FLOAT, [],
+                                                                                  [0.05])])
     model = onnx.helper.make_model(graph)
     meta = ModelMeta(model="x", class_names=["raccoon"], imgsz=(64, 64), dynamic_hw=False, batch=batch,
                      output_names=("boxes", "scores", "labels", "num_dets"))
@@ -304,14 +316,16 @@ def test_build_engine_api_sequence_and_atomic_outputs(tmp_path: Path, monkeypatc
 
 
 def test_build_engine_dynamic_batch_profile_and_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A dynamic batch axis gets one profile 1..batch; INT8 sets its flag and an entropy
-    calibrator over the calibration inputs in engine-sized batches."""
-    src = _static_onnx(tmp_path / "m.onnx", batch=4)
-    trt = _FakeTrt("10.15.1", input_shape=(-1, 3, 64, 64))
-    calib = [np.zeros((3, 64, 64), np.float32)] * 9
-    _fake_build(monkeypatch, trt, src, int8=True, calib_images=calib)
-    assert ("set_shape", ("images", (1, 3, 64, 64), (4, 3, 64, 64), (4, 3, 64, 64))) in trt.log
-    assert ("profile",) in trt.log and ("flag", "int8") in trt.log and ("build", True) in trt.log
+    """A dynamic batch axis gets one profile 1..batch; INT8 is explicit quantization on TensorRT
+    10.x and 11 alike: the Q/DQ graph parsed as a strongly typed network, no precision flag."""
+    src = _static_onnx(tmp_path / "m_int8.onnx", batch=4, qdq=True)
+    for version in ("10.15.1", "11.0.0"):
+        trt = _FakeTrt(version, input_shape=(-1, 3, 64, 64))
+        engine = _fake_build(monkeypatch, trt, src, int8=True)
+        assert ("set_shape", ("images", (1, 3, 64, 64), (4, 3, 64, 64), (4, 3, 64, 64))) in trt.log
+        assert ("profile",) in trt.log and ("network", 1 << 5) in trt.log and ("build",) in trt.log
+        assert not any(e[0] == "flag" for e in trt.log), trt.log
+        assert json.loads(engine_meta_path(engine).read_text())["extra"]["precision"] == "int8"
 
 
 def test_build_engine_refuses_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,13 +335,16 @@ def test_build_engine_refuses_before_any_work(tmp_path: Path, monkeypatch: pytes
 
     src = _static_onnx(tmp_path / "m.onnx")
     for version, kwargs, message in (
-            ("10.15.1", {"int8": True}, "--int8 needs calibration images"),
-            ("11.0.0", {"fp16": True}, "build --fp16 engines from the FP16 ONNX"),
-            ("11.0.0", {"int8": True, "calib_images": [np.zeros((3, 64, 64), np.float32)]}, "Q/DQ-quantized")):
+            ("10.15.1", {"int8": True}, "built from a Q/DQ-quantized ONNX"),
+            ("11.0.0", {"int8": True}, "built from a Q/DQ-quantized ONNX"),
+            ("11.0.0", {"fp16": True}, "build --fp16 engines from the FP16 ONNX")):
         trt = _FakeTrt(version)
         with pytest.raises(TrtBuildError, match=message):
             _fake_build(monkeypatch, trt, src, **kwargs)
         assert not any(e[0] == "parse" for e in trt.log), trt.log
+    with pytest.raises(TrtBuildError, match="choose one engine precision"):
+        _fake_build(monkeypatch, _FakeTrt("10.15.1"), _static_onnx(tmp_path / "q.onnx", qdq=True), int8=True,
+                    fp16=True)
     trt = _FakeTrt("11.0.0")  # strongly typed: the network flag, precision from the FP16 graph
     _fake_build(monkeypatch, trt, _static_onnx(tmp_path / "h.onnx", fp16=True), fp16=True)
     assert ("network", 1 << 5) in trt.log and not any(e[0] == "flag" for e in trt.log)
