@@ -27,7 +27,7 @@ from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.pipeline import FramePredictor
 from det_toolkit.runtime.preprocess import MAX_IMGSZ
 from det_toolkit.runtime.ray_run import ray_address_option
-from det_toolkit.runtime.run import RunSettings, SahiSettings, expand_sources, make_predictor, make_tracker, run_source
+from det_toolkit.runtime.run import RunSettings, expand_sources, make_predictor, make_tracker, run_source
 from det_toolkit.runtime.source_types import Source
 from det_toolkit.runtime.sources import open_source
 from det_toolkit.runtime.trackers import TRACKERS
@@ -149,10 +149,18 @@ def main(sources: tuple[str, ...], weights: Path, conf: float, classes: str | No
     """
     sahi_settings = None
     if sahi:
-        sahi_settings = SahiSettings(slice_height or slice_size, slice_width or slice_size,
-                                     overlap if overlap_height is None else overlap_height,
-                                     overlap if overlap_width is None else overlap_width, sahi_full_frame,
-                                     sahi_merge, sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles)
+        # deferred: sahi takes ~0.25 s to import and only --sahi needs it
+        from det_toolkit.runtime.tiling import SliceConfig
+
+        sh, sw = slice_height or slice_size, slice_width or slice_size
+        if (sh is None) != (sw is None):  # one axis given: the other defaults to it
+            sh = sw = sh or sw
+        try:
+            sahi_settings = SliceConfig(sh, sw, overlap if overlap_height is None else overlap_height,
+                                        overlap if overlap_width is None else overlap_width, sahi_full_frame,
+                                        sahi_merge, sahi_match, sahi_match_thr, sahi_class_agnostic, max_tiles)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from e
     settings = RunSettings(weights, conf, classes, imgsz, rect, device,
                            (tracker_spec or "deepsort") if (track or tracker_spec is not None) else None,
                            embedder, save, save_txt, save_json, live, max_frames, sahi_settings)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,25 +27,11 @@ from det_toolkit.runtime.trackers import build_tracker, load_tracker_config
 from det_toolkit.runtime.tracking import Tracker, TrackerConfig
 from det_toolkit.runtime.writers import RunOutputs
 
+if TYPE_CHECKING:  # tiling imports sahi (~0.25 s): only --sahi runs load it
+    from det_toolkit.runtime.tiling import SliceConfig
+
 #: Suffix of a text file listing sources, one per line (``det-run cams.streams``).
 STREAMS_SUFFIX = ".streams"
-
-
-@dataclass(frozen=True)
-class SahiSettings:
-    """``det-run --sahi`` options (see :class:`det_toolkit.runtime.tiling.SliceConfig`); ``None`` tile
-    sides: sahi's automatic slicing."""
-
-    slice_height: int | None = None
-    slice_width: int | None = None
-    overlap_height: float = 0.2
-    overlap_width: float = 0.2
-    full_frame: bool = True
-    merge: str = "greedynmm"
-    match: str = "ios"
-    match_thr: float = 0.5
-    class_agnostic: bool = False
-    max_tiles: int = 64
 
 
 @dataclass(frozen=True)
@@ -64,7 +50,8 @@ class RunSettings:
         save, save_txt, save_json: which outputs :class:`RunOutputs` writes.
         live: keep only the newest frame (``None``: the source decides).
         max_frames: stop after this many frames (``None``: all).
-        sahi: tiled inference settings, ``None``: off.
+        sahi: tiled inference settings (:class:`det_toolkit.runtime.tiling.SliceConfig`, built by the
+            caller only for ``--sahi``: that module imports sahi), ``None``: off.
     """
 
     weights: Path
@@ -80,7 +67,7 @@ class RunSettings:
     save_json: bool = False
     live: bool | None = None
     max_frames: int | None = None
-    sahi: SahiSettings | None = None
+    sahi: SliceConfig | None = None
 
     def check(self) -> None:
         """The checks that need no model: ``--rect`` with ``--sahi``, the tracker settings.
@@ -108,14 +95,9 @@ def make_predictor(settings: RunSettings, backend: Backend) -> FramePredictor:
     if settings.sahi is None:
         return predictor
     # deferred: sahi takes ~0.25 s to import and only --sahi needs it
-    from det_toolkit.runtime.tiling import SliceConfig, TiledPredictor
+    from det_toolkit.runtime.tiling import TiledPredictor
 
-    s = settings.sahi
-    sh, sw = s.slice_height, s.slice_width
-    if (sh is None) != (sw is None):  # one axis given: the other defaults to it
-        sh = sw = sh or sw
-    return TiledPredictor(predictor, SliceConfig(sh, sw, s.overlap_height, s.overlap_width, s.full_frame, s.merge,
-                                                 s.match, s.match_thr, s.class_agnostic, s.max_tiles))
+    return TiledPredictor(predictor, settings.sahi)
 
 
 def make_tracker(settings: RunSettings, note: Callable[[str], None] = print) -> Tracker | None:
