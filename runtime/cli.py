@@ -22,7 +22,7 @@ from det_toolkit import __version__
 from det_toolkit.runtime.backends import Backend, load_backend
 from det_toolkit.runtime.classes import ClassSpecError
 from det_toolkit.runtime.device import DEVICE
-from det_toolkit.runtime.embedder import EMBEDDER_FILENAME
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_INT8_FILENAME
 from det_toolkit.runtime.files import check_writable, increment_path
 from det_toolkit.runtime.pipeline import FramePredictor
 from det_toolkit.runtime.preprocess import MAX_IMGSZ
@@ -70,7 +70,8 @@ def show_window(title: str) -> Callable[[np.ndarray], bool]:
               "(its 'tracker:' key or file name says which; Deep SORT otherwise). Implies --track. Only "
               "deepsort uses appearance (needs the embedder ONNX); the others track by motion alone.")
 @click.option("--embedder", default=None, type=click.Path(path_type=Path),
-              show_default=f"{EMBEDDER_FILENAME} beside --weights",
+              show_default=f"{EMBEDDER_FILENAME} beside --weights "
+                           f"({EMBEDDER_INT8_FILENAME} with embedder_precision: int8)",
               help="Appearance embedder ONNX for --track (written by det-export).")
 @click.option("--project", default="runs/run", type=click.Path(path_type=Path),
               help="Parent folder of runs.")

@@ -28,6 +28,9 @@ from det_toolkit.runtime.meta import MetadataError
 EMBEDDER_META_KEY = "det_toolkit_embedder"
 EMBEDDER_FILENAME = "deepsort_embedder.onnx"
 EMBEDDER_INT8_FILENAME = "deepsort_embedder_int8.onnx"
+#: the embedder file ``det-export`` writes beside the detector, by precision (the Deep SORT tracker
+#: setting ``embedder_precision``; ``int8`` with ``det-export --int8``)
+EMBEDDER_FILES = {"fp32": EMBEDDER_FILENAME, "int8": EMBEDDER_INT8_FILENAME}
 EMBEDDER_INPUT, EMBEDDER_OUTPUT = "crops", "embeddings"
 
 

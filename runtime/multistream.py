@@ -4,15 +4,18 @@
 ::
 
     a reader thread per source --q_in--> calling thread --q_out--> a writer thread per source
-                                         (one detection call per step, then each stream's tracker)
+    (decode, letterbox)                  (one detection call per step, then each stream's tracker)
 
 Each step takes the next frame of every stream that has one ready (files: the next frame, never
 dropped; live sources: the newest, as a single-source run keeps it) and detects them all in one
-call: :meth:`det_toolkit.runtime.predictor.Predictor.predict_batch`. How much of that is a true
-batch is the graph's: a static batch-``N`` graph (``det-export --batch N``) runs ``N`` frames per
-forward pass, a partial step padded with blank images; the dynamic single-image graph (batch
-axis fixed at 1) runs them one forward pass each inside the call. SAHI (``--sahi``) and
-``--rect`` detect frame by frame (SAHI batches the tiles of a frame). Every frame is letterboxed
+call: :meth:`det_toolkit.runtime.predictor.Predictor.predict_prepared` on the frames each reader
+thread already letterboxed and normalized (:meth:`~det_toolkit.runtime.predictor.Predictor.prepare`,
+overlapping with inference, as OpenCV's resize and NumPy's ufuncs release the GIL), which leaves the
+calling thread only their stacking into the batch. How much of that is a true batch is the
+graph's: a static batch-``N`` graph (``det-export --batch N``) runs ``N`` frames per forward pass,
+a partial step padded with blank images; the dynamic single-image graph (batch axis fixed at 1)
+runs them one forward pass each inside the call. SAHI (``--sahi``) and ``--rect`` detect frame by
+frame in the calling thread (SAHI batches the tiles of a frame). Every frame is letterboxed
 and filtered exactly as in a single-source run, so each stream's boxes, tracks and files are what
 ``det-run`` on that source alone writes.
 
@@ -34,7 +37,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
 from tqdm import tqdm
@@ -51,7 +54,7 @@ from det_toolkit.runtime.pipeline import (
     run_summary,
     run_until_stopped,
 )
-from det_toolkit.runtime.predictor import STAGES, Detections, Predictor
+from det_toolkit.runtime.predictor import STAGES, Detections, Predictor, PreparedFrame
 from det_toolkit.runtime.run import RunSettings, make_predictor, make_tracker, stream_names
 from det_toolkit.runtime.source_types import Source, SourceError
 from det_toolkit.runtime.sources import open_source
@@ -116,37 +119,78 @@ def _describe(e: BaseException) -> str:
     return str(e) if isinstance(e, (OSError, ValueError)) and str(e) else f"{type(e).__name__}: {e}"
 
 
-def detect_frames(predictor: FramePredictor, frames: Sequence[np.ndarray]) -> tuple[list[Detections | Exception],
-                                                                                      dict[str, float]]:
+class _Prepared(NamedTuple):
+    """A reader thread's :meth:`Predictor.prepare` result and how long it took (ms)."""
+
+    frame: PreparedFrame
+    ms: float
+
+
+def _batches(predictor: FramePredictor) -> TypeGuard[Predictor]:
+    """Whether :func:`detect_frames` detects ``predictor``'s frames in one batched call: a plain
+    square :class:`Predictor` (not SAHI, not ``--rect``), which can also :meth:`Predictor.prepare`
+    frames in the reader threads."""
+    return isinstance(predictor, Predictor) and not predictor.rect
+
+
+def _timed_prepare(predictor: Predictor) -> Callable[[np.ndarray], _Prepared]:
+    """A :class:`FrameReader` ``prepare`` hook: :meth:`Predictor.prepare` (thread-safe), timed."""
+    def prepare(frame_bgr: np.ndarray) -> _Prepared:
+        t0 = time.perf_counter()
+        prepared = predictor.prepare(frame_bgr)
+        return _Prepared(prepared, (time.perf_counter() - t0) * 1e3)
+    return prepare
+
+
+def detect_frames(predictor: FramePredictor, frames: Sequence[np.ndarray],
+                  prepared: Sequence[PreparedFrame] | None = None) -> tuple[list[Detections | Exception],
+                                                                            dict[str, float]]:
     """Detect objects in ``frames`` (uint8 ``[H, W, 3]`` BGR, one per stream) with one backend call
     where the predictor allows it.
 
-    A plain square :class:`Predictor` runs :meth:`Predictor.predict_batch` (its backend runs
-    ``max_batch`` frames per forward pass); a SAHI or ``--rect`` predictor runs frame by frame
-    (``predict_batch`` would pad ``--rect`` frames of different sizes to a common shape and so
-    change their boxes). If the batched call raises, every frame is retried alone so that only the
-    frames at fault fail.
+    A plain square :class:`Predictor` (:func:`_batches`) runs :meth:`Predictor.predict_batch`, or
+    :meth:`Predictor.predict_prepared` when ``prepared`` holds each frame's :meth:`Predictor.prepare`
+    (same boxes; only the stacking is left to do); its backend runs ``max_batch`` frames per forward
+    pass. A SAHI or ``--rect`` predictor runs frame by frame (``predict_batch`` would pad ``--rect``
+    frames of different sizes to a common shape and so change their boxes) and ignores ``prepared``.
+    If the batched call raises, every frame is retried alone so that only the frames at fault fail.
 
     Returns:
         Per frame, its :class:`Detections` (``xyxy`` frame pixels) or the exception detecting it
-        raised; and the stage times ``{stage: ms}`` (keys :data:`STAGES`) of all frames together.
+        raised; and the stage times ``{stage: ms}`` (keys :data:`STAGES`) of all frames together
+        (with ``prepared``, ``preprocess`` is the stacking only).
+
+    Raises:
+        ValueError: ``prepared`` is not one per frame.
     """
-    if isinstance(predictor, Predictor) and not predictor.rect:
+    if prepared is not None and len(prepared) != len(frames):
+        raise ValueError(f"{len(prepared)} prepared frames for {len(frames)} frames")
+    if _batches(predictor):
         try:
-            return list(predictor.predict_batch(frames)), dict(predictor.times_ms)
+            if prepared is None:
+                return list(predictor.predict_batch(frames)), dict(predictor.times_ms)
+            return predictor.predict_prepared(prepared), dict(predictor.times_ms)
         except Exception:  # retried frame by frame below, where each error is kept
             pass
     out: list[Detections | Exception] = []
     totals = dict.fromkeys(STAGES, 0.0)
-    for frame in frames:
+    for i, frame in enumerate(frames):
         try:
-            out.append(predictor(frame))
+            out.append(_detect_one(predictor, frame, None if prepared is None else prepared[i]))
         except Exception as e:  # reported as that stream's failure
             out.append(e)
             continue
         for k in STAGES:
             totals[k] += predictor.times_ms[k]
     return out, totals
+
+
+def _detect_one(predictor: FramePredictor, frame: np.ndarray, prepared: PreparedFrame | None) -> Detections:
+    """Detect ``frame`` alone: from ``prepared`` (its :meth:`Predictor.prepare`) when the predictor
+    :func:`_batches`, else with ``predictor(frame)``; the boxes are the same either way."""
+    if prepared is not None and _batches(predictor):
+        return predictor.predict_prepared([prepared])[0]
+    return predictor(frame)
 
 
 def _failed_row(name: str, spec: str, reason: str, echo: Echo) -> dict[str, Any]:
@@ -180,8 +224,10 @@ def _open_streams(specs: Sequence[str], settings: RunSettings, predictor: FrameP
 
 
 def _start(name: str, spec: str, src: Source, tracker: Tracker | None, run_dir: Path, settings: RunSettings,
-           backend: Backend, ready: threading.Event, position: int, progress: bool, stack: ExitStack) -> _Stream:
-    """The stream's folder, outputs, progress bar and reader/writer threads (started).
+           backend: Backend, prepare: Callable[[np.ndarray], _Prepared] | None, ready: threading.Event,
+           position: int, progress: bool, stack: ExitStack) -> _Stream:
+    """The stream's folder, outputs, progress bar and reader/writer threads (started); ``prepare``:
+    the reader's hook (:func:`_timed_prepare`), or ``None``.
 
     Raises:
         OSError: an output file cannot be opened (no thread started then).
@@ -199,7 +245,7 @@ def _start(name: str, spec: str, src: Source, tracker: Tracker | None, run_dir: 
                                    disable=not progress))
     stop = threading.Event()
     q_in, q_out = _ReadyQueue(1 if live else QUEUE_SIZE, ready), queue.Queue(maxsize=QUEUE_SIZE)
-    s = _Stream(name, spec, src, tracker, folder, FrameReader(src, q_in, stop, live),
+    s = _Stream(name, spec, src, tracker, folder, FrameReader(src, q_in, stop, live, prepare),
                 FrameWriter(q_out, outputs, bar, stop, None), q_in, q_out, stop)
     s.reader.start()
     s.writer.start()
@@ -231,6 +277,29 @@ class _Clock:
         return round(n / (self.t_end - t0), 3) if n and self.t_end > t0 else 0.0
 
 
+def _detect_step(predictor: FramePredictor, items: Sequence[tuple[int, str, np.ndarray, float, _Prepared | None]]
+                 ) -> list[tuple[Detections | Exception, dict[str, float]]]:
+    """Detect one step's frames (:class:`FrameReader` items, one per stream) in one
+    :func:`detect_frames` call.
+
+    Returns:
+        Per frame, its :class:`Detections` or exception, and its stage ms: ``decode`` its own,
+        ``inference`` and ``postprocess`` the call's shared equally among the frames, ``preprocess``
+        the call's shared likewise plus the frame's own :meth:`Predictor.prepare` in its reader thread.
+    """
+    preps = [item[4] for item in items]
+    prepared = None if any(p is None for p in preps) else [p.frame for p in preps if p is not None]
+    results, times = detect_frames(predictor, [item[2] for item in items], prepared)
+    share = {k: v / len(items) for k, v in times.items()}
+    out: list[tuple[Detections | Exception, dict[str, float]]] = []
+    for item, dets in zip(items, results):
+        stage_ms = {"decode": item[3], **share}
+        if item[4] is not None:
+            stage_ms["preprocess"] += item[4].ms
+        out.append((dets, stage_ms))
+    return out
+
+
 def _run_loop(streams: list[_Stream], predictor: FramePredictor, max_frames: int | None, ready: threading.Event,
               clock: _Clock, echo: Echo) -> None:
     """Step until every stream has ended: collect one frame per stream, detect them together, track
@@ -258,14 +327,12 @@ def _run_loop(streams: list[_Stream], predictor: FramePredictor, max_frames: int
             if active:
                 ready.wait(0.1)
             continue
-        results, times = detect_frames(predictor, [item[2] for _, item in batch])
+        detected = _detect_step(predictor, [item for _, item in batch])
         clock.step(len(batch))
-        share = {k: v / len(batch) for k, v in times.items()}  # the call's stage times, shared equally
-        for (s, (index, name, frame, decode_ms)), dets in zip(batch, results):
+        for (s, (index, name, frame, _, _)), (dets, stage_ms) in zip(batch, detected):
             if isinstance(dets, Exception):
                 _end(s, "failed", _describe(dets), echo)
                 continue
-            stage_ms = {"decode": decode_ms, **share}
             tracks = None
             if s.tracker is not None:
                 t0 = time.perf_counter()
@@ -320,11 +387,12 @@ def run_streams(specs: Sequence[str], settings: RunSettings, project: Path, name
             raise SourceError("no source could be opened: " + "; ".join(f"{f['source']}: {f['reason']}"
                                                                          for f in failed))
         run_dir = increment_path(project / name)
+        prepare = _timed_prepare(predictor) if _batches(predictor) else None  # letterbox in the reader threads
         streams = []
         for n, spec, src, trk in opened:
             try:
-                streams.append(_start(n, spec, src, trk, run_dir, settings, backend, ready, len(streams), progress,
-                                      stack))
+                streams.append(_start(n, spec, src, trk, run_dir, settings, backend, prepare, ready,
+                                      len(streams), progress, stack))
             except OSError as e:  # its outputs cannot be opened (e.g. no mp4 encoder for that frame size)
                 shutil.rmtree(run_dir / n, ignore_errors=True)
                 failed.append(_failed_row(n, spec, _describe(e), echo))

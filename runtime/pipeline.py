@@ -158,14 +158,19 @@ def _put_latest(q: queue.Queue, item: object) -> int:
 class FrameReader(threading.Thread):
     """Decodes ``source`` into ``q`` until the source ends or ``stop`` is set.
 
-    Puts ``(index, name, frame_bgr, decode_ms)`` per frame, then :data:`END`; an exception raised
-    while decoding is put instead of :data:`END`. ``live``: keep only the newest frame (``q``
-    should hold one), counting replaced ones in ``dropped``; otherwise block while ``q`` is full.
+    Puts ``(index, name, frame_bgr, decode_ms, prepared)`` per frame, then :data:`END`; an
+    exception raised while decoding or preparing is put instead of :data:`END` (and the reader
+    stops). ``decode_ms`` is the decode time alone. ``prepared`` is ``prepare(frame_bgr)``, run in
+    this thread (e.g. :meth:`det_toolkit.runtime.predictor.Predictor.prepare`, so that preprocessing
+    overlaps with the consumer's inference), or ``None`` without ``prepare``; ``prepare`` must be
+    safe to call from this thread. ``live``: keep only the newest frame (``q`` should hold one),
+    counting replaced ones in ``dropped``; otherwise block while ``q`` is full.
     """
 
-    def __init__(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool) -> None:
+    def __init__(self, source: Source, q: queue.Queue, stop: threading.Event, live: bool,
+                 prepare: Callable[[np.ndarray], object] | None = None) -> None:
         super().__init__(name="det-run-reader", daemon=True)
-        self.source, self.q, self.stop, self.live = source, q, stop, live
+        self.source, self.q, self.stop, self.live, self.prepare = source, q, stop, live, prepare
         self.dropped = 0
 
     def _put(self, item: object) -> bool:
@@ -188,7 +193,9 @@ class FrameReader(threading.Thread):
                 item = next(it, None)
                 if item is None:
                     break
-                if not self._put((*item, (time.perf_counter() - t0) * 1e3)):
+                decode_ms = (time.perf_counter() - t0) * 1e3
+                prepared = None if self.prepare is None else self.prepare(item[2])
+                if not self._put((*item, decode_ms, prepared)):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
             self._put(e)
@@ -292,7 +299,7 @@ def run_pipeline(source: Source, predictor: FramePredictor, tracker: Tracker | N
                     break
                 if isinstance(item, BaseException):
                     raise item
-                index, name, frame, decode_ms = item
+                index, name, frame, decode_ms, _ = item  # no prepare hook: the predictor letterboxes
                 dets = predictor(frame)
                 stage_ms = {"decode": decode_ms, **predictor.times_ms}
                 tracks: list[Track] | None = None

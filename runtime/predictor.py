@@ -12,6 +12,7 @@ from det_toolkit.runtime.backends.base import Backend
 from det_toolkit.runtime.preprocess import LetterboxInfo, letterbox, to_input, unletterbox_boxes
 
 STAGES = ("preprocess", "inference", "postprocess")
+_INV255 = np.float32(1.0 / 255.0)
 
 
 @dataclass
@@ -30,6 +31,27 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """One frame letterboxed and normalized by :meth:`Predictor.prepare`, ready for
+    :meth:`Predictor.predict_prepared`.
+
+    Attributes:
+        x: float32 ``[3, H, W]`` (``H, W`` = the predictor's ``imgsz``) RGB in ``[0, 1]``, read-only:
+            exactly the values :meth:`Predictor.predict_batch` puts in its batch for that frame.
+        info: how the frame was mapped into ``x`` (for mapping boxes back).
+    """
+
+    x: np.ndarray
+    info: LetterboxInfo
+
+
+def _normalize_into(padded_bgr: np.ndarray, out: np.ndarray) -> None:
+    """Write uint8 ``[H, W, 3]`` BGR ``padded_bgr`` into float32 ``out`` ``[3, H, W]`` as RGB in ``[0, 1]``:
+    the values of ``to_input(padded_bgr[:, :, ::-1])[0]``, without its intermediate copy."""
+    np.multiply(padded_bgr[:, :, ::-1].transpose(2, 0, 1), _INV255, out=out)
 
 
 class Predictor:
@@ -120,27 +142,90 @@ class Predictor:
             the whole batch's stage times.
         """
         t0 = time.perf_counter()
-        n = len(images_bgr)
         if self.rect:
-            sized = [letterbox(img, self.imgsz, self._pad_bgr, rect=True) for img in images_bgr]
-            hw = (max(p.shape[0] for p, _ in sized), max(p.shape[1] for p, _ in sized))
+            batch, infos = self._rect_batch(images_bgr)
         else:
-            hw = self.imgsz
+            batch = self._batch_buffer(len(images_bgr), self.imgsz)
+            infos = [self._letterbox_into(img, batch[i], self._buf) for i, img in enumerate(images_bgr)]
+        return self._infer(batch, infos, t0)
+
+    def prepare(self, frame_bgr: np.ndarray) -> PreparedFrame:
+        """Letterbox and normalize ``frame_bgr`` (uint8 ``[H, W, 3]`` BGR) for :meth:`predict_prepared`.
+
+        Thread-safe: uses fresh buffers and reads only settings fixed at construction, so reader
+        threads can prepare frames while another thread runs the predictor (OpenCV's resize and
+        NumPy's large-array ufuncs release the GIL).
+
+        Returns:
+            A :class:`PreparedFrame` whose ``x`` holds exactly what :meth:`predict_batch` would put
+            in its batch for this frame.
+
+        Raises:
+            ValueError: the predictor is :attr:`rect` (a rectangular batch's padding depends on the
+                other frames in it), or ``frame_bgr`` is not a non-empty 3-channel image.
+        """
+        if self.rect:
+            raise ValueError("prepare() needs a square predictor: a rect batch's padding depends on all its frames")
+        x = np.empty((3, *self.imgsz), np.float32)
+        info = self._letterbox_into(frame_bgr, x, None)
+        x.flags.writeable = False
+        return PreparedFrame(x, info)
+
+    def predict_prepared(self, frames: Sequence[PreparedFrame]) -> list[Detections]:
+        """Detect objects in frames from :meth:`prepare` with one :meth:`Backend.infer` call.
+
+        Stacks the frames into the reused float32 batch buffer (:attr:`times_ms` ``preprocess`` is
+        this stacking time only), then infers and filters as :meth:`predict_batch` does: the result
+        equals ``predict_batch`` on the original frames exactly. Not thread-safe (one caller at a time,
+        as every other detection method).
+
+        Returns:
+            One :class:`Detections` per frame, boxes in that frame's pixels.
+
+        Raises:
+            ValueError: the predictor is :attr:`rect`, or a frame was prepared at another size.
+        """
+        t0 = time.perf_counter()
+        if self.rect:
+            raise ValueError("predict_prepared() needs a square predictor")
+        batch = self._batch_buffer(len(frames), self.imgsz)
+        for i, f in enumerate(frames):
+            if f.x.shape != batch.shape[1:]:
+                raise ValueError(f"frame {i} was prepared as {f.x.shape[1:]}, this predictor takes {self.imgsz}")
+            batch[i] = f.x
+        return self._infer(batch, [f.info for f in frames], t0)
+
+    def _letterbox_into(self, img_bgr: np.ndarray, out: np.ndarray, buf: np.ndarray | None) -> LetterboxInfo:
+        """Square-letterbox uint8 BGR ``img_bgr`` (via uint8 ``buf`` ``[*imgsz, 3]``, or a fresh one if
+        ``None``) into float32 ``out`` ``[3, *imgsz]`` (see :func:`_normalize_into`); raises
+        ``ValueError`` for a non-image."""
+        padded, info = letterbox(img_bgr, self.imgsz, self._pad_bgr, out=buf)
+        _normalize_into(padded, out)
+        return info
+
+    def _batch_buffer(self, n: int, hw: tuple[int, int]) -> np.ndarray:
+        """The first ``n`` images of the reused float32 ``[N, 3, *hw]`` batch buffer (grown or reshaped as needed)."""
         if n > len(self._batch) or self._batch.shape[2:] != hw:
             self._batch = np.empty((n, 3, *hw), np.float32)
-        batch, infos, inv255 = self._batch[:n], [], np.float32(1.0 / 255.0)
-        for i, img in enumerate(images_bgr):
-            if self.rect:
-                padded, info = sized[i]
-                if padded.shape[:2] != hw:
-                    canvas = np.empty((*hw, 3), np.uint8)
-                    canvas[:] = self._pad_bgr
-                    canvas[:padded.shape[0], :padded.shape[1]] = padded
-                    padded = canvas
-            else:
-                padded, info = letterbox(img, self.imgsz, self._pad_bgr, out=self._buf)
-            np.multiply(padded[:, :, ::-1].transpose(2, 0, 1), inv255, out=batch[i])  # == to_input
-            infos.append(info)
+        return self._batch[:n]
+
+    def _rect_batch(self, images_bgr: Sequence[np.ndarray]) -> tuple[np.ndarray, list[LetterboxInfo]]:
+        """Rectangular inputs, padded (mean colour, right/bottom) to the largest height and width among them."""
+        sized = [letterbox(img, self.imgsz, self._pad_bgr, rect=True) for img in images_bgr]
+        hw = (max(p.shape[0] for p, _ in sized), max(p.shape[1] for p, _ in sized))
+        batch = self._batch_buffer(len(images_bgr), hw)
+        for i, (padded, _) in enumerate(sized):
+            if padded.shape[:2] != hw:
+                canvas = np.empty((*hw, 3), np.uint8)
+                canvas[:] = self._pad_bgr
+                canvas[:padded.shape[0], :padded.shape[1]] = padded
+                padded = canvas
+            _normalize_into(padded, batch[i])
+        return batch, [info for _, info in sized]
+
+    def _infer(self, batch: np.ndarray, infos: list[LetterboxInfo], t0: float) -> list[Detections]:
+        """Run the backend on the filled ``batch`` and filter each image's output; sets :attr:`times_ms`
+        (preprocess: from ``t0``, a ``perf_counter()`` time, to now)."""
         t1 = time.perf_counter()
         raw = self.backend.infer(batch)
         t2 = time.perf_counter()

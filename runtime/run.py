@@ -46,7 +46,8 @@ class RunSettings:
         rect: rectangular inputs (dynamic H/W graphs only).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         tracker: tracker name or settings YAML path; ``None``: no tracking.
-        embedder: Deep SORT embedder ONNX; ``None``: the one beside ``weights``.
+        embedder: Deep SORT embedder ONNX; ``None``: the one beside ``weights`` (FP32, or INT8 with the
+            tracker setting ``embedder_precision: int8``).
         save, save_txt, save_json: which outputs :class:`RunOutputs` writes.
         live: keep only the newest frame (``None``: the source decides).
         max_frames: stop after this many frames (``None``: all).
@@ -102,11 +103,13 @@ def make_predictor(settings: RunSettings, backend: Backend) -> FramePredictor:
 
 def make_tracker(settings: RunSettings, note: Callable[[str], None] = print) -> Tracker | None:
     """A fresh tracker for one source (``None`` without tracking): Deep SORT gets its appearance
-    embedder (:func:`det_toolkit.runtime.api.open_embedder`); motion trackers ignore
+    embedder (:func:`det_toolkit.runtime.api.open_embedder`: ``settings.embedder``, else the one of
+    the tracker setting ``embedder_precision`` beside the weights); motion trackers ignore
     ``settings.embedder`` with a ``note``.
 
     Raises:
-        FileNotFoundError: Deep SORT's embedder ONNX is missing (message says what to do).
+        FileNotFoundError: Deep SORT's embedder ONNX is missing (message says what to do: for
+            ``embedder_precision: int8``, ``det-export WEIGHTS --int8``).
         ValueError: invalid tracker settings.
     """
     if settings.tracker is None:
@@ -114,7 +117,7 @@ def make_tracker(settings: RunSettings, note: Callable[[str], None] = print) -> 
     config = load_tracker_config(settings.tracker)
     if isinstance(config, TrackerConfig):  # Deep SORT: with its appearance embedder
         return build_tracker(config, open_embedder(settings.weights, settings.embedder, settings.device,
-                                                   config.embedder_input_size))
+                                                   config.embedder_input_size, precision=config.embedder_precision))
     tracker = build_tracker(config)
     if settings.embedder is not None:
         note(f"note: --embedder ignored: {tracker.name} tracks by motion alone")

@@ -29,7 +29,7 @@ from deep_sort_realtime.deepsort_tracker import DeepSort
 from det_toolkit.configs import config_path
 from det_toolkit.runtime.boxes import box_iou
 from det_toolkit.runtime.config_utils import ConfigError, FieldError, from_dict, load_yaml_mapping, show
-from det_toolkit.runtime.embedder import Embedder, crop_hw, croppable, format_hw
+from det_toolkit.runtime.embedder import EMBEDDER_FILES, Embedder, crop_hw, croppable, format_hw
 from det_toolkit.runtime.predictor import Detections
 
 DEFAULT_TRACKER_CONFIG = config_path("tracker/deepsort.yaml")
@@ -55,11 +55,17 @@ class TrackerConfig:
             ``1 - reuse_embedding_iou``, reuses that track's last embedding (which the appearance
             stage then matches to it). ``None`` (default): embed every detection, as published;
             reuse saves crops but lost IDF1 with real person appearance (docs/runtime.md).
+        embedder_precision: which embedder beside the weights Deep SORT uses when none is given
+            explicitly (``det-run --embedder``): ``"fp32"`` (default,
+            :data:`det_toolkit.runtime.embedder.EMBEDDER_FILENAME`) or ``"int8"``
+            (:data:`det_toolkit.runtime.embedder.EMBEDDER_INT8_FILENAME`, written by
+            ``det-export --int8``); see :func:`det_toolkit.runtime.api.open_embedder`.
 
     Raises:
         FieldError: a value out of range (counts < 1, ``max_iou_distance`` outside [0, 1],
             ``max_cosine_distance`` outside [0, 2], ``reuse_embedding_iou`` outside (0.5, 1]), or an
-            ``embedder_input_size`` that is not a side >= 1 or a ``[H, W]`` pair of them.
+            ``embedder_input_size`` that is not a side >= 1 or a ``[H, W]`` pair of them, or an
+            ``embedder_precision`` not in the keys of :data:`det_toolkit.runtime.embedder.EMBEDDER_FILES`.
     """
 
     max_age: int = 30
@@ -69,6 +75,7 @@ class TrackerConfig:
     nn_budget: int | None = 100
     embedder_input_size: int | list[int] = field(default_factory=lambda: [128, 64])
     reuse_embedding_iou: float | None = None
+    embedder_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("max_age", "n_init"):
@@ -87,6 +94,9 @@ class TrackerConfig:
             raise FieldError("max_cosine_distance", f"must be in [0, 2], got {self.max_cosine_distance}")
         if self.reuse_embedding_iou is not None and not 0.5 < self.reuse_embedding_iou <= 1:
             raise FieldError("reuse_embedding_iou", f"must be in (0.5, 1] or null, got {self.reuse_embedding_iou}")
+        if self.embedder_precision not in EMBEDDER_FILES:
+            raise FieldError("embedder_precision", f"expected one of {', '.join(EMBEDDER_FILES)}, "
+                             f"got {show(self.embedder_precision)}")
 
     @property
     def crop_hw(self) -> tuple[int, int]:

@@ -22,6 +22,17 @@ def need_raccoon() -> Path:
     return RACCOON
 
 
+def raccoon_photos(pattern: str) -> tuple[str, list[np.ndarray]]:
+    """``(glob, BGR uint8 images)`` of the raccoon photos matching ``pattern`` (e.g.
+    ``"raccoon-1[0-3].jpg"``), or skip the test when the real data is absent."""
+    from det_toolkit.export.parity import load_images
+
+    glob = str(RACCOON / "images" / pattern)
+    if not (RACCOON / "images").is_dir():
+        pytest.skip(f"real raccoon images not found at {RACCOON}")
+    return glob, load_images(glob)
+
+
 def write_voc(path: Path, filename: str, w: int, h: int,
               objects: list[tuple[str, float, float, float, float]]) -> None:
     """Write a labelImg-style VOC XML (1-based inclusive pixel coordinates as given)."""

@@ -21,24 +21,22 @@ from det_toolkit.export.fp16 import (
     final_nms_iou,
     to_fp16,
 )
-from det_toolkit.export.parity import ParityError, ParityReport, check_onnx_parity, load_images, match_detections
+from det_toolkit.export.parity import ParityError, ParityReport, check_onnx_parity, match_detections
 from det_toolkit.export.trt_check import check_trt_readiness, supported_ops
 from det_toolkit.runtime.backends.outputs import pad_batch, run_chunks, split_batched
 from det_toolkit.runtime.meta import META_KEY, ModelMeta
 from det_toolkit.runtime.preprocess import letterbox, to_input
 from det_toolkit.train.checkpoint import make_checkpoint, save_atomic
 from det_toolkit.train.models import build_model
+from tests.conftest import RACCOON, raccoon_photos
 
-RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 GLOB = str(RACCOON / "images" / "raccoon-1[012].jpg")  # 3 photos: batch 2 + a zero-padded one
 H, W, N = 200, 256, 2  # H not a multiple of 32: the graph pads it
 
 
 @pytest.fixture(scope="module")
 def images() -> list[np.ndarray]:
-    if not (RACCOON / "images").is_dir():
-        pytest.skip(f"real raccoon images not found at {RACCOON}")
-    return load_images(GLOB)
+    return raccoon_photos("raccoon-1[012].jpg")[1]
 
 
 @pytest.fixture(scope="module")

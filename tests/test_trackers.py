@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 from conftest import VTEST, no_torch_script
 
-from det_toolkit.runtime.config_utils import ConfigError
+from det_toolkit.runtime.config_utils import ConfigError, FieldError
+from det_toolkit.runtime.embedder import EMBEDDER_FILENAME, EMBEDDER_INT8_FILENAME
 from det_toolkit.runtime.predictor import Detections
 from det_toolkit.runtime.trackers import (
     TRACKERS,
@@ -204,6 +206,16 @@ def test_deepsort_crop_size_setting(tmp_path: Path) -> None:
         "input_size"] == "128x128"
 
 
+def test_deepsort_embedder_precision_setting(tmp_path: Path) -> None:
+    """``embedder_precision``: ``fp32`` by default (the shipped YAML says so), ``int8`` selects the INT8
+    embedder (:func:`test_int8_embedder_beside_the_weights`); anything else is refused."""
+    assert TrackerConfig().embedder_precision == "fp32" == load_tracker_config("deepsort").embedder_precision
+    cfg = load_tracker_config(_write(tmp_path / "q.yaml", "tracker: deepsort\nembedder_precision: int8\n"))
+    assert cfg == TrackerConfig(embedder_precision="int8")
+    with pytest.raises(FieldError, match="embedder_precision: expected one of fp32, int8, got 'int16'"):
+        TrackerConfig(embedder_precision="int16")
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -239,8 +251,8 @@ def test_tracker_yaml_names_its_tracker(tmp_path: Path) -> None:
      "t.yaml: cmc_method: expected one of sparseOptFlow, orb, sift, ecc, got 'flow'"),
     ("t.yaml", "tracker: botsort\nlost_track_buffer: -1\n", "t.yaml: lost_track_buffer: must be >= 0, got -1"),
     ("t.yaml", "lost_track_buffer: 10\n", "t.yaml: unknown key 'lost_track_buffer' (valid keys: max_age, n_init, "
-     "max_iou_distance, max_cosine_distance, nn_budget, embedder_input_size, reuse_embedding_iou) (read as Deep "
-     "SORT settings: the "
+     "max_iou_distance, max_cosine_distance, nn_budget, embedder_input_size, reuse_embedding_iou, "
+     "embedder_precision) (read as Deep SORT settings: the "
      "file has no 'tracker:' key; add one, e.g. 'tracker: bytetrack')"),
     ("t.yaml", "tracker: [a]\n", "t.yaml: tracker: unknown tracker a list ['a'] (one of deepsort, bytetrack, "
      "ocsort, botsort)"),
@@ -252,6 +264,8 @@ def test_tracker_yaml_names_its_tracker(tmp_path: Path) -> None:
      "t.yaml: embedder_input_size: expected an integer or a list of integers, got '128x64'"),
     ("t.yaml", "tracker: deepsort\nembedder_input_size: [128, 6.5]\n",
      "t.yaml: embedder_input_size: expected an integer or a list of integers, got a list [128, 6.5]"),
+    ("t.yaml", "tracker: deepsort\nembedder_precision: int16\n",
+     "t.yaml: embedder_precision: expected one of fp32, int8, got 'int16'"),
 ])
 def test_bad_tracker_settings(tmp_path: Path, spec: str, text: str | None, message: str) -> None:
     if text is not None:
@@ -283,6 +297,36 @@ def embedder_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from det_toolkit.export.embedder import export_embedder
 
     return export_embedder(tmp_path_factory.mktemp("emb") / "deepsort_embedder.onnx", echo=lambda _: None)
+
+
+def test_int8_embedder_beside_the_weights(embedder_onnx: Path, tmp_path: Path) -> None:
+    """``embedder_precision: int8`` makes Deep SORT use ``deepsort_embedder_int8.onnx`` beside the
+    weights (what ``det-export --int8`` writes); when it is absent the error says how to make it (no
+    silent FP32 fallback, for ``.pt`` weights either); an explicit embedder still wins."""
+    from det_toolkit.runtime.api import open_embedder
+    from det_toolkit.runtime.run import RunSettings, make_tracker
+
+    weights, int8 = tmp_path / "det.onnx", tmp_path / EMBEDDER_INT8_FILENAME  # weights: only the folder is used
+    cfg = str(_write(tmp_path / "int8.yaml", "tracker: deepsort\nembedder_precision: int8\n"))
+    for w in (weights, tmp_path / "det.pt"):
+        with pytest.raises(FileNotFoundError) as e:
+            open_embedder(w, precision="int8")
+        assert str(e.value) == (f"tracking with embedder_precision: int8 needs the INT8 appearance embedder "
+                                f"{int8}, which is missing; run `det-export WEIGHTS --int8` (it writes "
+                                f"{EMBEDDER_INT8_FILENAME} beside the detector ONNX) or pass its path (det-run "
+                                "--embedder PATH, track(..., embedder=PATH))")
+    with pytest.raises(FileNotFoundError, match=f"{EMBEDDER_INT8_FILENAME}, which is missing"):
+        make_tracker(RunSettings(weights, tracker=cfg))
+    with pytest.raises(ValueError, match="embedder precision must be one of fp32, int8, got 'int16'"):
+        open_embedder(weights, precision="int16")
+    shutil.copyfile(embedder_onnx, int8)  # the FP32 graph under the INT8 name: only the lookup is tested
+    assert open_embedder(weights, device="cpu", input_size=(128, 64), precision="int8").path == int8
+    tracker = make_tracker(RunSettings(weights, tracker=cfg))
+    assert isinstance(tracker, DeepSortTracker) and tracker.embedder.path == int8
+    tracker = make_tracker(RunSettings(weights, tracker=cfg, embedder=embedder_onnx))
+    assert isinstance(tracker, DeepSortTracker) and tracker.embedder.path == embedder_onnx
+    with pytest.raises(FileNotFoundError, match=f"run `det-export WEIGHTS` \\(it writes {EMBEDDER_FILENAME}"):
+        open_embedder(weights)  # fp32 (the default) looks for deepsort_embedder.onnx only
 
 
 def det_run_no_torch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

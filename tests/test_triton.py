@@ -23,14 +23,14 @@ from tritonclient.grpc.model_config_pb2 import DataType, ModelConfig
 from det_toolkit.benchmarks.artifacts import cached_detector
 from det_toolkit.export import triton as tr
 from det_toolkit.export.cli import main
-from det_toolkit.export.parity import load_images, parity_inputs
+from det_toolkit.export.parity import parity_inputs
 from det_toolkit.runtime.backends.onnx_backend import OnnxBackend
 from det_toolkit.runtime.deps import Extra, MissingExtraError
 from det_toolkit.runtime.meta import META_KEY, ModelMeta
 from det_toolkit.runtime.predictor import Predictor
 from det_toolkit.runtime.preprocess import letterbox, to_input, unletterbox_boxes
+from tests.conftest import RACCOON, raccoon_photos
 
-RACCOON = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "raccoon"
 GLOB = str(RACCOON / "images" / "raccoon-1[0-3].jpg")  # 4 real photos
 IMGSZ, MAX_DET, N = 256, 8, 4
 DTYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64"}
@@ -38,9 +38,7 @@ DTYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT
 
 @pytest.fixture(scope="module")
 def images() -> list[np.ndarray]:
-    if not (RACCOON / "images").is_dir():
-        pytest.skip(f"real raccoon images not found at {RACCOON}")
-    return load_images(GLOB)
+    return raccoon_photos("raccoon-1[0-3].jpg")[1]
 
 
 @pytest.fixture(scope="module")
