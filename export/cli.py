@@ -73,11 +73,13 @@ def _mib(path: Path) -> str:
               help="--int8: training images of the checkpoint's dataset calibrating the activation ranges.")
 @click.option("--calib", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="--int8: calibrate on every image of this folder instead.")
-@click.option("--calib-method", type=click.Choice(sorted(CALIB_METHODS)), default="minmax", show_default=True,
-              help="--int8: activation range calibration.")
+@click.option("--calib-method", type=click.Choice(["auto", *sorted(CALIB_METHODS)]), default="auto",
+              show_default=True,
+              help="--int8: activation range calibration; auto: percentile for the box_head scope of a static "
+                   "graph, minmax otherwise (docs/design/int8.md).")
 @click.option("--int8-scope", type=click.Choice(["auto", *SCOPES]), default="auto", show_default=True,
               help="--int8: layers quantized (box_head < heads < dense < dense_pool, see docs/export.md); "
-                   "auto: dense, heads, box_head, the first that passes --int8-min-match.")
+                   "auto: dense, then box_head, the first that passes --int8-min-match.")
 @click.option("--int8-min-match", type=click.FloatRange(0.0, 1.0), default=INT8_MIN_MATCH, show_default=True,
               help="--int8: minimum share of fp32 boxes the INT8 graph must reproduce.")
 @click.option("--workspace", type=click.FloatRange(min=0.25), default=4.0, show_default=True,
@@ -163,7 +165,8 @@ def main(weights: Path, output: Path | None, opset: int, simplify: bool, parity_
         emb_int8_path = None
         if emb_path is not None and calib_set is not None:  # None (after a note) when it cannot be made
             emb_int8_path = export_embedder_int8_for(onnx_path, emb_path, emb_path.parent / EMBEDDER_INT8_FILENAME,
-                                                     calib_set[0], calib_method, calib_set[1], echo=click.echo)
+                                                     calib_set[0], "minmax" if calib_method == "auto" else calib_method,
+                                                     calib_set[1], echo=click.echo)
         engine = None
         if trt:
             engine = _build(onnx_path, fp16_path, fp16, int8_path, workspace)

@@ -24,6 +24,7 @@ from det_toolkit.export.int8 import (
     calibration_feeds,
     calibration_image_paths,
     export_int8,
+    scope_method,
     scope_nodes,
 )
 from det_toolkit.export.parity import ParityError, load_images
@@ -108,6 +109,15 @@ def test_export_int8_loads_in_the_runtime_and_lists_float_nodes(det_onnx: Path, 
         export_int8(det_onnx, calib_images=photos[:1], parity_images=photos[:1], method="entropy")
     with pytest.raises(ValueError, match="unknown INT8 scope 'all'"):
         export_int8(det_onnx, calib_images=photos[:1], parity_images=photos[:1], scope="all")
+
+
+def test_auto_calibration_method_per_scope() -> None:
+    """``auto``: percentile only where ONNX Runtime's histogram calibration can run and was measured
+    better (the box head of a static graph); an explicit method is kept everywhere."""
+    assert scope_method("auto", "box_head", static=True) == "percentile"
+    assert scope_method("auto", "box_head", static=False) == "minmax"
+    assert scope_method("auto", "dense", static=True) == "minmax"
+    assert scope_method("entropy", "dense", static=True) == "entropy"
 
 
 def test_metadata_quantization_is_optional_and_checked() -> None:

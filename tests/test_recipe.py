@@ -91,10 +91,10 @@ def test_given_values_win_and_the_choice_is_printed(tmp_path: Path) -> None:
     block = lines[0].splitlines()
     assert block[0].startswith("recipe") and block[1].split()[:3] == ["epochs", "3", "given"]
     assert block[2].split()[:2] == ["imgsz", "544"] and "from box sizes" in block[2]
-    assert block[3].split()[:2] == ["anchors", "default"]
-    cfg = choose_recipe(TrainConfig(data="x", imgsz=320, anchors="auto"), samples, say=lines.append)
+    assert block[3].split()[:2] == ["anchors", "auto"] and "fitted to the training boxes" in block[3]
+    cfg = choose_recipe(TrainConfig(data="x", imgsz=320, anchors="default"), samples, say=lines.append)
     assert (cfg.epochs, cfg.imgsz, cfg.from_data) == (80, 320, ["epochs"])  # 40 images: 10 steps/epoch
-    assert "anchors auto    given" in lines[1]
+    assert "anchors default given" in lines[1]
     # a --cfg value is as explicit as a flag
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("imgsz: 256\n")

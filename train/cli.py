@@ -39,7 +39,7 @@ HELP: dict[str, str] = {
     "lr_step": "step schedule: epochs at which the LR is multiplied by --lr-gamma, e.g. 8,11",
     "lr_gamma": "step schedule: LR factor at each --lr-step epoch",
     "l1": "L1 regularisation weight on trainable parameters (0 = off)",
-    "ema": "keep an EMA of the weights; evaluate and save it",
+    "ema": "keep an EMA of the weights; evaluate and save it (--no-ema: the raw weights)",
     "ema_decay": "EMA decay (ramped up over the first updates)",
     "ema_tau": "EMA ramp length in updates",
     "patience": "stop after this many epochs without a better mAP (0 = off)",
@@ -51,7 +51,8 @@ HELP: dict[str, str] = {
     "amp_dtype": "AMP dtype on CUDA: fp16 (with GradScaler) or bf16",
     "trainable_layers": "backbone stages left trainable when pretrained (torchvision's setting)",
     "freeze": "freeze the first N backbone stages (on top of --trainable-layers; 0 = off)",
-    "anchors": "default, or auto: k-means (1 - IoU) anchors fitted to the training boxes",
+    "anchors": "auto: k-means (1 - IoU) anchors fitted to the training boxes (kept if they fit better), "
+               "or default: the model's layout",
     "attention": "none, or cbam: CBAM attention on every backbone/FPN output",
     "class_weights": "box classifier loss weights: auto (inverse frequency) or w1,w2,... per class",
     "rpn_pre_nms_test": "RPN proposals per FPN level before NMS at inference (0 = model default)",

@@ -250,7 +250,7 @@ class TrainConfig:
     lr_step: str = ""
     lr_gamma: float = 0.1
     l1: float = 0.0
-    ema: bool = False
+    ema: bool = True
     ema_decay: float = 0.9999
     ema_tau: float = 200.0
     patience: int = 0
@@ -262,7 +262,7 @@ class TrainConfig:
     amp_dtype: str = "fp16"
     trainable_layers: int = 3
     freeze: int = 0
-    anchors: str = "default"
+    anchors: str = "auto"
     attention: str = "none"
     class_weights: str = ""
     rpn_pre_nms_test: int = 0

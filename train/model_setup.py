@@ -60,18 +60,20 @@ def build_core(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: RunData, devi
 
 
 def fit_model_anchors(core: Detector, samples: list[Sample], imgsz: int, seed: int, say: Say) -> None:
-    """``--anchors auto``: fit the RPN anchors to the training boxes at the training size, print
-    the mean best-anchor IoU before and after, and keep the fit only if it is better (it is then
-    recorded in ``build_args``, hence in checkpoints).
-
-    Raises:
-        ValueError: the model has no RPN anchor generator (not a Faster R-CNN).
+    """``--anchors auto`` (the default): fit the RPN anchors to the training boxes at the training
+    size, print the mean best-anchor IoU before and after, and keep the fit only if it is better (it
+    is then recorded in ``build_args``, hence in checkpoints). A model without RPN anchors (TOOD) or a
+    split without boxes keeps its layout, with a printed note.
     """
-    wh = np.concatenate([(s.boxes[:, 2:] - s.boxes[:, :2]) * (imgsz / max(s.width, s.height))
-                         for s in samples if len(s.boxes)])
     gen = getattr(getattr(core.model, "rpn", None), "anchor_generator", None)
     if gen is None:
-        raise ValueError(f"--anchors auto applies to Faster R-CNN models, not {core.name}")
+        say(f"anchors: {core.name} has no RPN anchors to fit; its own layout is kept")
+        return
+    boxed = [s for s in samples if len(s.boxes)]
+    if not boxed:
+        say("anchors: no training boxes to fit them to; the default anchors are kept")
+        return
+    wh = np.concatenate([(s.boxes[:, 2:] - s.boxes[:, :2]) * (imgsz / max(s.width, s.height)) for s in boxed])
     fit = fit_anchors(wh, gen, seed)
     say(f"anchors: mean best IoU over {len(wh)} training boxes {fit.iou_before:.4f} (default) -> "
         f"{fit.iou_after:.4f} (auto); sizes {fit.sizes[0]}{' per level' if len(fit.sizes[0]) > 1 else ''}, "
