@@ -52,13 +52,16 @@ constraints:
 # (epochs and input size chosen from the data, printed first), then the street video.
 PEOPLE_DATA ?= runs/data/pennfudan-coco
 PEOPLE_RUN := people-$(NAME)
+# vtest's walkers are far and small, Penn-Fudan's near and large: run at the video's own width,
+# rectangular (768x576 instead of 416x416 letterboxed; docs/runtime.md, "People on vtest")
+PEOPLE_RUN_FLAGS ?= --imgsz 768 --rect
 demo: setup
 	rm -rf $(PEOPLE_DATA)
 	$(BIN)/det-convert $(PENNFUDAN) --to coco --images symlink --out $(PEOPLE_DATA)
 	$(BIN)/det-train --data $(PEOPLE_DATA)/data.yaml $(if $(EPOCHS),--epochs $(EPOCHS)) --workers 0 --project runs/train --name $(PEOPLE_RUN)
 	$(BIN)/det-export runs/train/$(PEOPLE_RUN)/weights/best.pt
 	$(BIN)/det-eval --weights runs/train/$(PEOPLE_RUN)/weights/best.onnx --data $(PEOPLE_DATA)/data.yaml --split val --project runs/eval --name $(PEOPLE_RUN)
-	$(BIN)/det-run $(VIDEO) --weights runs/train/$(PEOPLE_RUN)/weights/best.onnx --track --project runs/run --name $(PEOPLE_RUN)-video
+	$(BIN)/det-run $(VIDEO) --weights runs/train/$(PEOPLE_RUN)/weights/best.onnx --track $(PEOPLE_RUN_FLAGS) --project runs/run --name $(PEOPLE_RUN)-video
 	$(BIN)/python -m det_toolkit.benchmarks.people_demo gif runs/run/$(PEOPLE_RUN)-video/$(basename $(notdir $(VIDEO))).mp4 runs/run/$(PEOPLE_RUN)-video/predictions.jsonl benchmarks/reports/vtest_people.gif
 	$(BIN)/python -m det_toolkit.benchmarks.people_demo report $(VIDEO) runs/run/$(PEOPLE_RUN)-video/predictions.jsonl --every 5
 
