@@ -4,7 +4,10 @@
 ::
 
     a reader thread per source --q_in--> calling thread --q_out--> a writer thread per source
-    (decode, letterbox)                  (one detection call per step, then each stream's tracker)
+    (decode, letterbox)                  (collects steps; hands each detected step, in order,
+                                          through each stream's tracker to its writer)
+                                              | submit / result
+                                          detection threads (up to LANES steps in flight)
 
 Each step takes the next frame of every stream that has one ready (files: the next frame, never
 dropped; live sources: the newest, as a single-source run keeps it) and detects them all in one
@@ -17,7 +20,11 @@ a partial step padded with blank images; the dynamic single-image graph (batch a
 runs them one forward pass each inside the call. SAHI (``--sahi``) and ``--rect`` detect frame by
 frame in the calling thread (SAHI batches the tiles of a frame). Every frame is letterboxed
 and filtered exactly as in a single-source run, so each stream's boxes, tracks and files are what
-``det-run`` on that source alone writes.
+``det-run`` on that source alone writes. On ONNX Runtime's CPU provider with two or more physical
+cores, :data:`LANES` steps are in flight at once (each call on its share of the cores' intra-op
+threads, one session): while one step is detected, the calling thread tracks and hands on the one
+before and the next is already detecting; steps are handed on in the order they were collected, so
+each stream's frames reach its tracker and writer in order.
 
 A source that cannot be opened, fails while decoding, detecting, tracking or writing, or yields
 no decodable frame is reported (stderr and the run summary) and the others go on. Ctrl-C,
@@ -33,7 +40,9 @@ import shutil
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from det_toolkit.runtime.backends import Backend, load_backend
+from det_toolkit.runtime.backends.onnx_backend import CPU_EP, OnnxBackend, physical_cores, providers_for
 from det_toolkit.runtime.files import atomic_write, check_writable, increment_path
 from det_toolkit.runtime.pipeline import (
     END,
@@ -100,6 +110,7 @@ class _Stream:
     status: str | None = None  # None while running, then "done", "failed" or "interrupted"
     reason: str | None = None
     end_sent: bool = False
+    draining: bool = False  # its last frame is taken: no more polling; it ends once its frames are handed on
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -300,36 +311,60 @@ def _detect_step(predictor: FramePredictor, items: Sequence[tuple[int, str, np.n
     return out
 
 
-def _run_loop(streams: list[_Stream], predictor: FramePredictor, max_frames: int | None, ready: threading.Event,
-              clock: _Clock, echo: Echo) -> None:
-    """Step until every stream has ended: collect one frame per stream, detect them together, track
-    each with its stream's tracker, hand each to its writer."""
-    active = list(streams)
-    while active:
-        ready.clear()  # before polling: a frame put after this wakes the wait below
-        batch = []
-        for s in active:
-            if s.writer.error is not None:
-                _end(s, "failed", _describe(s.writer.error), echo)
-                continue
-            try:
-                item = s.q_in.get_nowait()
-            except queue.Empty:
-                continue
-            if item is END:
-                _end(s, "done")
-            elif isinstance(item, BaseException):
-                _end(s, "failed", _describe(item), echo)
-            else:
-                batch.append((s, item))
-        active = [s for s in active if s.status is None]
-        if not batch:
-            if active:
-                ready.wait(0.1)
+#: Detection calls in flight at once on ONNX Runtime's CPU provider with at least this many physical
+#: cores, each on ``cores // LANES`` intra-op threads: while one call runs, the calling thread tracks
+#: and hands on the previous step's frames and the next call already runs (docs/runtime.md, "Many streams").
+LANES = 2
+
+
+@dataclass
+class _Step:
+    """One step's frames (``(stream, reader item)``) in detection, or only streams that ended then.
+
+    ``ends`` are applied after the step's frames are handed on, so that a stream's END reaches its
+    writer after every frame taken before it."""
+
+    frames: list[tuple[_Stream, tuple]]
+    ends: list[tuple[_Stream, str, str | None]]
+    future: Future | None
+
+
+def _collect(active: list[_Stream], max_frames: int | None, echo: Echo
+             ) -> tuple[list[tuple[_Stream, tuple]], list[tuple[_Stream, str, str | None]]]:
+    """Take the next frame of every active stream that has one ready. A stream whose reader ended
+    (or failed), or that reached ``max_frames``, is marked ``draining`` and listed in the ends."""
+    frames, ends = [], []
+    for s in active:
+        if s.writer.error is not None:
+            _end(s, "failed", _describe(s.writer.error), echo)
             continue
-        detected = _detect_step(predictor, [item for _, item in batch])
-        clock.step(len(batch))
-        for (s, (index, name, frame, _, _)), (dets, stage_ms) in zip(batch, detected):
+        try:
+            item = s.q_in.get_nowait()
+        except queue.Empty:
+            continue
+        if item is END:
+            ends.append((s, "done", None))
+        elif isinstance(item, BaseException):
+            ends.append((s, "failed", _describe(item)))
+        else:
+            frames.append((s, item))
+            s.taken += 1
+            if max_frames is not None and s.taken >= max_frames:
+                ends.append((s, "done", None))
+    for s, _, _ in ends:
+        s.draining = True
+    return frames, ends
+
+
+def _hand_on(step: _Step, clock: _Clock, echo: Echo) -> None:
+    """Track the step's detected frames, stream by stream in order, and give them to the writers;
+    then end the streams that ended at this step."""
+    if step.future is not None:
+        detected = step.future.result()
+        clock.step(len(step.frames))
+        for (s, (index, name, frame, _, _)), (dets, stage_ms) in zip(step.frames, detected):
+            if s.status is not None:  # failed at an earlier step: its later frames are dropped
+                continue
             if isinstance(dets, Exception):
                 _end(s, "failed", _describe(dets), echo)
                 continue
@@ -343,10 +378,53 @@ def _run_loop(streams: list[_Stream], predictor: FramePredictor, max_frames: int
                     continue
                 stage_ms["tracking"] = (time.perf_counter() - t0) * 1e3
             s.q_out.put((index, name, frame, dets, tracks, stage_ms))
-            s.taken += 1
-            if max_frames is not None and s.taken >= max_frames:
-                _end(s, "done")
-        active = [s for s in active if s.status is None]
+    for s, status, reason in step.ends:
+        _end(s, status, reason, echo)
+
+
+def _run_loop(streams: list[_Stream], predictors: Sequence[FramePredictor], max_frames: int | None,
+              ready: threading.Event, clock: _Clock, echo: Echo) -> None:
+    """Step until every stream has ended: collect one frame per stream, detect them together (up to
+    ``len(predictors)`` steps in flight, one predictor each, round robin), then, in step order, track
+    each frame with its stream's tracker and hand it to its writer."""
+    lanes = len(predictors)
+    pending: deque[_Step] = deque()
+    n_steps = 0
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="det-run-detect") as pool:
+        while True:
+            active = [s for s in streams if s.status is None and not s.draining]
+            while len(pending) < lanes and active:
+                ready.clear()  # before polling: a frame put after this wakes the wait below
+                frames, ends = _collect(active, max_frames, echo)
+                if not frames and not ends:
+                    break
+                future = None
+                if frames:
+                    future = pool.submit(_detect_step, predictors[n_steps % lanes], [it for _, it in frames])
+                    n_steps += 1
+                pending.append(_Step(frames, ends, future))
+                active = [s for s in active if s.status is None and not s.draining]
+            if pending:
+                _hand_on(pending.popleft(), clock, echo)
+            elif active:
+                ready.wait(0.1)
+            else:
+                return
+
+
+def _load_detector(settings: RunSettings) -> tuple[Backend, int]:
+    """The detector and how many detection calls run at once: :data:`LANES` for an ONNX graph on ONNX
+    Runtime's CPU provider with at least :data:`LANES` physical cores (each call on ``cores //
+    LANES`` intra-op threads: one session, whose ``run`` is thread-safe and releases the GIL), else 1.
+
+    Raises:
+        see :func:`det_toolkit.runtime.backends.load_backend`.
+    """
+    cores, path = physical_cores(), Path(settings.weights)
+    if (path.suffix.lower() == ".onnx" and path.is_file() and cores >= LANES
+            and providers_for(settings.device) == [CPU_EP]):
+        return OnnxBackend(path, [CPU_EP], threads=cores // LANES), LANES
+    return load_backend(path, settings.device), 1  # its checks and messages for everything else
 
 
 def run_streams(specs: Sequence[str], settings: RunSettings, project: Path, name: str, echo: Echo = print_echo,
@@ -377,8 +455,9 @@ def run_streams(specs: Sequence[str], settings: RunSettings, project: Path, name
     """
     check_writable(project / name, "--project/--name")
     settings.check()
-    backend = load_backend(settings.weights, settings.device)
-    predictor = make_predictor(settings, backend)
+    backend, lanes = _load_detector(settings)
+    predictors = [make_predictor(settings, backend) for _ in range(lanes)]
+    predictor = predictors[0]
     ready = threading.Event()
     clock = _Clock()
     with ExitStack() as stack:
@@ -406,7 +485,7 @@ def run_streams(specs: Sequence[str], settings: RunSettings, project: Path, name
             clock.t_end = time.perf_counter()
 
         clock.t_start = time.perf_counter()
-        stopped_by = run_until_stopped(lambda: _run_loop(streams, predictor, settings.max_frames, ready, clock, echo),
+        stopped_by = run_until_stopped(lambda: _run_loop(streams, predictors, settings.max_frames, ready, clock, echo),
                                        finish)
     rows = {f["stream"]: f for f in failed}
     for s in streams:

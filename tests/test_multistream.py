@@ -254,3 +254,19 @@ def test_reader_threads_prepare_frames(det: tuple[Path, Path]) -> None:
         assert not isinstance(dets, Exception) and stage_ms["preprocess"] >= it[4].ms
         assert stage_ms["decode"] == it[3] and stage_ms.keys() == {"decode", "preprocess", "inference",
                                                                    "postprocess"}
+
+
+def test_two_detection_calls_in_flight_on_cpu_onnx(det: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ONNX graph on the CPU provider with >= 2 physical cores runs LANES calls at once, each on
+    cores // LANES intra-op threads; one core, or PyTorch weights, keep one call at a time (the
+    equality tests above run with whichever this machine gets)."""
+    from det_toolkit.runtime import multistream as ms
+    from det_toolkit.runtime.run import RunSettings
+
+    monkeypatch.setattr(ms, "physical_cores", lambda: 4)
+    backend, lanes = ms._load_detector(RunSettings(weights=det[1], device="cpu"))
+    assert lanes == ms.LANES == 2 and backend._sess.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setattr(ms, "physical_cores", lambda: 1)
+    assert ms._load_detector(RunSettings(weights=det[1], device="cpu"))[1] == 1
+    monkeypatch.setattr(ms, "physical_cores", lambda: 4)
+    assert ms._load_detector(RunSettings(weights=det[0], device="cpu"))[1] == 1
