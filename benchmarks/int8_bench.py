@@ -1,7 +1,7 @@
 """INT8 vs FP32 detector graphs on street-video frames, interleaved in one run.
 
     python -m det_toolkit.benchmarks.int8_bench WEIGHTS [--imgsz 416] [--frames 100] [--calib-images 64]
-        [--scope auto] [--method minmax] [--profile]
+        [--scope auto] [--method auto] [--profile]
 
 Four ONNX Runtime CPU sessions of one checkpoint, opened with det-run's session options
 (:func:`det_toolkit.runtime.backends.onnx_backend.create_session`): the FP32 static graph, its INT8
@@ -94,7 +94,8 @@ def _profile_by_op(sess: object, x: np.ndarray, input_name: str, runs: int = 5) 
 @click.option("--calib-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="training images calibrating INT8 graphs exported here")
 @click.option("--scope", default="auto", show_default=True, help="INT8 scope of graphs exported here")
-@click.option("--method", default="minmax", show_default=True, help="INT8 calibration of graphs exported here")
+@click.option("--method", default="auto", show_default=True,
+              help="INT8 calibration of graphs exported here (as det-export --calib-method)")
 @click.option("--profile", is_flag=True, default=False, help="also print the INT8 static graph's time per op type")
 def main(weights: Path, imgsz: int, frames: int, warmup: int, video: Path, calib_images: int, scope: str,
          method: str, profile: bool) -> None:

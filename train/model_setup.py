@@ -74,7 +74,11 @@ def fit_model_anchors(core: Detector, samples: list[Sample], imgsz: int, seed: i
         say("anchors: no training boxes to fit them to; the default anchors are kept")
         return
     wh = np.concatenate([(s.boxes[:, 2:] - s.boxes[:, :2]) * (imgsz / max(s.width, s.height)) for s in boxed])
-    fit = fit_anchors(wh, gen, seed)
+    try:
+        fit = fit_anchors(wh, gen, seed)
+    except ValueError as e:  # fewer boxes than anchor shapes: nothing to fit
+        say(f"anchors: {e}; the default anchors are kept")
+        return
     say(f"anchors: mean best IoU over {len(wh)} training boxes {fit.iou_before:.4f} (default) -> "
         f"{fit.iou_after:.4f} (auto); sizes {fit.sizes[0]}{' per level' if len(fit.sizes[0]) > 1 else ''}, "
         f"ratios {fit.ratios[0]}")
