@@ -316,40 +316,35 @@ def run_bench(weights: list[Path], data: str, formats: list[str], imgsz: int | N
     return rows
 
 
-def fp16_note(extra: dict[str, Any]) -> str:
-    """The report note of an ``onnx-fp16`` row from its ``fp16_*`` extras (see :func:`run_bench`):
-    match rate against the FP32 graph with the criterion, the verdict against the 98% gate, and the
-    strict all-boxes figure when recorded."""
-    rate = extra["fp16_match_rate"]
-    note = f"FP16 vs FP32 boxes matched {rate:.1%}"
-    if extra.get("fp16_n_ref_boxes") is not None:
-        note += f" ({extra.get('fp16_n_matched')}/{extra['fp16_n_ref_boxes']}"
-        note += f" on {extra['fp16_n_images']} val images)" if extra.get("fp16_n_images") else ")"
-    if extra.get("fp16_criterion"):
-        from det_toolkit.export.fp16 import FP16_MIN_MATCH
-
-        note += f" [{extra['fp16_criterion']}], {'PASS' if rate >= FP16_MIN_MATCH else 'FAIL'}"
-        note += f" at {FP16_MIN_MATCH:.0%}"
-    if extra.get("fp16_strict_match_rate") is not None:
-        note += f"; all boxes at |score diff| <= 0.01: {extra['fp16_strict_match_rate']:.1%}"
+def parity_note(extra: dict[str, Any], key: str, gate: float, strict: str) -> str:
+    """The match-rate part of a reduced-precision row's note from its ``<key>_*`` extras (see
+    :func:`run_bench`): rate against the FP32 graph (matched/compared on N val images), the criterion
+    and the verdict against ``gate``, and the strict all-boxes figure (``strict`` names its criterion)."""
+    rate = extra[f"{key}_match_rate"]
+    note = f"{key.upper()} vs FP32 boxes matched {rate:.1%}"
+    if extra.get(f"{key}_n_ref_boxes") is not None:
+        note += f" ({extra.get(f'{key}_n_matched')}/{extra[f'{key}_n_ref_boxes']}"
+        note += f" on {extra[f'{key}_n_images']} val images)" if extra.get(f"{key}_n_images") else ")"
+    if extra.get(f"{key}_criterion"):
+        note += f" [{extra[f'{key}_criterion']}], {'PASS' if rate >= gate else 'FAIL'} at {gate:.0%}"
+    if extra.get(f"{key}_strict_match_rate") is not None:
+        note += f"; all boxes at {strict}: {extra[f'{key}_strict_match_rate']:.1%}"
     return note
 
 
+def fp16_note(extra: dict[str, Any]) -> str:
+    """The report note of an ``onnx-fp16`` row (:func:`parity_note` against the 98% FP16 gate)."""
+    from det_toolkit.export.fp16 import FP16_MIN_MATCH
+
+    return parity_note(extra, "fp16", FP16_MIN_MATCH, "|score diff| <= 0.01")
+
+
 def int8_note(extra: dict[str, Any]) -> str:
-    """The report note of an ``onnx-int8`` row from its ``int8_*`` extras (see :func:`run_bench`):
-    scope and calibration, match rate against the FP32 static graph with the criterion, the verdict
-    against det-export's INT8 gate, and the strict all-boxes figure when recorded."""
+    """The report note of an ``onnx-int8`` row (:func:`parity_note` against det-export's INT8 gate),
+    plus the scope and calibration."""
     from det_toolkit.export.int8 import INT8_MIN_MATCH
 
-    rate = extra["int8_match_rate"]
-    note = f"INT8 vs FP32 boxes matched {rate:.1%}"
-    if extra.get("int8_n_ref_boxes") is not None:
-        note += f" ({extra.get('int8_n_matched')}/{extra['int8_n_ref_boxes']}"
-        note += f" on {extra['int8_n_images']} val images)" if extra.get("int8_n_images") else ")"
-    if extra.get("int8_criterion"):
-        note += f" [{extra['int8_criterion']}], {'PASS' if rate >= INT8_MIN_MATCH else 'FAIL'} at {INT8_MIN_MATCH:.0%}"
-    if extra.get("int8_strict_match_rate") is not None:
-        note += f"; all boxes at IoU >= 0.9, |score diff| <= 0.01: {extra['int8_strict_match_rate']:.1%}"
+    note = parity_note(extra, "int8", INT8_MIN_MATCH, "IoU >= 0.9, |score diff| <= 0.01")
     if extra.get("int8_scope"):
         note += f"; scope {extra['int8_scope']}, {extra.get('int8_calib_images')} calibration images"
     return note
