@@ -6,11 +6,12 @@ exported three ways by ``export_onnx`` (what ``det-export`` writes): the dynamic
 the static batch-1 graph and the static batch-``--streams`` graph (``det-export --batch N``). The
 configurations, each with and without ``--save`` (annotated mp4), run interleaved ``--repeats``
 times in one benchmark run (median kept), so that a machine whose load changes affects them alike
-(each round also times the model alone, ``predict_batch`` on pre-decoded frames, per graph):
+(each round also measures each graph's CPU floor per frame, :func:`cpu_floor`, from which the
+ceiling of one process on this machine's cores is printed):
 
 - ``procs``: ``--streams`` det-run processes, each on one copy, with the dynamic or static batch-1 graph;
-- ``streams``: one det-run on all copies with the dynamic graph (one forward pass per frame inside
-  the batched call) or the static batch-N graph (one forward pass per step).
+- ``streams``: one det-run on all copies with the dynamic or static batch-1 graph (one forward pass
+  per frame inside the step's call) or the static batch-N graph (one forward pass per step).
 
 Aggregate FPS = all frames / wall-clock seconds from starting the process(es) to the last exit
 (model loading and warm-up included, as a user starting them sees it). CPU ms/frame = user + system
@@ -43,6 +44,7 @@ from pathlib import Path
 import click
 
 from det_toolkit.benchmarks.common import VTEST, read_frames
+from det_toolkit.runtime.backends.onnx_backend import physical_cores
 from det_toolkit.runtime.pipeline import WARMUP_FRAMES
 
 #: Aggregate FPS of one multi-stream det-run / that of the det-run processes (issue 15).
@@ -89,20 +91,37 @@ def export_graphs(ckpt: Path | None, streams: int) -> tuple[str, dict[str, Path]
     return what, graphs
 
 
-def model_only(graph: Path, streams: int, frames: int) -> tuple[float, float]:
-    """``Predictor.predict_batch`` on ``streams`` pre-decoded vtest frames per call (the step of one
-    multi-stream det-run without decode, tracking or writing): ``(wall ms, CPU ms)`` per frame after one
-    warm-up call."""
-    from det_toolkit.runtime.backends import load_backend
-    from det_toolkit.runtime.predictor import Predictor
+def cpu_floor(graph: Path, streams: int, frames: int) -> dict[str, float]:
+    """CPU ms per frame of the work every way of running the streams does, each part on one thread
+    as a multi-stream det-run runs it: decoding a vtest frame (one decoder thread, as each stream's
+    reader), letterboxing it (:meth:`Predictor.prepare`) and ``graph``'s forward pass with filtering
+    (:meth:`Predictor.predict_prepared` on ``streams`` frames per call, one intra-op thread, as each
+    detection call in flight), over the first ``min(frames, 100)`` frames after one warm-up call.
 
-    imgs = read_frames(VTEST, frames)
-    predictor = Predictor(load_backend(graph, "cpu"))
-    predictor.predict_batch(imgs[:streams])
-    c0, t0 = time.process_time(), time.perf_counter()
-    for i in range(0, len(imgs), streams):
-        predictor.predict_batch(imgs[i:i + streams])
-    return (time.perf_counter() - t0) * 1e3 / len(imgs), (time.process_time() - c0) * 1e3 / len(imgs)
+    Returns:
+        ``{"decode", "prepare", "model"}`` in CPU ms per frame.
+    """
+    from det_toolkit.runtime.backends.onnx_backend import CPU_EP, OnnxBackend
+    from det_toolkit.runtime.predictor import Predictor
+    from det_toolkit.runtime.video_sources import open_video
+
+    n = min(frames, 100)
+    src = open_video(VTEST, decode_threads=1)
+    it = iter(src)
+    next(it)
+    c0 = time.process_time()
+    imgs = [next(it)[2] for _ in range(n)]
+    decode = (time.process_time() - c0) * 1e3 / n
+    src.close()
+    predictor = Predictor(OnnxBackend(graph, [CPU_EP], threads=1))
+    c0 = time.process_time()
+    prepared = [predictor.prepare(img) for img in imgs]
+    prepare = (time.process_time() - c0) * 1e3 / n
+    predictor.predict_prepared(prepared[:streams])
+    c0 = time.process_time()
+    for i in range(0, n, streams):
+        predictor.predict_prepared(prepared[i:i + streams])
+    return {"decode": decode, "prepare": prepare, "model": (time.process_time() - c0) * 1e3 / n}
 
 
 def det_run(args: list[str]) -> subprocess.Popen:
@@ -151,26 +170,28 @@ def main(ckpt: Path | None, streams: int, frames: int, repeats: int, save_modes:
     if not VTEST.is_file():
         read_frames(VTEST, 1)  # raises with the hint
     what, graphs = export_graphs(ckpt, streams)
-    configs = [("procs", "dynamic"), ("procs", "static1"), ("streams", "dynamic"), ("streams", "staticN")]
+    configs = [("procs", "dynamic"), ("procs", "static1"), ("streams", "dynamic"), ("streams", "static1"),
+               ("streams", "staticN")]
     saves = {"both": [False, True], "no-save": [False], "save": [True]}[save_modes]
     runs: dict[tuple, list[dict]] = {(k, g, s): [] for s in saves for k, g in configs}
     load0 = os.getloadavg()[0]
-    model: dict[str, list[tuple[float, float]]] = {"dynamic": [], "staticN": []}
+    floor: dict[str, list[dict[str, float]]] = {g: [] for g in graphs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            for g in model:
-                model[g].append(model_only(graphs[g], streams, frames))
+            for g in floor:
+                floor[g].append(cpu_floor(graphs[g], streams, frames))
             for i, key in enumerate(runs):
                 out = Path(tmp) / f"{r}_{i}"
                 runs[key].append(run_config(key[0], graphs[key[1]], streams, frames, key[2], out))
     click.echo(f"{VTEST.name}: {streams} copies x {frames} frames, detector {what}; CPU, {os.cpu_count()} logical "
                f"CPUs, 1-min load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end; "
                f"{repeats} interleaved rounds (median)")
+    cores = physical_cores()
     label = {"dynamic": "dynamic graph", "static1": "static batch-1 graph", "staticN": f"static batch-{streams} graph"}
-    for g, rows in model.items():
-        click.echo(f"model only ({streams} pre-decoded frames per predict_batch call), {label[g]}: "
-                   f"{statistics.median(w for w, _ in rows):.1f} ms/frame wall, "
-                   f"{statistics.median(c for _, c in rows):.1f} ms/frame CPU")
+    med = {g: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for g, rows in floor.items()}
+    for g, m in med.items():
+        click.echo(f"CPU floor, one thread each, {label[g]}: decode {m['decode']:.2f} + letterbox {m['prepare']:.2f} "
+                   f"+ model {m['model']:.2f} ({streams} frames per call) = {sum(m.values()):.2f} ms/frame")
     click.echo(f"{'configuration':<66} {'save':>4} {'FPS':>7} {'CPU ms/frame':>12}  FPS per round")
     for save in saves:
         best: dict[tuple[str, str], float] = {}
@@ -188,6 +209,10 @@ def main(ckpt: Path | None, streams: int, frames: int, repeats: int, save_modes:
         click.echo(f"  {'with' if save else 'without'} --save: aggregate FPS, best one-process row / best processes "
                    f"row = {ratio:.2f}x (target >= {TARGET}x: {'PASS' if ratio >= TARGET else 'FAIL'}); CPU time per "
                    f"frame, best processes row / best one-process row = {cpu_ratio:.2f}x")
+        ceiling = cores * 1e3 / min(sum(m.values()) for m in med.values())
+        click.echo(f"  ceiling of one process on {cores} cores: {cores} x 1000 / the lowest CPU floor = {ceiling:.1f} "
+                   f"FPS = {ceiling / best[('procs', 'fps')]:.2f}x the best processes row (no start-up, hand-off, "
+                   f"tracking{'' if not save else ' or encoding'})")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
     (decode, letterbox)                  (collects steps; hands each detected step, in order,
                                           through each stream's tracker to its writer)
                                               | submit / result
-                                          detection threads (up to LANES steps in flight)
+                                          LANES detection threads (+ QUEUED_STEPS waiting)
 
 Each step takes the next frame of every stream that has one ready (files: the next frame, never
 dropped; live sources: the newest, as a single-source run keeps it) and detects them all in one
@@ -18,13 +18,14 @@ calling thread only their stacking into the batch. How much of that is a true ba
 graph's: a static batch-``N`` graph (``det-export --batch N``) runs ``N`` frames per forward pass,
 a partial step padded with blank images; the dynamic single-image graph (batch axis fixed at 1)
 runs them one forward pass each inside the call. SAHI (``--sahi``) and ``--rect`` detect frame by
-frame in the calling thread (SAHI batches the tiles of a frame). Every frame is letterboxed
+frame inside the step's call (SAHI batches the tiles of a frame). Every frame is letterboxed
 and filtered exactly as in a single-source run, so each stream's boxes, tracks and files are what
 ``det-run`` on that source alone writes. On ONNX Runtime's CPU provider with two or more physical
-cores, :data:`LANES` steps are in flight at once (each call on its share of the cores' intra-op
-threads, one session): while one step is detected, the calling thread tracks and hands on the one
-before and the next is already detecting; steps are handed on in the order they were collected, so
-each stream's frames reach its tracker and writer in order.
+cores, :data:`LANES` steps are detected at once (each call on its share of the cores' intra-op
+threads, one session) and :data:`QUEUED_STEPS` more wait for the next free call: while they are
+detected, the calling thread tracks and hands on the steps before; steps are handed on in the order
+they were collected, so each stream's frames reach its tracker and writer in order. Each video file
+decodes on one thread (:data:`DECODE_THREADS`): the streams' reader threads are the parallelism.
 
 A source that cannot be opened, fails while decoding, detecting, tracking or writing, or yields
 no decodable frame is reported (stderr and the run summary) and the others go on. Ctrl-C,
@@ -48,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -219,7 +221,7 @@ def _open_streams(specs: Sequence[str], settings: RunSettings, predictor: FrameP
     opened, failed = [], []
     for name, spec, tracker in zip(stream_names(specs), specs, trackers):
         try:
-            src = open_source(spec)
+            src = open_source(spec, decode_threads=DECODE_THREADS)
         except (FileNotFoundError, SourceError, OSError) as e:
             failed.append(_failed_row(name, spec, _describe(e), echo))
             continue
@@ -311,10 +313,18 @@ def _detect_step(predictor: FramePredictor, items: Sequence[tuple[int, str, np.n
     return out
 
 
+#: Decoder threads per video file, and OpenCV's threads (resize) while the streams run: the sources'
+#: reader threads are the parallelism; frame-threaded decoding and a split resize only added CPU time
+#: per frame (docs/runtime.md, "Many streams").
+DECODE_THREADS = 1
+
 #: Detection calls in flight at once on ONNX Runtime's CPU provider with at least this many physical
 #: cores, each on ``cores // LANES`` intra-op threads: while one call runs, the calling thread tracks
 #: and hands on the previous step's frames and the next call already runs (docs/runtime.md, "Many streams").
 LANES = 2
+#: Steps collected beyond the running calls (a frame of each stream per step), waiting for the next
+#: free detection thread (measured +2.5% aggregate FPS, docs/runtime.md "Many streams").
+QUEUED_STEPS = 1
 
 
 @dataclass
@@ -384,27 +394,44 @@ def _hand_on(step: _Step, clock: _Clock, echo: Echo) -> None:
 
 def _run_loop(streams: list[_Stream], predictors: Sequence[FramePredictor], max_frames: int | None,
               ready: threading.Event, clock: _Clock, echo: Echo) -> None:
-    """Step until every stream has ended: collect one frame per stream, detect them together (up to
-    ``len(predictors)`` steps in flight, one predictor each, round robin), then, in step order, track
-    each frame with its stream's tracker and hand it to its writer."""
+    """Step until every stream has ended: collect one frame per stream, detect them together on
+    ``len(predictors)`` detection threads (each call takes a free predictor), then, in step order,
+    track each frame with its stream's tracker and hand it to its writer.
+
+    Up to ``len(predictors)`` + :data:`QUEUED_STEPS` steps are in flight, so that a detection
+    thread that finishes takes the next step at once instead of waiting for this thread. While
+    fewer are in flight, the loop waits for whichever comes first, a frame or the oldest step's
+    result (both set ``ready``); with all in flight, it waits for the oldest step."""
     lanes = len(predictors)
+    depth = lanes + QUEUED_STEPS
+    free: queue.SimpleQueue[FramePredictor] = queue.SimpleQueue()
+    for p in predictors:
+        free.put(p)
+
+    def detect(items: list[tuple]) -> list[tuple[Detections | Exception, dict[str, float]]]:
+        predictor = free.get()  # never waits: as many predictors as detection threads
+        try:
+            return _detect_step(predictor, items)
+        finally:
+            free.put(predictor)
+
     pending: deque[_Step] = deque()
-    n_steps = 0
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="det-run-detect") as pool:
         while True:
+            ready.clear()  # before polling: a frame put or a step finished after this wakes the wait below
             active = [s for s in streams if s.status is None and not s.draining]
-            while len(pending) < lanes and active:
-                ready.clear()  # before polling: a frame put after this wakes the wait below
+            while len(pending) < depth and active:
                 frames, ends = _collect(active, max_frames, echo)
                 if not frames and not ends:
                     break
                 future = None
                 if frames:
-                    future = pool.submit(_detect_step, predictors[n_steps % lanes], [it for _, it in frames])
-                    n_steps += 1
+                    future = pool.submit(detect, [it for _, it in frames])
+                    future.add_done_callback(lambda _: ready.set())
                 pending.append(_Step(frames, ends, future))
                 active = [s for s in active if s.status is None and not s.draining]
-            if pending:
+            oldest = pending[0].future if pending else None
+            if pending and (len(pending) == depth or not active or oldest is None or oldest.done()):
                 _hand_on(pending.popleft(), clock, echo)
             elif active:
                 ready.wait(0.1)
@@ -461,6 +488,8 @@ def run_streams(specs: Sequence[str], settings: RunSettings, project: Path, name
     ready = threading.Event()
     clock = _Clock()
     with ExitStack() as stack:
+        stack.callback(cv2.setNumThreads, cv2.getNumThreads())
+        cv2.setNumThreads(DECODE_THREADS)
         opened, failed = _open_streams(specs, settings, predictor, echo, stack)
         if not opened:
             raise SourceError("no source could be opened: " + "; ".join(f"{f['source']}: {f['reason']}"

@@ -95,10 +95,11 @@ def open_pipe(stream: BinaryIO, fps: float = 30.0) -> PipeSource:
                       "JPEG or PNG files, e.g. `ffmpeg -i IN -f image2pipe -c:v mjpeg - | det-run - ...`)")
 
 
-def open_source(spec: str | Path) -> Source:
+def open_source(spec: str | Path, decode_threads: int | None = None) -> Source:
     """Open ``spec``: an image file, a folder of images, a glob pattern, a ``.txt`` list of image
     paths, a video file, a camera index (``0``), a stream URL (``rtsp://``, ``http(s)://``, ...),
     or ``-`` for concatenated JPEG/PNG images on stdin (:func:`split_images`).
+    ``decode_threads``: a video file's decoder threads (:func:`open_video`); ignored otherwise.
 
     Folder and glob images are sorted by path; non-image files in a folder are ignored.
 
@@ -138,4 +139,4 @@ def open_source(spec: str | Path) -> Source:
         if not files:
             raise SourceError(f"image list {p} is empty")
         return ImageSource(SourceInfo(stem=p.stem, is_video=False, frames=len(files)), files)
-    return open_video(p)
+    return open_video(p, decode_threads)

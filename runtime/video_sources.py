@@ -110,14 +110,26 @@ class StreamSource(Source):
         self._cap.release()
 
 
-def open_video(path: Path) -> VideoSource:
+def open_video(path: Path, decode_threads: int | None = None) -> VideoSource:
     """Open the video file ``path`` with ``cv2.VideoCapture``; its :class:`SourceInfo` carries the
     container's frame count (may be approximate), frame rate and frame size.
+
+    Args:
+        path: the video file.
+        decode_threads: threads the decoder may use (``CAP_PROP_N_THREADS``; FFmpeg's default,
+            ``None``, is one per core). ``1`` when many sources decode at once, one thread each
+            (``det-run SRC1 SRC2 ...``): the sources are the parallelism, and a frame-threaded
+            decoder then only adds hand-offs (docs/runtime.md, "Many streams"). A backend that
+            refuses the setting opens the file with its default instead.
 
     Raises:
         SourceError: OpenCV cannot open it as a video (unsupported or corrupt file).
     """
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture()
+    if decode_threads is not None:
+        cap.open(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, decode_threads])
+    if not cap.isOpened():
+        cap.open(str(path))
     if not cap.isOpened():
         raise SourceError(f"cannot open {path} as a video (unsupported or corrupt file)")
     info = SourceInfo(stem=path.stem, is_video=True,

@@ -4,6 +4,7 @@ mid-way is reported while the others finish, SIGTERM finishes every stream's out
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -270,3 +271,47 @@ def test_two_detection_calls_in_flight_on_cpu_onnx(det: tuple[Path, Path], monke
     assert ms._load_detector(RunSettings(weights=det[1], device="cpu"))[1] == 1
     monkeypatch.setattr(ms, "physical_cores", lambda: 4)
     assert ms._load_detector(RunSettings(weights=det[0], device="cpu"))[1] == 1
+
+
+def test_one_decoder_thread_per_stream_decodes_the_same_frames(det: tuple[Path, Path], data: Path,
+                                                               tmp_path: Path) -> None:
+    """Streams decode with one FFmpeg thread each (DECODE_THREADS): the same frames as the default
+    decoder on vtest itself (MPEG-4 part 2); a run sets OpenCV's threads to DECODE_THREADS and gives
+    the process its own setting back."""
+    from det_toolkit.runtime import multistream as ms
+    from det_toolkit.runtime.run import RunSettings
+    from det_toolkit.runtime.video_sources import open_video
+
+    one, default = open_video(VIDEO, decode_threads=ms.DECODE_THREADS), open_video(VIDEO)
+    try:
+        pairs = list(itertools.islice(zip(one, default), 60))
+    finally:
+        one.close()
+        default.close()
+    assert len(pairs) == 60 and all(a[0] == b[0] and np.array_equal(a[2], b[2]) for a, b in pairs)
+    seen: list[int] = []
+    real_collect = ms._collect
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(ms, "_collect", lambda *a: (seen.append(cv2.getNumThreads()), real_collect(*a))[1])
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        summary = ms.run_streams([str(data / "walk_a.avi"), str(data / "walk_b.avi")],
+                                 RunSettings(weights=det[1], device="cpu", save=False), tmp_path, "s",
+                                 echo=lambda *a, **k: None, progress=False)
+        assert cv2.getNumThreads() == 2
+    finally:
+        monkey.undo()
+        cv2.setNumThreads(before)
+    assert summary["frames"] == 2 * CLIP_FRAMES and seen and set(seen) == {ms.DECODE_THREADS}
+
+
+def test_benchmark_cpu_floor_times_decode_letterbox_and_model(det: tuple[Path, Path]) -> None:
+    """multistream_bench's CPU floor: per-frame CPU ms of decoding, letterboxing and the graph on
+    one thread each, from which it prints one process's ceiling."""
+    from det_toolkit.benchmarks.multistream_bench import cpu_floor
+
+    floor = cpu_floor(det[1], streams=2, frames=6)
+    assert set(floor) == {"decode", "prepare", "model"}
+    assert all(0 < v < 10_000 for v in floor.values()), floor
+    assert floor["model"] > floor["decode"]  # a forward pass costs more than decoding a frame
