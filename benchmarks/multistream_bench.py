@@ -212,7 +212,8 @@ def main(ckpt: Path | None, streams: int, frames: int, repeats: int, save_modes:
         ceiling = cores * 1e3 / min(sum(m.values()) for m in med.values())
         click.echo(f"  ceiling of one process on {cores} cores: {cores} x 1000 / the lowest CPU floor = {ceiling:.1f} "
                    f"FPS = {ceiling / best[('procs', 'fps')]:.2f}x the best processes row (no start-up, hand-off, "
-                   f"tracking{'' if not save else ' or encoding'})")
+                   f"tracking{'' if not save else ' or encoding'}; the rows include start-up, so compare on long "
+                   f"runs, e.g. --frames 795)")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
-from deep_sort_realtime.deepsort_tracker import DeepSort
 
 from det_toolkit.configs import config_path
 from det_toolkit.runtime.boxes import box_iou
@@ -289,6 +288,8 @@ class DeepSortTracker:
                              f"config says {format_hw(config.crop_hw)}")
         self.embedder = embedder
         self.config = config
+        from deep_sort_realtime.deepsort_tracker import DeepSort  # with SciPy ~0.3 s: only when tracking
+
         self._ds = DeepSort(max_iou_distance=config.max_iou_distance, max_age=config.max_age,
                             n_init=config.n_init, max_cosine_distance=config.max_cosine_distance,
                             nn_budget=config.nn_budget, embedder=None)

@@ -5,6 +5,8 @@ the INT8 embedder calibrated on real person crops (with a broken calibration tha
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +214,12 @@ def test_int8_embedder_on_real_person_crops(embedders: Path, tmp_path: Path) -> 
     with pytest.raises(ParityError, match="was not written"):
         export_embedder_int8(fp32, tmp_path / "broken.onnx", blank, [held], echo=print)
     assert not (tmp_path / "broken.onnx").exists()
+
+
+def test_det_run_imports_deep_sort_and_scipy_only_to_track() -> None:
+    """``deep_sort_realtime`` (and SciPy through it, ~0.26 s of det-run's start-up) is imported when
+    a Deep SORT tracker is built, not by ``det-run`` itself (docs/runtime.md, start-up)."""
+    code = ("import sys; import det_toolkit.runtime.cli, det_toolkit.runtime.multistream, det_toolkit.runtime.api; "
+            "print(sorted({m.partition('.')[0] for m in sys.modules} & {'deep_sort_realtime', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
