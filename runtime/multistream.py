@@ -323,7 +323,8 @@ DECODE_THREADS = 1
 #: and hands on the previous step's frames and the next call already runs (docs/runtime.md, "Many streams").
 LANES = 2
 #: Steps collected beyond the running calls (a frame of each stream per step), waiting for the next
-#: free detection thread (measured +2.5% aggregate FPS, docs/runtime.md "Many streams").
+#: free detection thread, when no source is live (measured +2.5% aggregate FPS on files,
+#: docs/runtime.md "Many streams").
 QUEUED_STEPS = 1
 
 
@@ -392,6 +393,12 @@ def _hand_on(step: _Step, clock: _Clock, echo: Echo) -> None:
         _end(s, status, reason, echo)
 
 
+def _depth(streams: Sequence[_Stream], lanes: int) -> int:
+    """Steps :func:`_run_loop` keeps in flight: ``lanes`` running, plus :data:`QUEUED_STEPS` unless a
+    stream is live."""
+    return lanes + (0 if any(s.reader.live for s in streams) else QUEUED_STEPS)
+
+
 def _run_loop(streams: list[_Stream], predictors: Sequence[FramePredictor], max_frames: int | None,
               ready: threading.Event, clock: _Clock, echo: Echo) -> None:
     """Step until every stream has ended: collect one frame per stream, detect them together on
@@ -399,11 +406,13 @@ def _run_loop(streams: list[_Stream], predictors: Sequence[FramePredictor], max_
     track each frame with its stream's tracker and hand it to its writer.
 
     Up to ``len(predictors)`` + :data:`QUEUED_STEPS` steps are in flight, so that a detection
-    thread that finishes takes the next step at once instead of waiting for this thread. While
+    thread that finishes takes the next step at once instead of waiting for this thread; with a
+    live source among the streams none is queued (a queued live frame would wait while a newer one
+    arrives: latency, not throughput, counts there). While
     fewer are in flight, the loop waits for whichever comes first, a frame or the oldest step's
     result (both set ``ready``); with all in flight, it waits for the oldest step."""
     lanes = len(predictors)
-    depth = lanes + QUEUED_STEPS
+    depth = _depth(streams, lanes)
     free: queue.SimpleQueue[FramePredictor] = queue.SimpleQueue()
     for p in predictors:
         free.put(p)

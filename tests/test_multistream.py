@@ -315,3 +315,17 @@ def test_benchmark_cpu_floor_times_decode_letterbox_and_model(det: tuple[Path, P
     assert set(floor) == {"decode", "prepare", "model"}
     assert all(0 < v < 10_000 for v in floor.values()), floor
     assert floor["model"] > floor["decode"]  # a forward pass costs more than decoding a frame
+
+
+def test_a_step_is_queued_only_when_no_source_is_live() -> None:
+    """Files: the running calls plus QUEUED_STEPS; any live source: the running calls alone (a
+    queued live frame would only grow old)."""
+    from types import SimpleNamespace
+
+    from det_toolkit.runtime import multistream as ms
+
+    def stream(live: bool) -> SimpleNamespace:
+        return SimpleNamespace(reader=SimpleNamespace(live=live))
+
+    assert ms._depth([stream(False), stream(False)], 2) == 2 + ms.QUEUED_STEPS > 2  # type: ignore[arg-type]
+    assert ms._depth([stream(False), stream(True)], 2) == 2  # type: ignore[arg-type]
