@@ -58,7 +58,7 @@ PEOPLE_RUN_FLAGS ?= --imgsz 768 --rect
 demo: setup
 	rm -rf $(PEOPLE_DATA)
 	$(BIN)/det-convert $(PENNFUDAN) --to coco --images symlink --out $(PEOPLE_DATA)
-	$(BIN)/det-train --data $(PEOPLE_DATA)/data.yaml $(if $(EPOCHS),--epochs $(EPOCHS)) --workers 0 --project runs/train --name $(PEOPLE_RUN)
+	$(BIN)/det-train --data $(PEOPLE_DATA)/data.yaml $(if $(EPOCHS),--epochs $(EPOCHS)) --project runs/train --name $(PEOPLE_RUN)
 	$(BIN)/det-export runs/train/$(PEOPLE_RUN)/weights/best.pt
 	$(BIN)/det-eval --weights runs/train/$(PEOPLE_RUN)/weights/best.onnx --data $(PEOPLE_DATA)/data.yaml --split val --project runs/eval --name $(PEOPLE_RUN)
 	$(BIN)/det-run $(VIDEO) --weights runs/train/$(PEOPLE_RUN)/weights/best.onnx --track $(PEOPLE_RUN_FLAGS) --project runs/run --name $(PEOPLE_RUN)-video
@@ -68,7 +68,7 @@ demo: setup
 # The raccoon VOC example (the first demo): 12 epochs unless EPOCHS is given.
 RACCOON_RUN := raccoon-$(NAME)
 demo-raccoon: setup
-	$(BIN)/det-train --data configs/raccoon.yaml --epochs $(or $(EPOCHS),12) --workers 0 --project runs/train --name $(RACCOON_RUN)
+	$(BIN)/det-train --data configs/raccoon.yaml --epochs $(or $(EPOCHS),12) --project runs/train --name $(RACCOON_RUN)
 	$(BIN)/det-export runs/train/$(RACCOON_RUN)/weights/best.pt
 	$(BIN)/det-eval --weights runs/train/$(RACCOON_RUN)/weights/best.onnx --data configs/raccoon.yaml --project runs/eval --name $(RACCOON_RUN)
 	sed 's|^|$(abspath $(RACCOON))/images/|; s|$$|.jpg|' $(RACCOON)/val.txt > runs/train/$(RACCOON_RUN)/val_images.txt
@@ -83,7 +83,7 @@ PEOPLE ?= /tmp/people
 people-demo-hog: setup
 	rm -rf $(PEOPLE)/data $(PEOPLE)/runs/people $(PEOPLE)/eval/people $(PEOPLE)/run/unseen
 	$(BIN)/det-label $(VIDEO) --teacher hog --hog-upscale 1.5 --end 500 --every 4 --format voc --out $(PEOPLE)/data
-	$(BIN)/det-train --data $(PEOPLE)/data/data.yaml --imgsz 448 --epochs 16 --workers 0 --anchors auto --aug-set scale=0.75:1.0 --rpn-post-nms-train 300 --roi-batch 64 --project $(PEOPLE)/runs --name people
+	$(BIN)/det-train --data $(PEOPLE)/data/data.yaml --imgsz 448 --epochs 16 --anchors auto --aug-set scale=0.75:1.0 --rpn-post-nms-train 300 --roi-batch 64 --project $(PEOPLE)/runs --name people
 	$(BIN)/det-export $(PEOPLE)/runs/people/weights/best.pt
 	$(BIN)/det-eval --weights $(PEOPLE)/runs/people/weights/best.onnx --data $(PEOPLE)/data/data.yaml --split val --project $(PEOPLE)/eval --name people
 	$(BIN)/python -m det_toolkit.benchmarks.people_demo clip $(VIDEO) $(PEOPLE)/unseen.avi --start 500

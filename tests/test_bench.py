@@ -140,3 +140,23 @@ def test_cli_writes_the_report_to_an_incremented_run_folder(ckpt: Path, data: Pa
     (row,) = saved["rows"]
     assert row["format"] == "torch" and row["status"] == "ok" and row["video_fps"] is None and row["map"] is not None
     assert saved["command"].startswith("det-bench") and not any((tmp_path / "runs" / "bench" / "b").iterdir())
+
+
+def test_train_workers_prints_each_setting_interleaved(tmp_path: Path) -> None:
+    """The DataLoader-workers benchmark runs det-train per setting and round and tables the figures."""
+    from click.testing import CliRunner
+
+    from det_toolkit.benchmarks.train_workers import main as workers_main
+    from tests.conftest import make_synthetic
+
+    data = make_synthetic(tmp_path / "syn", n_train=4, n_val=2, size=64)
+    res = CliRunner().invoke(workers_main, ["--data", str(data), "--workers", "0,1", "--rounds", "2",
+                                            "--epochs", "2", "--imgsz", "64"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    runs = [ln for ln in lines if ln.startswith("round ")]
+    assert [ln.split(":")[0] for ln in runs] == ["round 1 workers 0", "round 1 workers 1",
+                                                "round 2 workers 1", "round 2 workers 0"]
+    assert all(len(ln.split(":")[1].split(",")) == 2 for ln in runs)  # one img/s per epoch
+    rows = [ln for ln in lines if ln.startswith("| 0 |") or ln.startswith("| 1 |")]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 and float(r.split("|")[3]) > 0 for r in rows)

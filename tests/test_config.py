@@ -18,7 +18,7 @@ import yaml
 
 from det_toolkit.runtime.config_utils import ConfigError, coerce, from_dict, load_yaml_mapping
 from det_toolkit.runtime.tracking import DEFAULT_TRACKER_CONFIG, TrackerConfig
-from det_toolkit.train.config import DataConfig, TrainConfig, load_data_config, load_train_config
+from det_toolkit.train.config import DataConfig, TrainConfig, default_workers, load_data_config, load_train_config
 from tests.conftest import make_synthetic
 
 
@@ -296,3 +296,11 @@ def test_det_run_bad_tracker_yaml_fails_cleanly(corpus: Path, tracker: str, mess
     proc = _cli("det-run", "synth/images", "--weights", "w.onnx", "--track", "--tracker", tracker,
                 "--project", "runs", cwd=corpus)
     _assert_clean_failure(proc, message, corpus)
+
+
+def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers() == 0 and TrainConfig().workers == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert default_workers() == 2 and TrainConfig().workers == 2
+    assert TrainConfig(workers=3).workers == 3  # a given value always wins

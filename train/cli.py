@@ -26,7 +26,7 @@ HELP: dict[str, str] = {
     "epochs": "number of epochs; 0: chosen from the training set size (~800 optimizer steps, 12-100 epochs), "
               "printed first",
     "batch": "images per SGD step",
-    "workers": "DataLoader worker processes",
+    "workers": "DataLoader worker processes [default: 0 on a machine with 2 CPUs or fewer, else 2]",
     "optimizer": "sgd or adamw",
     "lr": "peak learning rate",
     "momentum": "SGD momentum",

@@ -203,6 +203,18 @@ def load_data_config(path: str | Path) -> DataConfig:
     return from_dict(DataConfig, d, str(path))
 
 
+def default_workers() -> int:
+    """DataLoader worker processes when none are given: 0 (augment in the training process) on a
+    machine that gives this process 2 CPUs or fewer, else 2.
+
+    Worker processes are forked again every epoch (the shuffle is re-seeded per epoch so that
+    ``--resume`` is exact) and, on 2 CPUs, compete with the training threads for both cores; the
+    measurement is in ``docs/performance.md`` (training, DataLoader workers).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else 2
+
+
 #: :class:`TrainConfig` keys whose value ``0`` means "chosen from the training data when the run starts"
 AUTO_KEYS = ("epochs", "imgsz")
 
@@ -237,7 +249,7 @@ class TrainConfig:
     imgsz: int = 0
     epochs: int = 0
     batch: int = 4
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
