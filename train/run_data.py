@@ -43,7 +43,10 @@ class RunData:
         train_samples / val_samples: every sample of each split.
         names / category_ids: class names and their dataset category ids.
         train_loader: shuffled training batches (a :class:`DistributedSampler` shard with ``world > 1``).
-        val_loader: this rank's val images (every ``world``-th one), unshuffled.
+        val_loader: this rank's val images (every ``world``-th one), unshuffled, one per batch: each
+            is padded only to the model's stride, as ``det-eval --rect`` and det-run's dynamic
+            graphs see it. In a batch, torchvision pads every image to the batch's largest, which
+            changes the detections and so the val mAP that picks ``best.pt``.
         sampler: the distributed sampler, or ``None`` in a single process.
         generator: the training shuffle's RNG, re-seeded from ``(seed, epoch)`` every epoch.
     """
@@ -263,7 +266,7 @@ def make_loaders(cfg: TrainConfig, dcfg: DataConfig, data: dict[str, Any], say: 
     train_loader = DataLoader(train_ds, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
                               collate_fn=collate, num_workers=cfg.workers, generator=g,
                               drop_last=len(train_ds) > cfg.batch * world)
-    val_loader = DataLoader(Subset(val_ds, val_part), batch_size=cfg.batch, shuffle=False, collate_fn=collate,
-                            num_workers=0)
+    val_loader = DataLoader(Subset(val_ds, val_part), batch_size=1, shuffle=False, collate_fn=collate,
+                            num_workers=0)  # one image per call: padded as det-eval/det-run pad it (RunData)
     return RunData(dcfg, train_samples, val_samples, data["names"], data["category_ids"], train_loader,
                    val_loader, sampler, g)
