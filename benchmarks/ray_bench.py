@@ -23,7 +23,6 @@ frames per second of its own work. Without ``--weights``, a random-head detector
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -33,6 +32,7 @@ import click
 
 from det_toolkit.benchmarks.common import VTEST
 from det_toolkit.runtime.backends import load_backend
+from det_toolkit.runtime.device import usable_cpus
 from det_toolkit.runtime.ray_run import loopback_only, run_on_ray
 from det_toolkit.runtime.run import RunSettings, run_source
 from det_toolkit.runtime.sources import open_source
@@ -80,7 +80,7 @@ def main(weights: Path | None, frames: int | None, copies: int, worker_counts: s
         weights = cached_detector(256, 8)[1]
     import ray
 
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
     settings = RunSettings(weights, device="cpu", save=save, max_frames=frames)
     tmp = Path(tempfile.mkdtemp(prefix="ray_bench_"))
     try:

@@ -7,9 +7,17 @@ options, so a bad value is a usage error naming the flag.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N (N = GPU index, 0-based)"
+
+
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on: its affinity mask (a container's or ``taskset``'s
+    limit), else ``os.cpu_count()``, at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_device(spec: str) -> tuple[str, int | None]:

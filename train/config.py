@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from det_toolkit.runtime.config_utils import ConfigError, FieldError, from_dict, load_yaml_mapping, nearest, suggest
-from det_toolkit.runtime.device import format_device, parse_device
+from det_toolkit.runtime.device import format_device, parse_device, usable_cpus
 from det_toolkit.runtime.preprocess import MAX_IMGSZ
 
 __all__ = ["ConfigError", "DataConfig", "TrainConfig", "from_dict", "load_data_config", "load_train_config",
@@ -211,8 +211,7 @@ def default_workers() -> int:
     ``--resume`` is exact) and, on 2 CPUs, compete with the training threads for both cores; the
     measurement is in ``docs/performance.md`` (training, DataLoader workers).
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cpus <= 2 else 2
+    return 0 if usable_cpus() <= 2 else 2
 
 
 #: :class:`TrainConfig` keys whose value ``0`` means "chosen from the training data when the run starts"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import onnxruntime as ort
 from det_toolkit.runtime.backends.base import Backend, BackendError, RawDetections
 from det_toolkit.runtime.backends.outputs import run_chunks
 from det_toolkit.runtime.deps import cuda_provider_problem
-from det_toolkit.runtime.device import parse_device
+from det_toolkit.runtime.device import parse_device, usable_cpus
 from det_toolkit.runtime.meta import META_KEY, MetadataError, ModelMeta
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ def physical_cores() -> int:
 
     Falls back to the logical CPU count where ``/proc/cpuinfo`` is unavailable.
     """
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = usable_cpus()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
