@@ -2,7 +2,8 @@
 
 Needs torch (it builds and exports models); the runtime under test does not. The detector is a
 Faster R-CNN head on the ImageNet MobileNetV2 backbone with a random head (``torch.manual_seed``),
-so its boxes are arbitrary but reproducible.
+so its boxes are arbitrary but reproducible. It keeps the former default layout (``pyramid="c5"``:
+two stride-32 maps, small and fast, pooled by the separable/folded RoI pooling the export tests check).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def make_detector(out: Path, imgsz: int = 256, max_det: int = 8, seed: int = 0,
 
     torch.manual_seed(seed)
     det = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", box_score_thresh=0.0,
-                      box_detections_per_img=max_det)
+                      box_detections_per_img=max_det, pyramid="c5")
     save_atomic(make_checkpoint(det, ["person"], imgsz), out / "det.pt")
     if parity_image is None:
         parity_image = np.random.default_rng(seed).integers(0, 255, (imgsz, imgsz, 3), np.uint8)

@@ -40,7 +40,7 @@ def fold_is_cheaper(sizes: list[tuple[int, int]], channels: int, rep: int, rois:
     Folded: ``oh*ow*rep*sum(H_l*W_l) * (rois + channels)`` (``G`` per image, then one row of
     ``[R, sum(H*W)*oh*ow] @ [.., rep]`` per RoI). Unfolded: per RoI, the two pooling products
     ``oh*C*W*(H + ow)`` per level plus ``C*oh*ow*rep``. E.g. mini-darknet at 320 px (one 10x10 map,
-    C 256, rep 128, 300 RoIs): 349M against 571M; the MobileNetV2 FPN at 416 px (26x26 + 13x13,
+    C 256, rep 128, 300 RoIs): 349M against 571M; a two-level FPN at 416 px (26x26 + 13x13,
     rep 1024): 23.6G against 3.9G.
 
     Args:

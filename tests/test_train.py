@@ -444,7 +444,7 @@ def test_cbam_keeps_features_and_round_trips_through_checkpoint_and_onnx(tmp_pat
     model = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights="auto", attention="cbam",
                         box_score_thresh=0.0)
     assert isinstance(model.model.backbone, CBAMBackbone)
-    assert list(model.model.backbone.cbam) == ["0", "1", "pool"]
+    assert list(model.model.backbone.cbam) == ["0", "1", "2", "pool"]
     model.train()
     losses = model([torch.rand(3, 128, 128)], [{"boxes": torch.tensor([[8.0, 8.0, 90.0, 100.0]]),
                                                  "labels": torch.tensor([0])}])
@@ -520,3 +520,28 @@ def test_training_val_map_is_what_det_eval_measures_on_real_photos(tmp_path: Pat
     out = evaluate_weights(tmp_path / "runs" / "r" / "weights" / "last.pt", data, rect=True, device="cpu")
     assert out.result.n_images == 40 and trained > 0.01  # a model that finds raccoons, not an empty pass
     assert out.result.stats["mAP"] == pytest.approx(trained, abs=1e-4)
+
+
+def test_default_model_pyramid_reaches_stride_8_and_former_checkpoints_still_load(tmp_path: Path) -> None:
+    def strides(det: torch.nn.Module) -> dict[str, int]:
+        feats = det.model.backbone(torch.zeros(1, 3, 256, 320))
+        return {k: 320 // v.shape[-1] for k, v in feats.items()}
+
+    torch.manual_seed(0)
+    new = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights=None)
+    assert new.build_args["pyramid"] == "c3-c5"  # builder defaults are recorded in checkpoints
+    assert strides(new) == {"0": 8, "1": 16, "2": 32, "pool": 64}
+    old = build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights=None, pyramid="c5",
+                      box_score_thresh=0.0).eval()
+    assert strides(old) == {"0": 32, "1": 32, "pool": 64}  # torchvision's mobilenet_backbone taps
+    ck = make_checkpoint(old, ["person"], 256)
+    del ck["model_args"]["pyramid"]  # as written before the builder recorded its defaults
+    rebuilt = model_from_checkpoint(save_atomic(ck, tmp_path / "old.pt"))
+    assert rebuilt.build_args["pyramid"] == "c5"
+    x = [torch.rand(3, 256, 320)]
+    with torch.no_grad():
+        want = old(x)[0]["boxes"]
+        assert len(want) > 0
+        torch.testing.assert_close(rebuilt(x)[0]["boxes"], want)
+    with pytest.raises(ValueError, match="pyramid must be one of"):
+        build_model("fasterrcnn_mobilenet_v2_fpn", 1, weights=None, pyramid="c4")

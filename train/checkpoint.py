@@ -118,12 +118,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+#: Builder defaults that changed: a checkpoint whose ``model_args`` do not record the argument (one
+#: written before det-toolkit recorded every builder default) was built with the value given here.
+FORMER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fasterrcnn_mobilenet_v2_fpn": {"pyramid": "c5"},  # "c3-c5" since 2026-12-04 (docs/training.md)
+}
+
+
+def checkpoint_model_args(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The builder kwargs that rebuild ``ckpt``'s model: its ``model_args`` over :data:`FORMER_DEFAULTS`."""
+    return {**FORMER_DEFAULTS.get(ckpt["model"], {}), **ckpt.get("model_args", {})}
+
+
 def model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> Detector:
     """Rebuild the model of a checkpoint (no pretrained download) and load its weights, eval mode."""
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    model = build_model(ckpt["model"], len(ckpt["class_names"]), weights=None,
-                        **ckpt.get("model_args", {}))
+    model = build_model(ckpt["model"], len(ckpt["class_names"]), weights=None, **checkpoint_model_args(ckpt))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -13,6 +13,7 @@ import torch
 
 from det_toolkit.train import distributed as ddp
 from det_toolkit.train.anchors import fit_anchors, set_anchors
+from det_toolkit.train.checkpoint import checkpoint_model_args
 from det_toolkit.train.config import TrainConfig
 from det_toolkit.train.data.samples import Sample
 from det_toolkit.train.engine import warmup_cosine, warmup_step
@@ -37,7 +38,7 @@ def build_core(cfg: TrainConfig, ckpt: dict[str, Any] | None, run: RunData, devi
     """
     names = run.names
     if ckpt:  # rebuild exactly what was trained (structure and anchors from the checkpoint)
-        core = build_model(cfg.model, len(names), weights=None, **ckpt["model_args"])
+        core = build_model(cfg.model, len(names), weights=None, **checkpoint_model_args(ckpt))
         core.load_state_dict(ckpt.get("train_state_dict", ckpt["state_dict"]))
     else:
         core = build_model(cfg.model, len(names), weights=cfg.weights_init, **cfg.model_kwargs())

@@ -106,7 +106,7 @@ TARGET_STEPS = 800
 MIN_EPOCHS, MAX_EPOCHS = 12, 100
 #: Automatic input size: the smallest ``SMALL_BOX_QUANTILE`` of the training boxes should reach a
 #: side ``sqrt(w h)`` of ``MIN_BOX_PX`` pixels at the input size: the smallest RPN anchor of the
-#: Faster R-CNN models (32 px), two cells of the default MobileNetV2-FPN's finest (stride 16) map.
+#: Faster R-CNN models (32 px), four cells of the default MobileNetV2-FPN's finest (stride 8) map.
 MIN_BOX_PX, SMALL_BOX_QUANTILE = 32.0, 0.10
 #: Automatic input size bounds: the long-standing default 416 as the floor (never smaller), at most
 #: twice it (4x the compute), and never above the training images' median longest side.

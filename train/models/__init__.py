@@ -8,6 +8,7 @@ returning a torchvision-style detector for ``num_classes + 1`` classes (backgrou
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,12 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def builder_defaults(builder: Callable[..., nn.Module]) -> dict[str, Any]:
+    """The keyword defaults of a builder's signature (``num_classes`` and ``weights`` excepted)."""
+    return {k: p.default for k, p in inspect.signature(builder).parameters.items()
+            if k not in ("num_classes", "weights") and p.default is not inspect.Parameter.empty}
+
+
 def build_model(name: str, num_classes: int, weights: str | None = "auto",
                 **kwargs: Any) -> Detector:
     """Build model ``name`` for ``num_classes`` object classes, wrapped in :class:`Detector`.
@@ -84,7 +91,10 @@ def build_model(name: str, num_classes: int, weights: str | None = "auto",
     check_model_name(name)
     anchors = {k: kwargs.pop(k) for k in ("anchor_sizes", "anchor_ratios") if k in kwargs}
     attention = kwargs.pop("attention", None)
-    model = MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
+    builder = MODELS[name]
+    model = builder(num_classes=num_classes, weights=weights, **kwargs)
+    # the builder's own defaults too, so that a checkpoint rebuilds what was built after a default changes
+    kwargs = {**builder_defaults(builder), **kwargs}
     if anchors:  # fitted by --anchors auto and recorded in the checkpoint
         from det_toolkit.train.anchors import set_anchors
 

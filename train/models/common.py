@@ -11,6 +11,7 @@ convention); :class:`Detector` hides two torchvision details from the rest of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -82,6 +83,41 @@ class Detector(nn.Module):
         if self.training:
             return out
         return [{**o, "labels": o["labels"] - 1} for o in out]
+
+
+def mobilenet_v2_fpn(frozen_bn: bool, trainable_layers: int, out_channels: int,
+                     extra_blocks: Callable[[], nn.Module]) -> nn.Module:
+    """torchvision MobileNetV2 ``features`` -> FPN on its stride-8, 16 and 32 outputs (C3-C5).
+
+    Taps ``features[6]`` (32 ch, stride 8), ``features[13]`` (96 ch, stride 16) and ``features[18]``
+    (1280 ch, stride 32): the last block at each stride, as Lin et al. 2017 take C3-C5 from ResNet.
+    (torchvision's ``mobilenet_backbone(fpn=True)`` taps ``features[14]`` and ``features[18]``, both
+    at stride 32.) When ``frozen_bn`` only the last ``trainable_layers`` of the 6 stages (blocks 0-1,
+    2-3, 4-6, 7-13, 14-17, 18, as torchvision's ``mobilenet_backbone`` counts them) train.
+
+    Args:
+        out_channels: width of every FPN level.
+        extra_blocks: makes the FPN's extra levels, called after the backbone is built (the order
+            of random initialisation): torchvision's ``LastLevelMaxPool`` (Faster R-CNN: a stride-64
+            ``"pool"`` map) or a ``LastLevelP6P7`` (TOOD: P6, P7).
+
+    Returns:
+        ``BackboneWithFPN``: ``float32 [N, 3, H, W]`` -> ordered dict ``"0"`` (stride 8), ``"1"`` (16),
+        ``"2"`` (32), then the ``extra_blocks`` maps, each ``[N, out_channels, h, w]``.
+    """
+    from torchvision.models import mobilenet_v2
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    features = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d).features
+    if frozen_bn:
+        stage_starts = [0, 2, 4, 7, 14, 18]
+        n = max(0, min(6, trainable_layers))
+        first = stage_starts[len(stage_starts) - n] if n else len(features)
+        for i, block in enumerate(features):
+            block.requires_grad_(i >= first)
+    return BackboneWithFPN(features, {"6": "0", "13": "1", "18": "2"}, [32, 96, 1280],
+                           out_channels, extra_blocks=extra_blocks())
 
 
 def single_map_fasterrcnn(features: nn.Module, out_channels: int, num_classes: int,

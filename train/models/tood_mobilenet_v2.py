@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from det_toolkit.train.models.tood.backbone import mobilenet_v2_fpn
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from det_toolkit.train.models.common import mobilenet_v2_fpn
 from det_toolkit.train.models.tood.model import TOOD
 from det_toolkit.train.models.weights import init_from_file, load_deepsort_mobilenet_v2
 
@@ -24,7 +26,7 @@ def build(num_classes: int, weights: str | None = "auto", trainable_layers: int 
     """
     pretrained = weights not in (None, "", "none")
     frozen = pretrained if frozen_bn is None else frozen_bn
-    backbone = mobilenet_v2_fpn(frozen, trainable_layers, channels)
+    backbone = mobilenet_v2_fpn(frozen, trainable_layers, channels, lambda: LastLevelP6P7(channels, channels))
     model = TOOD(backbone, num_classes, out_channels=channels, feat_channels=channels, **kwargs)
     if weights == "auto":
         load_deepsort_mobilenet_v2(backbone.body)

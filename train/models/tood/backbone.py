@@ -1,4 +1,5 @@
-"""Backbones for TOOD: ResNet (optionally with DCNv2 in c3-c5) and MobileNetV2, each with FPN P3-P7.
+"""Backbones for TOOD: ResNet (optionally with DCNv2 in c3-c5) with FPN P3-P7 (the MobileNetV2 one is
+:func:`det_toolkit.train.models.common.mobilenet_v2_fpn`, shared with Faster R-CNN).
 
 DCNv2 (Zhu et al. 2019, "Deformable ConvNets v2") follows mmcv's ``ModulatedDeformConv2dPack`` as
 used by MMDetection's ``tood_r101_fpn_dconv_c3-c5_mstrain_2x_coco.py``: a zero-initialised conv
@@ -18,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import mobilenet_v2, resnet50, resnet101
+from torchvision.models import resnet50, resnet101
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import DeformConv2d, deform_conv2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -128,24 +129,6 @@ def resnet_fpn(depth: int, dcn: bool, frozen_bn: bool, trainable_layers: int,
                            out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels))
 
 
-def mobilenet_v2_fpn(frozen_bn: bool, trainable_layers: int, out_channels: int) -> BackboneWithFPN:
-    """torchvision MobileNetV2 ``features`` -> FPN P3-P7 from its stride-8/16/32 outputs.
-
-    Taps ``features[6]`` (32 ch, stride 8), ``features[13]`` (96 ch, stride 16) and ``features[18]``
-    (1280 ch, stride 32). When ``frozen_bn`` only the last ``trainable_layers`` of those
-    tap-delimited stages (of 6: 0-1, 2-3, 4-6, 7-13, 14-17, 18) train.
-    Output as :func:`resnet_fpn`.
-    """
-    features = mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d).features
-    if frozen_bn:
-        stage_starts = [0, 2, 4, 7, 14, 18]
-        n = max(0, min(6, trainable_layers))
-        first = stage_starts[len(stage_starts) - n] if n else len(features)
-        _freeze(features, [f"{i}." for i in range(first, len(features))])
-    return BackboneWithFPN(features, {"6": "0", "13": "1", "18": "2"}, [32, 96, 1280],
-                           out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels))
-
-
 def set_deform_impl(module: nn.Module, impl: str) -> None:
     """Switch every deformable op under ``module`` to ``impl`` (``"deform_conv"``/``"grid_sample"``)."""
     if impl not in DEFORM_IMPLS:
@@ -155,5 +138,5 @@ def set_deform_impl(module: nn.Module, impl: str) -> None:
             m.impl = impl
 
 
-__all__ = ["DEFORM_IMPLS", "ModulatedDeformConv2d", "bilinear_sample", "mobilenet_v2_fpn",
+__all__ = ["DEFORM_IMPLS", "ModulatedDeformConv2d", "bilinear_sample",
            "modulated_deform_conv_grid_sample", "resnet_fpn", "set_deform_impl"]
