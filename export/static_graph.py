@@ -92,7 +92,12 @@ def nms_topk(boxes: Tensor, scores: Tensor, offsets: Tensor, iou_thr: float, k: 
 
 def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     """``x[b, idx[b, j]]`` for ``x`` ``[N, P, D]`` and ``idx`` int64 ``[N, k]`` -> ``[N, k, D]``."""
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+    n, p, d = x.shape
+    # one row Gather on the flattened rows: no Expand, whose legacy export computes even a constant
+    # shape with Where, which ONNX shape inference cannot follow (the graph must be static unslimmed)
+    row = torch.ones_like(idx[:, :1]).cumsum(0) - 1  # [N, 1] image index (a Range would lose the shape)
+    flat = (idx + row * p).reshape(-1)
+    return x.reshape(-1, d).index_select(0, flat).view(n, idx.shape[1], d)
 
 
 def padded_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, class_offset: float, iou_thr: float,
@@ -240,7 +245,7 @@ class StaticFasterRCNN(nn.Module):
         wh = boxes[..., 2:] - boxes[..., :2]
         ok = (wh >= rpn.min_size).all(-1) & (scores >= rpn.score_thresh)
         scores = torch.where(ok, scores, torch.full_like(scores, -1.0))
-        offsets = torch.tensor(lvl, dtype=boxes.dtype).view(1, -1).expand(n, -1) * (max(self.padded) + 1.0)
+        offsets = torch.tensor(lvl, dtype=boxes.dtype).view(1, -1).repeat(n, 1) * (max(self.padded) + 1.0)
         _, keep, valid = nms_topk(boxes, scores, offsets, rpn.nms_thresh, self.n_props)
         return gather_rows(boxes, keep) * valid[..., None], valid
 
@@ -256,7 +261,7 @@ class StaticFasterRCNN(nn.Module):
         boxes = clip_to_image(boxes.view(n, self.n_props, c + 1, 4)[:, :, 1:], self.imgsz)
         scores = (probs * pvalid[..., None]).reshape(n, -1)
         boxes = boxes.reshape(n, -1, 4)
-        labels = torch.arange(c).repeat(self.n_props).view(1, -1).expand(n, -1)
+        labels = torch.arange(c).repeat(self.n_props).view(1, -1).repeat(n, 1)
         if self.n_cand < scores.shape[1]:  # only with > MAX_CANDIDATES / R classes
             scores, top = scores.topk(self.n_cand, dim=1)
             boxes, labels = gather_rows(boxes, top), labels.gather(1, top)
