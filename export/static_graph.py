@@ -156,8 +156,14 @@ class NormalizePad(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """float32 ``[N, 3, H, W]`` RGB in ``[0, 1]`` -> float32 ``[N, 3, *padded]``."""
         x = (images - self.mean) / self.std
-        ph, pw = self.padded[0] - self.imgsz[0], self.padded[1] - self.imgsz[1]
-        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        # zeros concatenated, not F.pad: its legacy export computes the pads at run time, which hides
+        # the padded shape from ONNX shape inference when onnxslim does not fold it
+        (h, w), (ph, pw), n = self.imgsz, self.padded, images.shape[0]
+        if pw > w:
+            x = torch.cat([x, torch.zeros(n, 3, h, pw - w, dtype=x.dtype)], 3)
+        if ph > h:
+            x = torch.cat([x, torch.zeros(n, 3, ph - h, pw, dtype=x.dtype)], 2)
+        return x
 
 
 class StaticFasterRCNN(nn.Module):
