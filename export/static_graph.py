@@ -160,9 +160,9 @@ class NormalizePad(nn.Module):
         # the padded shape from ONNX shape inference when onnxslim does not fold it
         (h, w), (ph, pw), n = self.imgsz, self.padded, images.shape[0]
         if pw > w:
-            x = torch.cat([x, torch.zeros(n, 3, h, pw - w, dtype=x.dtype)], 3)
+            x = torch.cat([x, x.new_zeros(n, 3, h, pw - w)], 3)
         if ph > h:
-            x = torch.cat([x, torch.zeros(n, 3, ph - h, pw, dtype=x.dtype)], 2)
+            x = torch.cat([x, x.new_zeros(n, 3, ph - h, pw)], 2)
         return x
 
 
